@@ -1,0 +1,135 @@
+"""The ggml tensor types: one table naming every type, its block size and its bytes per block.
+
+A quantized tensor is stored as a sequence of fixed-size blocks; each block packs `block_size` weights
+into `type_size` bytes (scales, mins and packed integers). The numbers here come from ggml's
+`ggml_type_traits` table and are the only place pellucid states them.
+"""
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class GGMLType(IntEnum):
+    F32 = 0
+    F16 = 1
+    Q4_0 = 2
+    Q4_1 = 3
+    Q5_0 = 6
+    Q5_1 = 7
+    Q8_0 = 8
+    Q8_1 = 9
+    Q2_K = 10
+    Q3_K = 11
+    Q4_K = 12
+    Q5_K = 13
+    Q6_K = 14
+    Q8_K = 15
+    IQ2_XXS = 16
+    IQ2_XS = 17
+    IQ3_XXS = 18
+    IQ1_S = 19
+    IQ4_NL = 20
+    IQ3_S = 21
+    IQ2_S = 22
+    IQ4_XS = 23
+    I8 = 24
+    I16 = 25
+    I32 = 26
+    I64 = 27
+    F64 = 28
+    IQ1_M = 29
+    BF16 = 30
+    TQ1_0 = 34
+    TQ2_0 = 35
+    MXFP4 = 39
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    block_size: int  # weights per block
+    type_size: int  # bytes per block
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.type_size / self.block_size
+
+
+# (weights per block, bytes per block), as in ggml's type traits.
+BLOCK_LAYOUT: dict[GGMLType, BlockLayout] = {
+    GGMLType.F32: BlockLayout(1, 4),
+    GGMLType.F16: BlockLayout(1, 2),
+    GGMLType.Q4_0: BlockLayout(32, 18),
+    GGMLType.Q4_1: BlockLayout(32, 20),
+    GGMLType.Q5_0: BlockLayout(32, 22),
+    GGMLType.Q5_1: BlockLayout(32, 24),
+    GGMLType.Q8_0: BlockLayout(32, 34),
+    GGMLType.Q8_1: BlockLayout(32, 40),
+    GGMLType.Q2_K: BlockLayout(256, 84),
+    GGMLType.Q3_K: BlockLayout(256, 110),
+    GGMLType.Q4_K: BlockLayout(256, 144),
+    GGMLType.Q5_K: BlockLayout(256, 176),
+    GGMLType.Q6_K: BlockLayout(256, 210),
+    GGMLType.Q8_K: BlockLayout(256, 292),
+    GGMLType.IQ2_XXS: BlockLayout(256, 66),
+    GGMLType.IQ2_XS: BlockLayout(256, 74),
+    GGMLType.IQ3_XXS: BlockLayout(256, 98),
+    GGMLType.IQ1_S: BlockLayout(256, 50),
+    GGMLType.IQ4_NL: BlockLayout(32, 18),
+    GGMLType.IQ3_S: BlockLayout(256, 110),
+    GGMLType.IQ2_S: BlockLayout(256, 82),
+    GGMLType.IQ4_XS: BlockLayout(256, 136),
+    GGMLType.I8: BlockLayout(1, 1),
+    GGMLType.I16: BlockLayout(1, 2),
+    GGMLType.I32: BlockLayout(1, 4),
+    GGMLType.I64: BlockLayout(1, 8),
+    GGMLType.F64: BlockLayout(1, 8),
+    GGMLType.IQ1_M: BlockLayout(256, 56),
+    GGMLType.BF16: BlockLayout(1, 2),
+    GGMLType.TQ1_0: BlockLayout(256, 54),
+    GGMLType.TQ2_0: BlockLayout(256, 66),
+    GGMLType.MXFP4: BlockLayout(32, 17),
+}
+
+
+def tensor_nbytes(ggml_type: GGMLType, n_elements: int) -> int:
+    """Bytes a tensor of `n_elements` weights occupies; the caller checks divisibility first."""
+    layout = BLOCK_LAYOUT[ggml_type]
+    return n_elements // layout.block_size * layout.type_size
+
+
+# general.file_type: what llama.cpp's quantizer calls the file's "mostly" precision.
+FILE_TYPE_NAMES: dict[int, str] = {
+    0: "F32",
+    1: "F16",
+    2: "Q4_0",
+    3: "Q4_1",
+    7: "Q8_0",
+    8: "Q5_0",
+    9: "Q5_1",
+    10: "Q2_K",
+    11: "Q3_K_S",
+    12: "Q3_K_M",
+    13: "Q3_K_L",
+    14: "Q4_K_S",
+    15: "Q4_K_M",
+    16: "Q5_K_S",
+    17: "Q5_K_M",
+    18: "Q6_K",
+    19: "IQ2_XXS",
+    20: "IQ2_XS",
+    21: "Q2_K_S",
+    22: "IQ3_XS",
+    23: "IQ3_XXS",
+    24: "IQ1_S",
+    25: "IQ4_NL",
+    26: "IQ3_S",
+    27: "IQ3_M",
+    28: "IQ2_S",
+    29: "IQ2_M",
+    30: "IQ4_XS",
+    31: "IQ1_M",
+    32: "BF16",
+    36: "TQ1_0",
+    37: "TQ2_0",
+    38: "MXFP4_MOE",
+}

@@ -1,0 +1,63 @@
+"""Shared test fixtures: the default models (pulled into the store on first use) and llama.cpp references.
+
+Model-dependent tests skip only when a model cannot be fetched, and say so loudly in the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_SKIPPED_MODELS: dict[str, str] = {}
+
+
+def fixtures_dir() -> Path:
+    """../shared/fixtures is the source of truth; tests/fixtures is a vendored copy for clones without it."""
+    for candidate in (os.environ.get("PELLUCID_FIXTURES"), REPO.parent / "shared" / "fixtures", REPO / "shared" / "fixtures"):
+        if candidate and (Path(candidate) / "llamacpp" / "reference.json").is_file():
+            return Path(candidate)
+    return REPO / "tests" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def reference() -> dict:
+    return json.loads((fixtures_dir() / "llamacpp" / "reference.json").read_text())
+
+
+def _model(name: str):
+    from pellucid import store
+
+    if name in _SKIPPED_MODELS:
+        pytest.skip(_SKIPPED_MODELS[name])
+    try:
+        return store.resolve(name, quiet=True)
+    except Exception as e:  # any failure to fetch means "skip, loudly", not "error"
+        reason = f"MODEL {name} COULD NOT BE FETCHED, model tests skipped: {e}"
+        _SKIPPED_MODELS[name] = reason
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    return _model("smollm2-135m").path
+
+
+@pytest.fixture(scope="session")
+def gemma3_path() -> Path:
+    return _model("gemma3-270m").path
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    return _model("minilm-l6").path
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _SKIPPED_MODELS:
+        terminalreporter.section("MODELS NOT AVAILABLE", sep="!", red=True, bold=True)
+        for reason in _SKIPPED_MODELS.values():
+            terminalreporter.write_line(reason, red=True, bold=True)
