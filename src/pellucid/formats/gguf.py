@@ -18,6 +18,7 @@ where and why, never with a MemoryError or a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
@@ -105,10 +106,13 @@ class GGUFFile:
             raise ModelFileError(f"{self.path} is a folder, not a GGUF file")
         if self.file_size == 0:
             raise ModelFileError(f"{self.path} is empty (0 bytes); re-download it")
-        with open(self.path, "rb") as f:
-            # ACCESS_COPY: private copy-on-write mapping, so tensors can be wrapped by torch without the
-            # "non-writable buffer" warning; nothing is ever written back to the file.
-            self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        try:
+            with open(self.path, "rb") as f:
+                # ACCESS_COPY: private copy-on-write mapping, so tensors can be wrapped by torch without the
+                # "non-writable buffer" warning; nothing is ever written back to the file.
+                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        except OSError as e:
+            raise ModelFileError(f"cannot read {self.path}: {e.strerror or e}") from None
         self._bytes = np.frombuffer(self._mmap, dtype=np.uint8)
         self.metadata: dict[str, Any] = {}
         self.metadata_types: dict[str, str] = {}  # key -> "uint32", "string", "array[string]", ...
@@ -135,14 +139,19 @@ class GGUFFile:
     def raw(self, name: str) -> np.ndarray:
         """The tensor's encoded bytes as a uint8 numpy view into the mapped file (no copy)."""
         info = self._info(name)
+        if self._bytes is None:
+            raise ValueError(f"{self.path.name} is closed; open it again to read tensor {name!r}")
         return self._bytes[info.offset : info.offset + info.n_bytes]
 
-    def tensor(self, name: str, dtype=None):
-        """The tensor dequantized to a torch tensor of `info.shape` (float32 unless `dtype` says)."""
+    def tensor(self, name: str, dtype=None, device=None):
+        """The tensor dequantized to a new torch tensor of `info.shape` (float32 unless `dtype` says).
+
+        With `device` (e.g. "cuda") the packed bytes are moved there first and decoded on that device.
+        """
         from pellucid.quant.dequant import dequantize  # torch is imported only when tensors are needed
 
         info = self._info(name)
-        return dequantize(self.raw(name), info.ggml_type, info.shape, dtype=dtype)
+        return dequantize(self.raw(name), info.ggml_type, info.shape, dtype=dtype, device=device)
 
     def _info(self, name: str) -> TensorInfo:
         try:
@@ -158,12 +167,10 @@ class GGUFFile:
     def close(self) -> None:
         self._bytes = None  # drop the numpy view first so the mmap has no exported buffers
         if getattr(self, "_mmap", None) is not None:
-            try:
+            # If a caller still holds a view of the data (e.g. a tensor made with torch.from_numpy),
+            # close() raises BufferError; the mapping is then released when the last view dies.
+            with contextlib.suppress(BufferError):
                 self._mmap.close()
-            except BufferError:
-                # A caller still holds a view of the data (e.g. a tensor made with torch.from_numpy);
-                # the mapping is released when the last view dies.
-                pass
             self._mmap = None
 
     def __enter__(self) -> GGUFFile:
@@ -236,16 +243,17 @@ class _Parser:
         n_tensors = self._unpack("<Q", "the tensor count")
         n_kv = self._unpack("<Q", "the metadata count")
         remaining = self.size - self.pos
-        if n_kv * _MIN_KV_BYTES > remaining:
-            raise ModelFileError(
-                f"{g.path.name} is corrupt: its header claims {n_kv:,} metadata entries, which cannot fit "
-                f"in the {remaining:,} bytes that follow"
-            )
-        if n_tensors * _MIN_TENSOR_INFO_BYTES > remaining:
-            raise ModelFileError(
-                f"{g.path.name} is corrupt: its header claims {n_tensors:,} tensors, which cannot fit in "
-                f"the {remaining:,} bytes that follow"
-            )
+        for count, what, min_bytes in (
+            (n_kv, "metadata entries", _MIN_KV_BYTES),
+            (n_tensors, "tensors", _MIN_TENSOR_INFO_BYTES),
+        ):
+            if count * min_bytes > remaining:
+                raise ModelFileError(
+                    f"{g.path.name} is truncated or corrupt: its header claims {count:,} {what}, which cannot "
+                    f"fit in the {remaining:,} bytes left after byte {self.pos:,} (the file ends at byte "
+                    f"{self.size:,}). If it was downloaded, re-download it (for a catalog model: "
+                    f"`pellucid pull NAME --force`)."
+                )
         for _ in range(n_kv):
             self._read_kv()
         infos = [self._read_tensor_info() for _ in range(n_tensors)]
@@ -296,7 +304,9 @@ class _Parser:
             dtype = _SCALAR_DTYPES[elem_type]
             if count * dtype.itemsize > remaining:
                 self._fail_truncated(f"metadata array {key!r} ({count:,} x {elem_type.name})", count * dtype.itemsize)
-            values = np.frombuffer(self.buf, dtype=dtype, count=count, offset=self.pos)
+            # A copy (at most a few MB, e.g. token scores), so metadata outlives the mapping and close()
+            # can unmap the file.
+            values = np.frombuffer(self.buf, dtype=dtype, count=count, offset=self.pos).copy()
             self.pos += count * dtype.itemsize
             if elem_type == ValueType.BOOL:
                 values = values.astype(bool)
@@ -380,7 +390,7 @@ class _Parser:
             offset = g.data_offset + rel_offset
             g.tensors[name] = TensorInfo(name, tuple(reversed(dims)), ggml_type, offset, n_bytes)
             end_of_data = max(end_of_data, offset + n_bytes)
-        if end_of_data > self.size:
+        if g.tensors and end_of_data > self.size:
             last = max(g.tensors.values(), key=lambda t: t.offset + t.n_bytes)
             raise ModelFileError(
                 f"{g.path.name} is truncated: its tensors need {end_of_data:,} bytes (tensor {last.name!r} "
