@@ -16,13 +16,17 @@ from typing import Any
 from pellucid.errors import UnsupportedError
 
 # Facts a family's GGUF files leave implicit. Keys mirror ModelConfig fields.
+# `rope_style` is llama.cpp's rope type for the architecture: its HF->GGUF converter permutes llama's Q/K rows
+# so that the "interleaved" form (rotate pairs 2i, 2i+1; GGML_ROPE_TYPE_NORM) applies to the stored weights,
+# while most newer families keep HF's "neox" form (rotate dim i with dim i + d/2).
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
-    "llama": {"activation": "silu"},
-    "mistral": {"activation": "silu"},
-    "qwen2": {"activation": "silu"},
-    "qwen3": {"activation": "silu", "qk_norm": True},
+    "llama": {"activation": "silu", "rope_style": "interleaved"},
+    "mistral": {"activation": "silu", "rope_style": "interleaved"},
+    "qwen2": {"activation": "silu", "rope_style": "neox"},
+    "qwen3": {"activation": "silu", "qk_norm": True, "rope_style": "neox"},
     "gemma3": {
         "activation": "gelu_tanh",
+        "rope_style": "neox",
         "embedding_scale_by_sqrt_hidden": True,
         "post_norms": True,
         "qk_norm": True,
@@ -55,6 +59,7 @@ class ModelConfig:
     norm_eps: float
     rope_theta: float
     rope_dim: int  # how many of each head's dims are rotated (== head_dim unless partial rotary)
+    rope_style: str = "neox"  # "neox" (rotate-half, HF) or "interleaved" (adjacent pairs, llama GGUF files)
     rope_scaling: RopeScaling | None = None
     rope_theta_local: float | None = None  # RoPE base for sliding-window layers, where it differs
     sliding_window: int | None = None
@@ -150,6 +155,7 @@ def config_from_gguf(metadata: dict[str, Any], tensor_names: set[str] | None = N
         norm_eps=float(get("attention.layer_norm_rms_epsilon", get("attention.layer_norm_epsilon", 1e-5))),
         rope_theta=float(get("rope.freq_base", 10_000.0)),
         rope_dim=get("rope.dimension_count") or head_dim,
+        rope_style=defaults.get("rope_style", "neox"),
         rope_scaling=rope_scaling,
         rope_theta_local=get("rope.freq_base_swa") or defaults.get("rope_theta_local"),
         sliding_window=sliding_window,

@@ -1,0 +1,178 @@
+"""The KV cache: keys and values of tokens already seen, so each new token costs one position, not all.
+
+Per layer, one object with a tiny interface (as in mlx-lm): `update_and_fetch(k, v)` appends the new
+tokens' keys/values (B, Hkv, T, D) and returns every key/value the new queries attend to, `offset` counts
+the tokens seen, `trim(n)` forgets the last n. All memory is allocated up front (`make_cache`), so a decode
+step writes into existing buffers and allocates nothing.
+
+- `KVCache` (global-attention layers): a buffer of `capacity` positions, filled left to right; it returns
+  the filled prefix, oldest first.
+- `RotatingKVCache` (sliding-window layers): a ring of `window` positions, slot = position % window, so a
+  Gemma 3 local layer holds 512 entries however long the context grows (what `ModelConfig.kv_cache_bytes`
+  budgets). We chose the ring over "full buffer + window mask" for that memory bound. A decode step returns
+  the whole ring: order does not matter to attention (positions are already rotated into the keys) and
+  every entry lies inside the window, so no mask is needed. A multi-token step returns the previous
+  window - 1 entries in order followed by the new ones, and the attention mask does the rest.
+
+The batch dimension is there so the server can batch sequences later; for now every sequence in a batch
+shares one offset (B = 1 is what the engine uses).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pellucid.errors import ContextLengthError
+from pellucid.model.config import ModelConfig
+
+
+class KVCache:
+    """Keys and values of one global-attention layer: (B, Hkv, capacity, D), filled from position 0."""
+
+    def __init__(
+        self, batch_size: int, n_kv_heads: int, capacity: int, head_dim: int, value_head_dim: int, *, device, dtype
+    ):
+        self.keys = torch.zeros(batch_size, n_kv_heads, capacity, head_dim, device=device, dtype=dtype)
+        self.values = torch.zeros(batch_size, n_kv_heads, capacity, value_head_dim, device=device, dtype=dtype)
+        self.capacity = capacity
+        self.offset = 0
+
+    def update_and_fetch(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        start, end = self.offset, self.offset + k.shape[2]
+        if end > self.capacity:
+            raise ContextLengthError(f"the KV cache holds {self.capacity:,} tokens; {end:,} were needed")
+        self.keys[:, :, start:end] = k
+        self.values[:, :, start:end] = v
+        self.offset = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def can_trim(self, n: int) -> bool:
+        return 0 <= n <= self.offset
+
+    def trim(self, n: int) -> None:
+        """Forget the last n tokens (their slots are overwritten by whatever comes next)."""
+        if not self.can_trim(n):
+            raise ValueError(f"cannot trim {n} tokens from a cache holding {self.offset}")
+        self.offset -= n
+
+
+class RotatingKVCache:
+    """Keys and values of one sliding-window layer: a ring of `window` slots, position p in slot p % window."""
+
+    def __init__(
+        self, batch_size: int, n_kv_heads: int, window: int, head_dim: int, value_head_dim: int, *, device, dtype
+    ):
+        self.keys = torch.zeros(batch_size, n_kv_heads, window, head_dim, device=device, dtype=dtype)
+        self.values = torch.zeros(batch_size, n_kv_heads, window, value_head_dim, device=device, dtype=dtype)
+        self.window = window
+        self.offset = 0
+
+    def update_and_fetch(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if k.shape[2] == 1:
+            return self._append_one(k, v)
+        return self._append_many(k, v)
+
+    def _append_one(self, k, v):
+        # The decode step: overwrite the oldest slot and attend to the whole ring (every entry is in window).
+        slot = self.offset % self.window
+        self.keys[:, :, slot : slot + 1] = k
+        self.values[:, :, slot : slot + 1] = v
+        self.offset += 1
+        n = min(self.offset, self.window)
+        return self.keys[:, :, :n], self.values[:, :, :n]
+
+    def _append_many(self, k, v):
+        # A prompt (or a chunk of one): the new queries need up to window - 1 earlier keys, oldest first,
+        # followed by their own; the attention mask hides whatever lies outside each query's window.
+        T = k.shape[2]
+        n_prev = min(self.offset, self.window - 1)
+        prev = self._slots(self.offset - n_prev, self.offset)
+        keys = torch.cat((self.keys.index_select(2, prev), k), dim=2)
+        values = torch.cat((self.values.index_select(2, prev), v), dim=2)
+        n_keep = min(T, self.window)  # only the last `window` new tokens can matter to later queries
+        keep = self._slots(self.offset + T - n_keep, self.offset + T)
+        self.keys.index_copy_(2, keep, k[:, :, T - n_keep :])
+        self.values.index_copy_(2, keep, v[:, :, T - n_keep :])
+        self.offset += T
+        return keys, values
+
+    def _slots(self, start: int, end: int) -> torch.Tensor:
+        return torch.arange(start, end, device=self.keys.device) % self.window
+
+    def can_trim(self, n: int) -> bool:
+        # Once the ring has wrapped, the slots of trimmed tokens held positions that are now gone for good.
+        return 0 <= n <= self.offset and self.offset <= self.window
+
+    def trim(self, n: int) -> None:
+        if not self.can_trim(n):
+            raise ValueError(
+                f"cannot trim {n} tokens from a sliding-window cache at offset {self.offset}: past {self.window} "
+                f"tokens the ring has overwritten what trimming would need"
+            )
+        self.offset -= n
+
+
+@dataclass
+class ModelCache:
+    """One cache object per layer, plus the number of positions the whole cache was sized for."""
+
+    layers: list[KVCache | RotatingKVCache]
+    capacity: int
+
+    @property
+    def offset(self) -> int:
+        return self.layers[0].offset
+
+    @property
+    def batch_size(self) -> int:
+        return self.layers[0].keys.shape[0]
+
+    def can_trim(self, n: int) -> bool:
+        return all(layer.can_trim(n) for layer in self.layers)
+
+    def trim(self, n: int) -> None:
+        if not self.can_trim(n):
+            raise ValueError(f"cannot trim {n} tokens from this cache (offset {self.offset})")
+        for layer in self.layers:
+            layer.trim(n)
+
+    def reset(self) -> None:
+        """Start a new sequence in the same buffers."""
+        for layer in self.layers:
+            layer.offset = 0
+
+    @property
+    def n_bytes(self) -> int:
+        return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.layers)
+
+
+def make_cache(
+    config: ModelConfig,
+    batch_size: int = 1,
+    capacity: int | None = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> ModelCache:
+    """Preallocate a cache for `capacity` positions (default: the model's whole context window)."""
+    capacity = config.context_length if capacity is None else capacity
+    if capacity < 1:
+        raise ValueError(f"a KV cache needs room for at least one token, not {capacity}")
+    if capacity > config.context_length:
+        raise ContextLengthError(
+            f"a KV cache of {capacity:,} tokens exceeds the model's context window of "
+            f"{config.context_length:,} tokens; ask for at most {config.context_length:,}"
+        )
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    shape = (batch_size, config.n_kv_heads)
+    dims = (config.head_dim, config.value_head_dim)
+    layers: list[KVCache | RotatingKVCache] = []
+    for i in range(config.n_layers):
+        window = config.sliding_window if config.sliding_layers and config.sliding_layers[i] else None
+        if window is not None and window < capacity:
+            layers.append(RotatingKVCache(*shape, window, *dims, device=device, dtype=dtype))
+        else:  # a global layer, or a sliding one whose window covers the whole cache anyway
+            layers.append(KVCache(*shape, capacity, *dims, device=device, dtype=dtype))
+    return ModelCache(layers, capacity)

@@ -1,0 +1,111 @@
+"""Helpers shared by the model/engine tests: loaded default models (once per session) and tiny random models.
+
+Not a test module: pytest imports it from the test files (tests/ is on sys.path under pytest's default
+"prepend" import mode).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from pellucid.model.config import ModelConfig
+from pellucid.model.families import family_for
+from pellucid.model.loader import Weights, build_transformer, load_model
+
+SMOLLM2 = "smollm2-135m-instruct-q4_1"  # keys of reference.json
+GEMMA3 = "gemma3-270m-q4_k_m"
+
+
+@functools.cache
+def loaded(path) -> torch.nn.Module:
+    """A default model loaded on the CPU in float32, shared by every test module in the session."""
+    return load_model(path, device="cpu")
+
+
+def tiny_config(architecture: str, **overrides) -> ModelConfig:
+    """A few-layer model with the family's switches, small enough to run in milliseconds."""
+    gemma = architecture == "gemma3"
+    fields = dict(
+        architecture=architecture,
+        n_layers=4,
+        hidden_size=64,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=16,
+        value_head_dim=16,
+        ffn_size=96,
+        vocab_size=101,
+        context_length=128,
+        norm_eps=1e-6,
+        rope_theta=10_000.0 if not gemma else 1_000_000.0,
+        rope_dim=16,
+        rope_style="interleaved" if not gemma else "neox",
+        rope_theta_local=10_000.0 if gemma else None,
+        sliding_window=8 if gemma else None,
+        sliding_layers=[True, True, False, True] if gemma else [],
+        query_scale=0.3 if gemma else None,
+        activation="gelu_tanh" if gemma else "silu",
+        embedding_scale_by_sqrt_hidden=gemma,
+        post_norms=gemma,
+        qk_norm=gemma,
+    )
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+def random_weights(config: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random tensors under the family's GGUF names, shaped as the config says."""
+    g = torch.Generator().manual_seed(seed)
+    names = family_for(config.architecture).gguf_names
+    h, d, dv = config.hidden_size, config.head_dim, config.value_head_dim
+
+    def w(*shape, scale=None):
+        return torch.randn(*shape, generator=g) * (scale if scale is not None else shape[-1] ** -0.5)
+
+    def norm(n):
+        return 1.0 + 0.1 * torch.randn(n, generator=g)
+
+    out = {names.embed: w(config.vocab_size, h, scale=1.0), names.output_norm: norm(h)}
+    if not config.tie_embeddings:
+        out[names.output] = w(config.vocab_size, h)
+    for i in range(config.n_layers):
+        per_layer = {
+            names.attn_norm: norm(h),
+            names.q: w(config.n_heads * d, h),
+            names.k: w(config.n_kv_heads * d, h),
+            names.v: w(config.n_kv_heads * dv, h),
+            names.o: w(h, config.n_heads * dv),
+            names.ffn_norm: norm(h),
+            names.gate: w(config.ffn_size, h),
+            names.up: w(config.ffn_size, h),
+            names.down: w(h, config.ffn_size),
+        }
+        if config.qk_norm:
+            per_layer |= {names.q_norm: norm(d), names.k_norm: norm(d)}
+        if config.post_norms:
+            per_layer |= {names.post_attn_norm: norm(h), names.post_ffn_norm: norm(h)}
+        out |= {name.format(i=i): t for name, t in per_layer.items()}
+    return out
+
+
+def tiny_model(architecture: str, seed: int = 0, **overrides):
+    config = tiny_config(architecture, **overrides)
+    weights = Weights.from_dict(random_weights(config, seed))
+    return build_transformer(config, weights, family_for(architecture).gguf_names).eval()
+
+
+@torch.inference_mode()
+def greedy(model, prompt_ids: list[int], max_new: int, stop_ids: set[int]) -> list[int]:
+    """Free-running greedy decoding through the KV cache (prefill once, then one token per step)."""
+    cache = model.make_cache(capacity=len(prompt_ids) + max_new)
+    logits = model(torch.tensor([prompt_ids]), cache)[0, -1]
+    out: list[int] = []
+    for _ in range(max_new):
+        token = int(logits.argmax())
+        if token in stop_ids:
+            break
+        out.append(token)
+        logits = model(torch.tensor([[token]]), cache)[0, -1]
+    return out
