@@ -17,7 +17,11 @@ _SKIPPED_MODELS: dict[str, str] = {}
 
 def fixtures_dir() -> Path:
     """../shared/fixtures is the source of truth; tests/fixtures is a vendored copy for clones without it."""
-    for candidate in (os.environ.get("PELLUCID_FIXTURES"), REPO.parent / "shared" / "fixtures", REPO / "shared" / "fixtures"):
+    for candidate in (
+        os.environ.get("PELLUCID_FIXTURES"),
+        REPO.parent / "shared" / "fixtures",
+        REPO / "shared" / "fixtures",
+    ):
         if candidate and (Path(candidate) / "llamacpp" / "reference.json").is_file():
             return Path(candidate)
     return REPO / "tests" / "fixtures"

@@ -194,7 +194,9 @@ class ResolvedModel:
     path: Path  # the .gguf file or the HF folder
 
 
-def resolve(spec: str | os.PathLike[str] | None = None, *, pull_missing: bool = True, quiet: bool = False) -> ResolvedModel:
+def resolve(
+    spec: str | os.PathLike[str] | None = None, *, pull_missing: bool = True, quiet: bool = False
+) -> ResolvedModel:
     """Turn a MODEL argument (name, .gguf path, HF folder path; None = default) into files on disk."""
     spec = str(spec) if spec is not None else DEFAULT_MODEL
     path = Path(spec).expanduser()
@@ -496,11 +498,11 @@ def _pull_path(path: Path, *, name: str | None, force: bool, quiet: bool) -> Sto
 
 
 def _copy_with_progress(src: Path, dst: Path, quiet: bool) -> None:
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        with ProgressBar(src.stat().st_size, f"Copying {src.name}", disable=quiet) as bar:
-            while chunk := fin.read(1 << 22):
-                fout.write(chunk)
-                bar.update(len(chunk))
+    bar = ProgressBar(src.stat().st_size, f"Copying {src.name}", disable=quiet)
+    with open(src, "rb") as fin, open(dst, "wb") as fout, bar:
+        while chunk := fin.read(1 << 22):
+            fout.write(chunk)
+            bar.update(len(chunk))
 
 
 def _pull_url(url: str, *, name: str | None, force: bool, quiet: bool) -> StoredModel:

@@ -1,0 +1,147 @@
+"""The Python API: `pellucid.load(MODEL)` and the `LLM` it returns.
+
+    import pellucid
+    llm = pellucid.load("smollm2-135m")
+    for chunk in llm.chat([{"role": "user", "content": "Hi!"}], temperature=0):
+        print(chunk.text, end="", flush=True)
+    print(chunk.stats.summary())
+
+`generate(prompt)` completes raw text; `chat(messages)` renders the model's chat template first. Both return
+a `Generation`: iterate it to stream `Chunk`s (text + token ids), or call `.result()` to wait for the whole
+text; `.stats` holds token counts, time to first token, prefill and decode tok/s and why it stopped.
+
+An LLM holds one KV cache (a `Session`), so consecutive calls that share a prefix — the turns of a chat —
+only run the new tokens through the model. The CLI and the server both use this API.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import fields
+
+import torch
+
+from pellucid.engine.generate import Generation, GenerationStats, Session, stream_text
+from pellucid.engine.sampling import SamplingParams, SamplingParamsError, make_sampler
+from pellucid.errors import PellucidError
+from pellucid.store import ResolvedModel, resolve
+from pellucid.tokenizer import load_tokenizer
+from pellucid.tokenizer.chat_template import NO_TEMPLATE_WARNING, ChatTemplate, chat_template_for, plain_chat_template
+
+DEFAULT_CTX = 4096  # llama.cpp's default n_ctx; never more than the model's own context length
+BASE_MODEL_STOPS = ("\nUser:",)  # the plain fallback template's next turn: stop before the model writes it
+_SAMPLING_FIELDS = {f.name for f in fields(SamplingParams)}
+
+
+class LLM:
+    """A loaded model with its tokenizer and chat template, ready to generate."""
+
+    def __init__(self, resolved: ResolvedModel, *, device=None, ctx: int | None = None, dtype=torch.float32):
+        from pellucid.model import load_model
+
+        started = time.perf_counter()
+        self.resolved = resolved
+        self.name = resolved.name
+        self.model = load_model(resolved, device=device, dtype=dtype)
+        self.config = self.model.config
+        self.tokenizer = load_tokenizer(resolved)
+        template = chat_template_for(resolved.path)
+        self.has_chat_template = template is not None
+        self.chat_template: ChatTemplate = template or plain_chat_template()
+        limit = self.config.context_length
+        self.ctx = min(limit, DEFAULT_CTX) if ctx is None else ctx
+        if not 1 < self.ctx <= limit:
+            raise PellucidError(f"--ctx must be between 2 and the model's context length {limit:,}, not {self.ctx:,}")
+        self._session: Session | None = None
+        self.load_seconds = time.perf_counter() - started
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            self._session = Session(self.model, self.ctx)
+        return self._session
+
+    def reset(self) -> None:
+        """Forget the cached conversation (the next call recomputes its whole prompt)."""
+        if self._session is not None:
+            self._session.reset()
+
+    # -- text <-> tokens --------------------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, ids: Sequence[int], *, skip_special: bool = False) -> str:
+        return self.tokenizer.decode(ids, skip_special=skip_special)
+
+    def render_chat(self, messages: list[dict], *, tools=None, add_generation_prompt: bool = True) -> str:
+        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
+
+    def chat_prompt_ids(self, messages: list[dict], *, tools=None) -> list[int]:
+        text = self.render_chat(messages, tools=tools)
+        bos = self.chat_template.bos_token
+        if self.tokenizer.add_bos and bos and text.startswith(bos):
+            text = text[len(bos) :]  # the template wrote BOS itself; the tokenizer adds it (as llama.cpp does)
+        return self.tokenize(text, add_special=True, parse_special=True)
+
+    # -- generation -------------------------------------------------------------------------------------
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        max_tokens: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        **sampling,
+    ) -> Generation:
+        """Complete `prompt` (text, or token ids) as is. Sampling keywords are SamplingParams fields
+        (temperature, top_k, top_p, min_p, typical_p, repeat_penalty, repeat_last_n, presence_penalty,
+        frequency_penalty, seed, logprobs). max_tokens None = until an end token or a full context."""
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
+        return self._generate(ids, max_tokens=max_tokens, stop=stop, **sampling)
+
+    def chat(self, messages: list[dict], *, tools=None, stop=None, max_tokens=None, **sampling) -> Generation:
+        """Answer the conversation `messages` ([{"role": "user", "content": "..."}, ...]).
+
+        A model without a chat template (a base model) gets a plain "User:/Assistant:" prompt; it was not
+        trained for chat, which `has_chat_template` tells (the CLI warns: NO_TEMPLATE_WARNING)."""
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if not self.has_chat_template:
+            stops += BASE_MODEL_STOPS
+        return self._generate(
+            self.chat_prompt_ids(messages, tools=tools), max_tokens=max_tokens, stop=stops, **sampling
+        )
+
+    def _generate(self, prompt_ids: list[int], *, max_tokens, stop, **sampling) -> Generation:
+        unknown = set(sampling) - _SAMPLING_FIELDS
+        if unknown:
+            raise SamplingParamsError(
+                f"unknown sampling option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_SAMPLING_FIELDS))}"
+            )
+        params = SamplingParams(**sampling)
+        if max_tokens is not None and max_tokens < 0:
+            max_tokens = None  # llama.cpp's -n -1: no limit but the context
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        stats = GenerationStats()
+        steps = self.session.generate_ids(
+            prompt_ids,
+            make_sampler(params),
+            max_tokens=self.ctx if max_tokens is None else max_tokens,
+            stop_ids=self.tokenizer.eot_ids,
+            logprobs=params.logprobs,
+            stats=stats,
+        )
+        chunks = stream_text(steps, self.tokenizer.stream_decoder(skip_special=True), stats, stop_strings=stops)
+        return Generation(chunks, prompt_ids, stats)
+
+
+def load(model: str | ResolvedModel | None = None, *, device=None, ctx: int | None = None, dtype=torch.float32) -> LLM:
+    """Load MODEL (a catalog or store name, a .gguf path; None = the default model), pulling it if needed."""
+    resolved = model if isinstance(model, ResolvedModel) else resolve(model)
+    return LLM(resolved, device=device, ctx=ctx, dtype=dtype)
+
+
+__all__ = ["LLM", "NO_TEMPLATE_WARNING", "load"]

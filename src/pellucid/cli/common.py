@@ -1,0 +1,53 @@
+"""Helpers shared by the command modules: argument types, the MODEL argument, tables, JSON output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+
+from pellucid import store
+
+# -- argument types ------------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
+def add_model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        metavar="MODEL",
+        help=f"a model name, a .gguf file or a Hugging Face folder (default: {store.DEFAULT_MODEL})",
+    )
+
+
+def print_json(data) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+# --debug is accepted before or after the command name. SUPPRESS keeps a subcommand's unset copy from
+# overwriting a value given before the command.
+COMMON = argparse.ArgumentParser(add_help=False)
+COMMON.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
+
+
+def command(commands, name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+    """A subcommand's parser; its description is the docstring of the function that runs it."""
+    p = commands.add_parser(name, help=help, description=func.__doc__, parents=[COMMON])
+    p.set_defaults(func=func)
+    return p

@@ -1,0 +1,318 @@
+"""Commands that run a model: run (one answer), chat (an interactive conversation), ppl (perplexity)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+
+from pellucid import store
+from pellucid.cli.common import add_model_arg, command, positive_int, print_json
+from pellucid.errors import PellucidError
+
+# Sampling flags shared by run and chat: (flag, SamplingParams field, type, help). Defaults are llama.cpp's.
+SAMPLING_FLAGS = [
+    ("--temperature", "temperature", float, "0 = greedy (default 0.8)"),
+    ("--top-k", "top_k", int, "keep the k most likely tokens; 0 = off (default 40)"),
+    ("--top-p", "top_p", float, "keep the smallest set with this much probability; 1 = off (default 0.95)"),
+    ("--min-p", "min_p", float, "drop tokens below min_p x the top probability; 0 = off (default 0.05)"),
+    ("--typical-p", "typical_p", float, "locally typical sampling; 1 = off (default 1.0)"),
+    ("--repeat-penalty", "repeat_penalty", float, "penalize recently seen tokens; 1 = off (default 1.0)"),
+    ("--repeat-last-n", "repeat_last_n", int, "how many recent tokens the penalties see (default 64)"),
+    ("--presence-penalty", "presence_penalty", float, "subtract from seen tokens' logits (default 0)"),
+    ("--frequency-penalty", "frequency_penalty", float, "subtract count x this from seen tokens (default 0)"),
+    ("--seed", "seed", int, "random seed: the same seed gives the same output (default: random)"),
+]
+
+
+def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("sampling")
+    for flag, dest, kind, help in SAMPLING_FLAGS:
+        group.add_argument(flag, dest=dest, type=kind, default=None, help=help)
+    group.add_argument("-n", "--max-tokens", type=int, default=None, help="stop after N tokens (default: no limit)")
+    group.add_argument(
+        "--stop", action="append", default=[], metavar="TEXT", help="stop when the output contains TEXT (repeatable)"
+    )
+    model = p.add_argument_group("model")
+    model.add_argument("--ctx", type=positive_int, help="context window in tokens (default: min(model's, 4096))")
+    model.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: the best available)")
+
+
+def _sampling(args) -> dict:
+    return {dest: getattr(args, dest) for _, dest, _, _ in SAMPLING_FLAGS if getattr(args, dest) is not None}
+
+
+def _load(args):
+    import pellucid
+
+    return pellucid.load(store.resolve(args.model), device=args.device, ctx=args.ctx)
+
+
+def _warn_base_model(llm) -> None:
+    from pellucid.api import NO_TEMPLATE_WARNING
+
+    if not llm.has_chat_template:
+        print(f"warning: {NO_TEMPLATE_WARNING}", file=sys.stderr)
+
+
+# -- run ------------------------------------------------------------------------------------------------
+
+
+def _add_run(commands) -> None:
+    p = command(commands, "run", cmd_run, "answer one prompt (streamed), then print stats")
+    add_model_arg(p)
+    p.add_argument("prompt", metavar="PROMPT", help="the prompt; - reads standard input")
+    p.add_argument("--raw", action="store_true", help="complete the text as is, without the chat template")
+    p.add_argument("--system", metavar="TEXT", help="a system message (chat models)")
+    p.add_argument("--json", action="store_true", help='print {"text", "ids", "prompt_ids", "stop_reason", "stats"}')
+    _add_generation_args(p)
+
+
+def cmd_run(args) -> int:
+    """Answer PROMPT with MODEL. Chat models get their chat template (use --raw for plain completion); the
+    answer streams to stdout and a stats line follows on stderr."""
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    llm = _load(args)
+    kwargs = {"max_tokens": args.max_tokens, "stop": args.stop, **_sampling(args)}
+    if args.raw:
+        generation = llm.generate(prompt, **kwargs)
+    else:
+        _warn_base_model(llm)
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        generation = llm.chat(messages, **kwargs)
+    if args.json:
+        result = generation.result().as_dict()
+        result["stats"]["load_s"] = round(llm.load_seconds, 3)
+        print_json(result)
+        return 0
+    try:
+        for chunk in generation:
+            print(chunk.text, end="", flush=True)
+    finally:
+        generation.close()
+        print()
+        print(f"[{generation.stats.summary()}; load {llm.load_seconds:.2f} s]", file=sys.stderr)
+    return 0
+
+
+# -- chat -----------------------------------------------------------------------------------------------
+
+CHAT_HELP = """Commands:
+  /system TEXT      set the system message (and start over)
+  /reset            forget the conversation
+  /set NAME VALUE   change a sampling option, e.g. /set temperature 0.7 (/set alone lists them)
+  /stats            stats of the last answer, and how full the context is
+  /quit             leave (also /exit, /bye, Ctrl-D)
+Ctrl-C stops an answer; \"\"\" starts and ends a multi-line message."""
+
+
+def _add_chat(commands) -> None:
+    p = command(commands, "chat", cmd_chat, "talk with a model in the terminal")
+    add_model_arg(p)
+    p.add_argument("--system", metavar="TEXT", help="a system message")
+    _add_generation_args(p)
+
+
+def cmd_chat(args) -> int:
+    """An interactive chat with multi-turn history. Each turn reuses the KV cache of the conversation so
+    far and runs only the new tokens through the model. Type /help for commands."""
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401  (line editing and history for input())
+    llm = _load(args)
+    _warn_base_model(llm)
+    state = _ChatState(llm, _sampling(args), args.system, args.max_tokens, args.stop)
+    print(f"{llm.name} on {llm.device}, context {llm.ctx:,} tokens. /help for commands, /quit to leave.")
+    while True:
+        try:
+            line = _read_message()
+        except EOFError:
+            print()
+            return 0
+        except KeyboardInterrupt:
+            print("\n(use /quit or Ctrl-D to leave)")
+            continue
+        if not line.strip():
+            continue
+        if line.startswith("/"):
+            if state.command(line.strip()) == "quit":
+                return 0
+            continue
+        state.answer(line)
+
+
+def _read_message() -> str:
+    line = input(">>> ")
+    if not line.strip().startswith('"""'):
+        return line
+    lines = [line.strip()[3:]]  # a multi-line message, as in Ollama: """ ... """
+    while not lines[-1].rstrip().endswith('"""'):
+        lines.append(input("... "))
+    lines[-1] = lines[-1].rstrip()[:-3]
+    return "\n".join(lines).strip()
+
+
+class _ChatState:
+    """The conversation and settings of one `pellucid chat`."""
+
+    def __init__(self, llm, sampling: dict, system: str | None, max_tokens: int | None, stop: list[str]):
+        self.llm = llm
+        self.sampling = sampling
+        self.system = system
+        self.max_tokens = max_tokens
+        self.stop = stop
+        self.messages: list[dict] = []
+        self.last = None
+
+    def history(self) -> list[dict]:
+        return ([{"role": "system", "content": self.system}] if self.system else []) + self.messages
+
+    def answer(self, text: str) -> None:
+        self.messages.append({"role": "user", "content": text})
+        try:
+            generation = self.llm.chat(self.history(), max_tokens=self.max_tokens, stop=self.stop, **self.sampling)
+        except PellucidError as e:  # e.g. the conversation no longer fits the context
+            self.messages.pop()
+            print(f"error: {e}")
+            return
+        try:
+            for chunk in generation:
+                print(chunk.text, end="", flush=True)
+        except KeyboardInterrupt:
+            print(" [stopped]", end="")
+        finally:
+            generation.close()
+            print()
+        self.messages.append({"role": "assistant", "content": generation.text})
+        self.last = generation
+
+    def command(self, line: str) -> str | None:
+        name, _, rest = line.partition(" ")
+        name, rest = name.lower(), rest.strip()
+        if name in ("/quit", "/exit", "/bye"):
+            return "quit"
+        if name == "/help":
+            print(CHAT_HELP)
+        elif name == "/reset":
+            self.messages = []
+            self.llm.reset()
+            print("(conversation cleared)")
+        elif name == "/system":
+            self.system = rest or None
+            self.messages = []
+            print("(system message set; conversation cleared)" if rest else "(system message removed)")
+        elif name == "/set":
+            self._set(rest)
+        elif name == "/stats":
+            self._stats()
+        else:
+            print(f"unknown command {name}; /help lists them")
+        return None
+
+    def _set(self, rest: str) -> None:
+        from dataclasses import fields
+
+        from pellucid.engine.sampling import SamplingParams, SamplingParamsError
+
+        known = {f.name: f for f in fields(SamplingParams) if f.name != "logprobs"}
+        parts = rest.split()
+        if len(parts) != 2:
+            current = {**{n: f.default for n, f in known.items()}, **self.sampling}
+            print("\n".join(f"  {n} = {v}" for n, v in current.items()) + "\n  max_tokens = " + str(self.max_tokens))
+            return
+        name, value = parts[0].replace("-", "_"), parts[1]
+        if name == "max_tokens":
+            self.max_tokens = None if value in ("none", "-1") else int(value)
+            return
+        if name not in known:
+            print(f"unknown option {name}; options: {', '.join(known)}, max_tokens")
+            return
+        try:
+            parsed = (
+                None if value.lower() == "none" else (int(value) if known[name].type in (int, "int") else float(value))
+            )
+            if name in ("top_k", "repeat_last_n", "seed", "min_keep") and parsed is not None:
+                parsed = int(parsed)
+            SamplingParams(**{**self.sampling, name: parsed})  # validate before keeping it
+        except (ValueError, SamplingParamsError) as e:
+            print(f"error: {e}")
+            return
+        self.sampling[name] = parsed
+        print(f"({name} = {parsed})")
+
+    def _stats(self) -> None:
+        used = len(self.llm.session.tokens)
+        print(f"context: {used:,} of {self.llm.ctx:,} tokens in the KV cache")
+        if self.last is not None:
+            print(self.last.stats.summary())
+
+
+# -- ppl ------------------------------------------------------------------------------------------------
+
+
+def _add_ppl(commands) -> None:
+    p = command(commands, "ppl", cmd_ppl, "perplexity of a model on a text file")
+    add_model_arg(p)
+    p.add_argument("file", metavar="FILE", help="a UTF-8 text file")
+    p.add_argument("--ctx", type=positive_int, default=512, help="window size in tokens (default 512)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: the best available)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def cmd_ppl(args) -> int:
+    """Perplexity over FILE, as llama-perplexity computes it: the text is cut into consecutive windows of
+    --ctx tokens, each evaluated from scratch (its first token replaced by BOS when the model uses one), and
+    only the second half of each window is scored, so every scored token sees at least ctx/2 tokens of
+    context. Prints ppl with its ± (the standard error of the mean NLL, carried through exp)."""
+    from pellucid.engine.perplexity import perplexity
+    from pellucid.model import load_model
+    from pellucid.progress import ProgressBar
+    from pellucid.tokenizer import load_tokenizer
+
+    try:
+        with open(args.file, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise PellucidError(f"{args.file} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    resolved = store.resolve(args.model)
+    model = load_model(resolved, device=args.device)
+    if args.ctx > model.config.context_length:
+        raise PellucidError(f"--ctx {args.ctx} exceeds the model's context length {model.config.context_length}")
+    tok = load_tokenizer(resolved)
+    ids = tok.encode(text, add_special=True)
+    n_windows = len(ids) // args.ctx
+    started = time.perf_counter()
+    with ProgressBar(n_windows, f"ppl over {n_windows} windows of {args.ctx}", unit="windows") as bar:
+        result = perplexity(
+            model, ids, args.ctx, bos_id=tok.bos_id if tok.add_bos else None, progress=lambda done, total: bar.update()
+        )
+    seconds = time.perf_counter() - started
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "model": resolved.name,
+                    "file": args.file,
+                    "ctx": args.ctx,
+                    "ppl": result.ppl,
+                    "ppl_stderr": result.ppl_stderr,
+                    "n_windows": result.n_windows,
+                    "n_scored": result.n_scored,
+                    "n_tokens": len(ids),
+                    "seconds": round(seconds, 2),
+                    "tok_s": round(result.n_windows * args.ctx / seconds, 1),
+                }
+            )
+        )
+    else:
+        print(
+            f"ppl = {result.ppl:.4f} ± {result.ppl_stderr:.4f}  ({result.n_windows} windows of {args.ctx} tokens, "
+            f"{result.n_scored:,} scored of {len(ids):,}; {result.n_windows * args.ctx / seconds:.0f} tok/s)"
+        )
+    return 0
+
+
+COMMANDS = [_add_run, _add_chat, _add_ppl]

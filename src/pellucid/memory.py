@@ -1,0 +1,539 @@
+"""The fit planner: how many bytes running a model takes, and whether that fits in this machine.
+
+The whole formula lives here, in `estimate()`, so `inspect`, `fit` and the benchmarks that check it
+against measured peak memory all use the same numbers:
+
+    total = runtime + weights + max(kv_cache + compute, loading)
+
+runtime    a Python process after `import torch` (measured), or the CUDA context on a GPU (assumed); the
+           tokenizer's vocabulary and the rest of the file header as Python objects; and the heap the
+           allocator keeps after dequantizing weights at load (measured).
+weights    every tensor at the chosen precision: the file's own, or converted to f32 / f16 / q8_0 / q4_0
+           (1-D tensors such as norms stay f32, as llama.cpp's quantizer keeps them). pellucid's engine
+           today dequantizes every weight to float32 at load (`ENGINE_WEIGHTS`).
+kv_cache   K and V for n_ctx tokens in every layer at --kv-type, allocated up front; sliding-window layers
+           stop at the window. Encoder-only models (BERT) read their input in one pass and keep no cache.
+compute    the activations alive at once while prefilling the last PREFILL_BATCH tokens of the context,
+           one layer at a time (see `compute_buffers()` for each term and what it assumes).
+loading    what only the load needs: weights dequantized to f32 / f16 are built while the file is still
+           memory-mapped, so for a moment both are resident. The KV cache comes after loading: the max().
+
+Sizes are printed in binary units (1 GiB = 1024^3 bytes), the units RAM is sold and reported in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pellucid.errors import PellucidError
+from pellucid.model.config import ModelConfig
+from pellucid.quant.types import BLOCK_LAYOUT, GGMLType
+
+KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
+
+# RSS of `python -c "import torch, numpy, tokenizers, jinja2, safetensors"` after a first matmul and a
+# scaled_dot_product_attention call: 239 MiB, measured with torch 2.13.0+cpu, CPython 3, Linux x86_64.
+FRAMEWORK_CPU_BYTES = 240 * MiB
+# GPU memory the CUDA context and cuBLAS workspaces take before any tensor is allocated. Not measured here
+# (the build machine has no GPU): a typical figure for recent drivers, to be replaced by a measurement.
+FRAMEWORK_CUDA_BYTES = 500 * MiB
+# Python objects for the tokenizer vocabulary and the rest of the GGUF header, as a multiple of the
+# header's bytes: parsing alone measured 3.4x (Gemma 3, 262k tokens) and 6.5x (SmolLM2, 49k tokens).
+METADATA_FACTOR = 6
+# Heap the allocator keeps after weights are dequantized at load, as a fraction of those weights: RSS after
+# loading exceeded framework + f32 weights + parsed metadata by 4.7% (SmolLM2) and 4.6% (Gemma 3).
+ALLOCATOR_SLACK = 0.05
+# Prompt tokens processed in one forward pass (llama.cpp's default micro-batch); longer prompts are chunked.
+PREFILL_BATCH = 512
+
+# Precisions weights can be converted to and the KV cache stored in: name -> ggml type (for its bytes).
+PRECISIONS: dict[str, GGMLType] = {
+    "f32": GGMLType.F32,
+    "f16": GGMLType.F16,
+    "q8_0": GGMLType.Q8_0,
+    "q4_0": GGMLType.Q4_0,
+}
+WEIGHTS_AS = ("file", *PRECISIONS)  # "file" = as stored in the model file
+# How pellucid's engine holds weights today: model/loader.py dequantizes every tensor to float32 at load.
+ENGINE_WEIGHTS = "f32"
+# Precisions the loader produces by dequantizing the file (`load_model(dtype=...)`), not by mapping it as is.
+CONVERTED_AT_LOAD = ("f32", "f16")
+# Architectures that encode a whole input at once: no KV cache, no next-token logits.
+ENCODER_ONLY = {"bert", "roberta", "xlm-roberta", "distilbert", "nomic-bert", "nomic_bert", "jina-bert-v2"}
+# Activation functions whose FFN is gated (act(x W_gate) * x W_up): three (T, ffn) tensors instead of two.
+GATED_ACTIVATIONS = {"silu", "gelu_tanh"}
+
+
+# -- sizes in, sizes out --------------------------------------------------------------------------------
+
+_UNITS = {"": 1, "b": 1, "k": KiB, "m": MiB, "g": GiB, "t": TiB}
+_UNITS.update({f"{p}ib": v for p, v in (("k", KiB), ("m", MiB), ("g", GiB), ("t", TiB))})
+_UNITS.update({"kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12})
+
+
+def parse_size(text: str) -> int:
+    """'8GiB', '8GB', '512MiB', '1.5G', '4096' -> bytes. KiB/MiB/GiB and a bare K/M/G are powers of 1024
+    (as `free -h` and Docker mean them); kB/MB/GB are powers of 1000 (as disk makers mean them)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _UNITS:
+        raise PellucidError(f"cannot read {text!r} as a memory size; write it like 8GiB, 8GB, 512MiB or 1.5G")
+    n = float(match.group(1)) * _UNITS[unit]
+    if n < 1:
+        raise PellucidError(f"memory size {text!r} is zero; write it like 8GiB, 8GB, 512MiB or 1.5G")
+    return int(n)
+
+
+def format_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'; three significant figures, binary units."""
+    for unit, size in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if abs(n) >= size:
+            value = n / size
+            return f"{value:.3g} {unit}" if value < 1000 else f"{value:.0f} {unit}"
+    return f"{n:.0f} B"
+
+
+# -- what the planner needs to know about a model -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorSize:
+    name: str
+    shape: tuple[int, ...]  # PyTorch order: a weight is (out_features, in_features)
+    n_bytes: int  # as stored in the file
+    is_parameter: bool = True  # False for integer buffers (BERT's position_ids)
+
+    @property
+    def n_elements(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """A model as the planner sees it: its shape, its tensors and how much header it carries."""
+
+    config: ModelConfig
+    tensors: tuple[TensorSize, ...]
+    metadata_bytes: int = 0  # GGUF header (vocabulary, merges, template) or config/tokenizer JSON
+    file_precision: str = "?"  # e.g. "Q4_1", "F32": what "file" means in the tables
+
+    @property
+    def encoder_only(self) -> bool:
+        return is_encoder_only(self.config)
+
+    @property
+    def n_parameters(self) -> int:
+        return sum(t.n_elements for t in self.tensors if t.is_parameter)
+
+
+def requantized_type(shape: tuple[int, ...], target: GGMLType) -> GGMLType:
+    """The type a tensor gets when a file is re-quantized to `target` (llama.cpp's rules, simplified)."""
+    if len(shape) < 2:
+        return GGMLType.F32  # norms and biases: tiny, and precision-sensitive
+    if shape[-1] % BLOCK_LAYOUT[target].block_size:
+        return GGMLType.F16  # rows that are not a whole number of blocks cannot be block-quantized
+    return target
+
+
+def stored_bytes(t: TensorSize, weights_as: str = "file") -> int:
+    """Bytes of one tensor as stored in the file ("file") or after re-quantizing to a precision."""
+    if weights_as == "file":
+        return t.n_bytes
+    layout = BLOCK_LAYOUT[requantized_type(t.shape, _precision(weights_as))]
+    return t.n_elements * layout.type_size // layout.block_size
+
+
+def weight_bytes(tensors: tuple[TensorSize, ...], weights_as: str = "file") -> int:
+    return sum(stored_bytes(t, weights_as) for t in tensors)
+
+
+def bytes_per_element(kv_type: str) -> float:
+    layout = BLOCK_LAYOUT[_precision(kv_type)]
+    return layout.type_size / layout.block_size
+
+
+def is_encoder_only(config: ModelConfig) -> bool:
+    return config.architecture.lower() in ENCODER_ONLY
+
+
+def kv_cache_bytes(config: ModelConfig, n_ctx: int, kv_type: str = "f16") -> int:
+    """K and V for n_ctx tokens; ModelConfig knows which layers are sliding-window."""
+    if is_encoder_only(config):
+        return 0
+    return int(config.kv_cache_bytes(n_ctx, bytes_per_element(kv_type)))
+
+
+def _precision(name: str) -> GGMLType:
+    try:
+        return PRECISIONS[name]
+    except KeyError:
+        raise PellucidError(f"unknown precision {name!r}; choose one of {', '.join(PRECISIONS)}") from None
+
+
+# -- the formula ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ComputeBuffers:
+    """Activations of one prefill batch, in bytes. The engine runs layer by layer, and the attention, FFN
+    and logits steps come one after another, so the peak is `hidden + dequant + max(attention, ffn,
+    logits)`, not the sum of all five."""
+
+    hidden: int  # the residual stream, its normalized copy and a sublayer's output: 3 x (T, hidden)
+    attention: int  # q, k, v and output for T tokens + one layer's K and V over n_ctx, per query head + mask
+    ffn: int  # gate, up and their product (3 x (T, ffn)); 2 x for an ungated MLP
+    logits: int  # (rows, vocab) floats: generation needs the last position only; perplexity needs all T
+    dequant: int  # the largest weight matrix unpacked to the compute dtype for its matmul
+
+    @property
+    def peak(self) -> int:
+        return self.hidden + self.dequant + max(self.attention, self.ffn, self.logits)
+
+
+def compute_buffers(
+    fp: Footprint,
+    n_ctx: int,
+    weights_as: str = "file",
+    compute_bytes: int = 4,
+    batch: int = PREFILL_BATCH,
+    logits_rows: int = 1,
+) -> ComputeBuffers:
+    """What the activations take at their worst: the last prefill batch of a full context. Assumes the
+    engine pellucid has (model/layers.py): it computes in `compute_bytes` floats (4 = float32 on CPU);
+    it calls `scaled_dot_product_attention`, whose fused kernels never hold the (n_heads, T, n_ctx) score
+    matrix (a hand-written softmax(q k^T) would add that much per layer) but turn the boolean mask into
+    floats; and it repeats each layer's cached K and V to every query head (grouped-query attention)."""
+    c = fp.config
+    t = min(batch, n_ctx)
+    q_width = c.n_heads * c.head_dim
+    kv_width = c.n_kv_heads * (c.head_dim + c.value_head_dim)
+    hidden = 3 * t * c.hidden_size * compute_bytes
+    every_layer_local = bool(c.sliding_window and c.sliding_layers and all(c.sliding_layers))
+    longest_cache = min(n_ctx, c.sliding_window) if every_layer_local else n_ctx
+    cache_per_head = longest_cache * c.n_heads * (c.head_dim + c.value_head_dim) * compute_bytes
+    mask = t * n_ctx * compute_bytes
+    attention = t * (2 * q_width + kv_width) * compute_bytes + cache_per_head + mask
+    n_ffn = 3 if c.activation in GATED_ACTIVATIONS else 2
+    ffn = n_ffn * t * c.ffn_size * compute_bytes
+    logits = 0 if fp.encoder_only else min(logits_rows, t) * c.vocab_size * compute_bytes
+    return ComputeBuffers(hidden, attention, ffn, logits, _dequant_bytes(fp, weights_as, compute_bytes))
+
+
+def _dequant_bytes(fp: Footprint, weights_as: str, compute_bytes: int) -> int:
+    """A matrix held in another type than the compute dtype is unpacked whole for its matmul, one at a time
+    (as gpt-fast's weight-only quantization does); the biggest sets the peak. Exact for a tied output head,
+    an upper bound for an embedding that is only looked up. Zero when weights are held as compute floats."""
+    packed = [
+        t.n_elements * compute_bytes
+        for t in fp.tensors
+        if len(t.shape) >= 2 and t.is_parameter and stored_bytes(t, weights_as) != t.n_elements * compute_bytes
+    ]
+    return max(packed, default=0)
+
+
+def loading_bytes(fp: Footprint, weights_as: str) -> int:
+    """Weights converted to plain floats at load are built from the memory-mapped file, whose pages stay
+    resident until the load ends: at that moment the process holds both. (Chunked dequantization keeps
+    other temporaries small.) Packed rows (the file's own, q8_0, q4_0) describe a file already at that
+    precision, mapped and used as it is."""
+    return sum(t.n_bytes for t in fp.tensors) if weights_as in CONVERTED_AT_LOAD else 0
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    n_ctx: int
+    weights_as: str
+    kv_type: str
+    device: str  # "cpu" or "cuda"
+    weights: int
+    kv_cache: int
+    compute: ComputeBuffers
+    loading: int  # held only while loading, before the KV cache exists
+    metadata: int
+    framework: int
+    allocator: int  # heap kept by the allocator after dequantizing at load
+
+    @property
+    def runtime(self) -> int:
+        """The process itself: Python, PyTorch (or the CUDA context), tokenizer, metadata, allocator slack."""
+        return self.framework + self.metadata + self.allocator
+
+    @property
+    def total(self) -> int:
+        return self.runtime + self.weights + max(self.kv_cache + self.compute.peak, self.loading)
+
+
+def estimate(
+    fp: Footprint,
+    n_ctx: int,
+    *,
+    weights_as: str = ENGINE_WEIGHTS,
+    kv_type: str = "f16",
+    device: str = "cpu",
+    logits_rows: int = 1,
+) -> MemoryEstimate:
+    """The one formula: peak bytes to run `fp` with a context of n_ctx tokens (see the module docstring)."""
+    if n_ctx < 1:
+        raise PellucidError(f"a context of {n_ctx} tokens is not possible; use at least 1")
+    # Activations are float32 on CPU, half precision on a GPU or when the weights themselves are f16.
+    compute_bytes = 2 if device != "cpu" or weights_as == "f16" else 4
+    weights = weight_bytes(fp.tensors, weights_as)
+    return MemoryEstimate(
+        n_ctx=n_ctx,
+        weights_as=weights_as,
+        kv_type=kv_type,
+        device=device,
+        weights=weights,
+        kv_cache=kv_cache_bytes(fp.config, n_ctx, kv_type),
+        compute=compute_buffers(fp, n_ctx, weights_as, compute_bytes, logits_rows=logits_rows),
+        loading=loading_bytes(fp, weights_as),
+        metadata=METADATA_FACTOR * fp.metadata_bytes if device == "cpu" else 0,
+        framework=FRAMEWORK_CPU_BYTES if device == "cpu" else FRAMEWORK_CUDA_BYTES,
+        allocator=int(ALLOCATOR_SLACK * weights) if weights_as in CONVERTED_AT_LOAD and device == "cpu" else 0,
+    )
+
+
+def max_context(
+    fp: Footprint, budget: int, *, weights_as: str = ENGINE_WEIGHTS, kv_type: str = "f16", device: str = "cpu"
+) -> int:
+    """The longest context (up to the model's own) whose estimate fits in `budget` bytes; 0 if none does.
+    A binary search, since the total only grows with n_ctx (sliding-window layers just stop adding)."""
+
+    def fits(n: int) -> bool:
+        return estimate(fp, n, weights_as=weights_as, kv_type=kv_type, device=device).total <= budget
+
+    lo, hi = 0, max(fp.config.context_length, 1)
+    if fits(hi):
+        return hi
+    while hi - lo > 1:  # invariant: lo == 0 or fits(lo); not fits(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+# -- what this machine has ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Budget:
+    label: str  # "RAM available", "--memory", "GPU 0 (NVIDIA H100 80GB HBM3) free"
+    device: str  # "cpu" or "cuda"
+    bytes: int
+    total: int | None = None  # the whole RAM / GPU, when known
+
+
+def detect_budgets() -> list[Budget]:
+    """Available RAM (capped by a container's memory limit) and, where an NVIDIA driver is loaded, each
+    GPU's free memory."""
+    return [ram_budget(), *gpu_budgets()]
+
+
+def ram_budget() -> Budget:
+    meminfo = _read_meminfo()
+    if "MemAvailable" in meminfo:
+        available, total, label = meminfo["MemAvailable"], meminfo.get("MemTotal"), "RAM available"
+    else:  # not Linux: the physical RAM is all we can know without extra packages
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        available, label = total, "RAM (total)"
+    limit = _cgroup_limit()
+    if limit is not None and limit < available:
+        available, label = limit, "RAM available (container limit)"
+    return Budget(label, "cpu", available, total)
+
+
+def _read_meminfo() -> dict[str, int]:
+    try:
+        lines = Path("/proc/meminfo").read_text().splitlines()
+    except OSError:
+        return {}
+    out = {}
+    for line in lines:
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            out[key] = int(parts[0]) * (KiB if parts[1:] == ["kB"] else 1)
+    return out
+
+
+def _cgroup_limit() -> int | None:
+    """cgroup v2 memory.max minus what the group already uses; None when unlimited or not in a cgroup."""
+    root = Path("/sys/fs/cgroup")
+    try:
+        limit = (root / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        used = int((root / "memory.current").read_text().strip())
+        return max(int(limit) - used, 0)
+    except (OSError, ValueError):
+        return None
+
+
+def gpu_budgets() -> list[Budget]:
+    # Importing torch costs a second; do it only when an NVIDIA driver is there to be asked.
+    if not Path("/proc/driver/nvidia/version").exists():
+        return []
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    budgets = []
+    for i in range(torch.cuda.device_count()):
+        free, total = torch.cuda.mem_get_info(i)
+        budgets.append(Budget(f"GPU {i} ({torch.cuda.get_device_name(i)}) free", "cuda", free, total))
+    return budgets
+
+
+# -- the decision ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FitRow:
+    weights_as: str
+    estimate: MemoryEstimate
+    fits: bool
+    max_context: int  # longest context that fits, up to the model's own; 0 = not even one token
+
+
+@dataclass(frozen=True)
+class FitTarget:
+    budget: Budget
+    rows: list[FitRow]
+
+
+@dataclass
+class FitPlan:
+    model: str
+    n_ctx: int
+    context_length: int  # what the model was trained for
+    kv_type: str
+    file_precision: str
+    encoder_only: bool
+    targets: list[FitTarget] = field(default_factory=list)
+
+
+def plan_fit(fp: Footprint, model: str, n_ctx: int, budgets: list[Budget], kv_type: str = "f16") -> FitPlan:
+    plan = FitPlan(model, n_ctx, fp.config.context_length, kv_type, fp.file_precision, fp.encoder_only)
+    for budget in budgets:
+        rows = []
+        for weights_as in WEIGHTS_AS:
+            kw = {"weights_as": weights_as, "kv_type": kv_type, "device": budget.device}
+            est = estimate(fp, n_ctx, **kw)
+            rows.append(FitRow(weights_as, est, est.total <= budget.bytes, max_context(fp, budget.bytes, **kw)))
+        plan.targets.append(FitTarget(budget, rows))
+    return plan
+
+
+def plan_json(plan: FitPlan) -> dict:
+    """The plan as plain data, with each estimate's derived totals spelled out."""
+    data = dataclasses.asdict(plan)
+    for target_data, target in zip(data["targets"], plan.targets):
+        for row_data, row in zip(target_data["rows"], target.rows):
+            e = row.estimate
+            row_data["estimate"].update(compute_peak=e.compute.peak, runtime=e.runtime, total=e.total)
+    return data
+
+
+def render_fit(plan: FitPlan) -> str:
+    ctx_note = f"{plan.n_ctx:,} tokens of context"
+    if plan.n_ctx > plan.context_length:
+        ctx_note += f" (more than the {plan.context_length:,} the model was trained for; pellucid refuses that)"
+    kv = "no KV cache (encoder-only)" if plan.encoder_only else f"KV cache in {plan.kv_type}"
+    lines = [f"{plan.model} at {ctx_note}, {kv}", ""]
+    header = ("weights as", "weights", "KV cache", "compute", "loading", "runtime", "total", "fits?", "longest context")
+    for target in plan.targets:
+        b = target.budget
+        of_total = f" of {format_bytes(b.total)}" if b.total else ""
+        lines.append(f"{b.label}: {format_bytes(b.bytes)}{of_total}")
+        table = [header]
+        for row in target.rows:
+            e = row.estimate
+            table.append(
+                (
+                    _row_name(row.weights_as, plan.file_precision),
+                    format_bytes(e.weights),
+                    format_bytes(e.kv_cache),
+                    format_bytes(e.compute.peak),
+                    format_bytes(e.loading),
+                    format_bytes(e.runtime),
+                    format_bytes(e.total),
+                    "yes" if row.fits else "NO",
+                    _describe_max(row.max_context, plan.context_length),
+                )
+            )
+        lines += _table(table)
+        lines.append("  " + _verdict(target, plan))
+        lines.append("")
+    lines += _assumptions(plan)
+    return "\n".join(lines)
+
+
+def _row_name(weights_as: str, file_precision: str) -> str:
+    if weights_as == "file":
+        return f"file ({file_precision})"
+    return f"{weights_as} (pellucid today)" if weights_as == ENGINE_WEIGHTS else weights_as
+
+
+def _verdict(target: FitTarget, plan: FitPlan) -> str:
+    today = next(r for r in target.rows if r.weights_as == ENGINE_WEIGHTS)
+    need, have = format_bytes(today.estimate.total), format_bytes(target.budget.bytes)
+    if today.fits:
+        return f"=> fits: pellucid needs about {need} of the {have} here at {plan.n_ctx:,} tokens."
+    if today.max_context:
+        return (
+            f"=> does not fit at {plan.n_ctx:,} tokens (needs about {need}, {have} here); "
+            f"use at most --ctx {today.max_context:,}."
+        )
+    smaller = [r for r in target.rows if r.max_context and r.weights_as != "file"]
+    hint = f" {smaller[-1].weights_as} weights would fit {smaller[-1].max_context:,} tokens." if smaller else ""
+    return f"=> does not fit: even one token needs more than the {have} here.{hint}"
+
+
+def _describe_max(n: int, context_length: int) -> str:
+    if n == 0:
+        return "none"
+    return f"all {n:,}" if n >= context_length else f"{n:,}"
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for r in rows:
+        cells = [r[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(r[1:], widths[1:])]
+        out.append("  " + "  ".join(cells))
+    return out
+
+
+def _assumptions(plan: FitPlan) -> list[str]:
+    devices = {t.budget.device for t in plan.targets}
+    lines = [
+        "How this is counted (pellucid.memory.estimate): total = runtime + weights + the larger of",
+        "(KV cache + compute) and loading.",
+        "  weights   every tensor at that precision; converting keeps norms f32, as llama.cpp does. pellucid's",
+        "            engine dequantizes to f32 at load today; the other rows are for packed-weight engines",
+    ]
+    if not plan.encoder_only:
+        lines.append("  KV cache  K and V for every token in every layer; sliding-window layers stop at the window")
+    lines += [
+        f"  compute   activations of the last {PREFILL_BATCH}-token prefill batch (float32 on CPU), one layer at a",
+        "            time, logits of the last position, and the largest matrix unpacked for its matmul when",
+        f"            weights are packed (`ppl` scores every position: add {PREFILL_BATCH} x vocab x 4 bytes)",
+        "  loading   the memory-mapped file, resident while converted weights are built from it",
+    ]
+    if "cpu" in devices:
+        lines += [
+            f"  runtime   Python + PyTorch after import ({format_bytes(FRAMEWORK_CPU_BYTES)}, measured) + the "
+            f"tokenizer and metadata ({METADATA_FACTOR}x the header)",
+            f"            + what the allocator keeps after dequantizing at load ({ALLOCATOR_SLACK:.0%} of those "
+            "weights, measured)",
+        ]
+    if "cuda" in devices:
+        lines.append(
+            f"  runtime   on a GPU: the CUDA context, assumed {format_bytes(FRAMEWORK_CUDA_BYTES)} (not measured)"
+        )
+    lines.append("  'longest context' is the most tokens that fit, up to what the model was trained for.")
+    return lines
