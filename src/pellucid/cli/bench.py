@@ -1,0 +1,5 @@
+"""Benchmark commands: bench (speed against peers, llama-bench style)."""
+
+from __future__ import annotations
+
+COMMANDS: list = []

@@ -1,0 +1,5 @@
+"""Retrieval commands: embed, and rag index/search/ask/eval."""
+
+from __future__ import annotations
+
+COMMANDS: list = []
