@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# One chat answer from the default model, greedy so it is the same every time.
 demo: $(STAMP)
 	$(BIN)/pellucid pull smollm2-135m
-	$(BIN)/pellucid inspect smollm2-135m
+	$(BIN)/pellucid run smollm2-135m "What is the capital of France? Answer in one sentence." --temperature 0
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
