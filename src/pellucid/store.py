@@ -567,28 +567,17 @@ def summarize(path: Path, kind: str) -> dict:
                 "quantization": FILE_TYPE_NAMES.get(file_type, str(file_type)) if file_type is not None else "?",
                 "size_bytes": g.file_size,
             }
+    from pellucid.formats.safetensors import read_safetensors_header
+
     config = json.loads((path / "config.json").read_text())
     n_params, dtypes = 0, set()
     for st_file in path.glob("*.safetensors"):
-        for info in _safetensors_header(st_file).values():
-            n = 1
-            for d in info["shape"]:
-                n *= d
-            n_params += n
-            dtypes.add(info["dtype"])
+        for info in read_safetensors_header(st_file).tensors.values():
+            n_params += info.n_elements
+            dtypes.add(info.dtype)
     return {
         "architecture": config.get("model_type") or (config.get("architectures") or ["?"])[0],
         "parameters": n_params,
         "quantization": "/".join(sorted(dtypes)) or "?",
         "size_bytes": sum(p.stat().st_size for p in path.rglob("*") if p.is_file()),
     }
-
-
-def _safetensors_header(path: Path) -> dict:
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        if n <= 0 or n > 100_000_000:
-            raise ModelFileError(f"{path.name} is not a valid safetensors file (header length {n})")
-        header = json.loads(f.read(n))
-    header.pop("__metadata__", None)
-    return header
