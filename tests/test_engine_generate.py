@@ -204,6 +204,15 @@ def test_stop_strings_max_tokens_logprobs_and_stats(smollm2):
     assert s.prompt_tokens == len(g.prompt_ids) and s.ttft_s > 0 and s.prefill_tok_s > 0 and s.decode_tok_s > 0
 
 
+def test_ignore_eos_generates_past_the_end_of_turn(smollm2):
+    messages = [{"role": "user", "content": "Say hi."}]
+    short = smollm2.chat(messages, temperature=0, max_tokens=64).result()
+    assert short.stats.stop_reason == "stop" and short.stats.generated_tokens < 64  # the model ends its turn
+    long = smollm2.chat(messages, temperature=0, max_tokens=64, ignore_eos=True).result()
+    assert long.stats.stop_reason == "length" and long.stats.generated_tokens == 64
+    assert long.text.startswith(short.text)
+
+
 def test_breaking_out_cancels(smollm2):
     g = smollm2.generate("Once upon a time", temperature=0, max_tokens=50)
     for n, _ in enumerate(g):

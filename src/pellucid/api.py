@@ -95,15 +95,20 @@ class LLM:
         *,
         max_tokens: int | None = None,
         stop: str | Sequence[str] | None = None,
+        ignore_eos: bool = False,
         **sampling,
     ) -> Generation:
         """Complete `prompt` (text, or token ids) as is. Sampling keywords are SamplingParams fields
         (temperature, top_k, top_p, min_p, typical_p, repeat_penalty, repeat_last_n, presence_penalty,
-        frequency_penalty, seed, logprobs). max_tokens None = until an end token or a full context."""
+        frequency_penalty, seed, logprobs). max_tokens None = until an end token or a full context.
+        ignore_eos: keep going past end-of-text / end-of-turn tokens (llama.cpp's --ignore-eos), e.g. to
+        benchmark a fixed number of tokens."""
         ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
-        return self._generate(ids, max_tokens=max_tokens, stop=stop, **sampling)
+        return self._generate(ids, max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos, **sampling)
 
-    def chat(self, messages: list[dict], *, tools=None, stop=None, max_tokens=None, **sampling) -> Generation:
+    def chat(
+        self, messages: list[dict], *, tools=None, stop=None, max_tokens=None, ignore_eos=False, **sampling
+    ) -> Generation:
         """Answer the conversation `messages` ([{"role": "user", "content": "..."}, ...]).
 
         A model without a chat template (a base model) gets a plain "User:/Assistant:" prompt; it was not
@@ -112,10 +117,14 @@ class LLM:
         if not self.has_chat_template:
             stops += BASE_MODEL_STOPS
         return self._generate(
-            self.chat_prompt_ids(messages, tools=tools), max_tokens=max_tokens, stop=stops, **sampling
+            self.chat_prompt_ids(messages, tools=tools),
+            max_tokens=max_tokens,
+            stop=stops,
+            ignore_eos=ignore_eos,
+            **sampling,
         )
 
-    def _generate(self, prompt_ids: list[int], *, max_tokens, stop, **sampling) -> Generation:
+    def _generate(self, prompt_ids: list[int], *, max_tokens, stop, ignore_eos=False, **sampling) -> Generation:
         unknown = set(sampling) - _SAMPLING_FIELDS
         if unknown:
             raise SamplingParamsError(
@@ -130,7 +139,7 @@ class LLM:
             prompt_ids,
             make_sampler(params),
             max_tokens=self.ctx if max_tokens is None else max_tokens,
-            stop_ids=self.tokenizer.eot_ids,
+            stop_ids=() if ignore_eos else self.tokenizer.eot_ids,
             logprobs=params.logprobs,
             stats=stats,
         )

@@ -35,6 +35,9 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--stop", action="append", default=[], metavar="TEXT", help="stop when the output contains TEXT (repeatable)"
     )
+    group.add_argument(
+        "--ignore-eos", action="store_true", help="keep generating past end-of-text tokens (until -n or the context)"
+    )
     model = p.add_argument_group("model")
     model.add_argument("--ctx", type=positive_int, help="context window in tokens (default: min(model's, 4096))")
     model.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: the best available)")
@@ -75,7 +78,7 @@ def cmd_run(args) -> int:
     answer streams to stdout and a stats line follows on stderr."""
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     llm = _load(args)
-    kwargs = {"max_tokens": args.max_tokens, "stop": args.stop, **_sampling(args)}
+    kwargs = {"max_tokens": args.max_tokens, "stop": args.stop, "ignore_eos": args.ignore_eos, **_sampling(args)}
     if args.raw:
         generation = llm.generate(prompt, **kwargs)
     else:
@@ -125,6 +128,7 @@ def cmd_chat(args) -> int:
     llm = _load(args)
     _warn_base_model(llm)
     state = _ChatState(llm, _sampling(args), args.system, args.max_tokens, args.stop)
+    state.ignore_eos = args.ignore_eos
     print(f"{llm.name} on {llm.device}, context {llm.ctx:,} tokens. /help for commands, /quit to leave.")
     while True:
         try:
@@ -166,6 +170,7 @@ class _ChatState:
         self.stop = stop
         self.messages: list[dict] = []
         self.last = None
+        self.ignore_eos = False
 
     def history(self) -> list[dict]:
         return ([{"role": "system", "content": self.system}] if self.system else []) + self.messages
@@ -173,7 +178,9 @@ class _ChatState:
     def answer(self, text: str) -> None:
         self.messages.append({"role": "user", "content": text})
         try:
-            generation = self.llm.chat(self.history(), max_tokens=self.max_tokens, stop=self.stop, **self.sampling)
+            generation = self.llm.chat(
+                self.history(), max_tokens=self.max_tokens, stop=self.stop, ignore_eos=self.ignore_eos, **self.sampling
+            )
         except PellucidError as e:  # e.g. the conversation no longer fits the context
             self.messages.pop()
             print(f"error: {e}")
