@@ -172,3 +172,20 @@ def test_cache_made_for_another_batch_size_is_refused():
     model = tiny_model("llama")
     with pytest.raises(ValueError, match="batch of 2 sequences needs a cache made for 2, not 1"):
         model(torch.zeros(2, 3, dtype=torch.long), model.make_cache(capacity=8))
+
+
+@torch.inference_mode()
+def test_a_short_sequence_decoded_after_a_wrapped_ring():
+    """Regression: a decode step compiled on a full sliding-window ring was reused for a new sequence at
+    offset 1 (the ring's fill was a guard-free min()), which then attended to stale slots. Compiled variants
+    are per process, so we start from none to make the order of compilation the one that failed."""
+    torch._dynamo.reset()
+    model = tiny_model("gemma3")
+    g = torch.Generator().manual_seed(4)
+    long = model.make_cache(capacity=32)
+    model.hidden(torch.randint(0, model.config.vocab_size, (1, 20), generator=g), long)
+    tokens = torch.randint(0, model.config.vocab_size, (1, 4), generator=g)
+    fresh = model.make_cache(capacity=32)
+    out = [model(tokens[:, :1], fresh), model(tokens[:, 1:2], long)]  # offset 0, then a full ring (offset 20)
+    out += [model(tokens[:, i : i + 1], fresh) for i in range(1, 4)]  # offsets 1-3 of the new sequence
+    torch.testing.assert_close(torch.cat([out[0], *out[2:]], dim=1), model(tokens), **TOL)

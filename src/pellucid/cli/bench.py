@@ -2,4 +2,50 @@
 
 from __future__ import annotations
 
-COMMANDS: list = []
+import sys
+
+from pellucid import store
+from pellucid.cli.common import add_model_arg, command, positive_int, print_json
+from pellucid.errors import PellucidError
+
+
+def _add_bench(commands) -> None:
+    p = command(commands, "bench", cmd_bench, "prompt and generation speed, load time, peak memory (vs peers)")
+    add_model_arg(p)
+    p.add_argument("--pp", type=positive_int, default=512, help="prompt tokens per prefill pass (default: 512)")
+    p.add_argument("--tg", type=positive_int, default=128, help="tokens generated per decode run (default: 128)")
+    p.add_argument("--reps", type=positive_int, default=5, help="timed repetitions of each (default: 5)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for every engine (default: physical cores)")
+    p.add_argument(
+        "--compare",
+        metavar="PEERS",
+        default="",
+        help="comma-separated peers to run on the same file: llama.cpp, transformers",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+
+
+def cmd_bench(args) -> int:
+    """Measure MODEL the way llama-bench does: ppN (a prompt of N tokens in one pass) and tgN (N decode
+    steps) in tokens per second, median ± spread over --reps after a warm-up, plus load time and peak RSS.
+    pellucid and each peer run in their own fresh process with the same number of threads."""
+    from pellucid.bench import format_report, run_bench
+    from pellucid.device import physical_cores
+
+    resolved = store.resolve(args.model)
+    if resolved.kind != "gguf":
+        raise PellucidError(f"pellucid bench measures GGUF models; {resolved.name} is a {resolved.kind} folder")
+    threads = args.threads or physical_cores()
+    compare = [p.strip() for p in args.compare.split(",") if p.strip()]
+    log = (lambda line: print(line, file=sys.stderr)) if not args.json else None
+    report = run_bench(
+        resolved.name, resolved.path, pp=args.pp, tg=args.tg, reps=args.reps, threads=threads, compare=compare, log=log
+    )
+    if args.json:
+        print_json(report.as_dict())
+    else:
+        print(format_report(report))
+    return 0
+
+
+COMMANDS = [_add_bench]

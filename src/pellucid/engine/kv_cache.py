@@ -2,7 +2,9 @@
 
 Per layer, one object with a tiny interface (as in mlx-lm): `update_and_fetch(k, v)` appends the new
 tokens' keys/values (B, Hkv, T, D) and returns every key/value the new queries attend to, `offset` counts
-the tokens seen, `trim(n)` forgets the last n. All memory is allocated up front (`make_cache`), so a decode
+the tokens seen, `trim(n)` forgets the last n. The model's forward pass uses the two halves of
+`update_and_fetch`: each layer `store`s, and `ModelCache.advance` counts the tokens once all layers have run
+(so compiled code never changes a Python int). All memory is allocated up front (`make_cache`), so a decode
 step writes into existing buffers and allocates nothing.
 
 - `KVCache` (global-attention layers): a buffer of `capacity` positions, filled left to right; it returns
@@ -40,13 +42,25 @@ class KVCache:
         self.offset = 0
 
     def update_and_fetch(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = self.store(k, v)
+        self.advance(k.shape[2])
+        return keys, values
+
+    def store(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new tokens after `offset` and return what they attend to; `advance` then counts them.
+
+        Split from the counting so that a compiled block only writes tensors and the offset, a Python int,
+        changes once per forward pass (in `ModelCache.advance`), outside the compiled code.
+        """
         start, end = self.offset, self.offset + k.shape[2]
         if end > self.capacity:
             raise ContextLengthError(f"the KV cache holds {self.capacity:,} tokens; {end:,} were needed")
         self.keys[:, :, start:end] = k
         self.values[:, :, start:end] = v
-        self.offset = end
         return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.offset += n
 
     def can_trim(self, n: int) -> bool:
         return 0 <= n <= self.offset
@@ -70,18 +84,29 @@ class RotatingKVCache:
         self.offset = 0
 
     def update_and_fetch(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = self.store(k, v)
+        self.advance(k.shape[2])
+        return keys, values
+
+    def store(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new tokens and return what they attend to, without counting them (see KVCache.store)."""
         if k.shape[2] == 1:
             return self._append_one(k, v)
         return self._append_many(k, v)
+
+    def advance(self, n: int) -> None:
+        self.offset += n
 
     def _append_one(self, k, v):
         # The decode step: overwrite the oldest slot and attend to the whole ring (every entry is in window).
         slot = self.offset % self.window
         self.keys[:, :, slot : slot + 1] = k
         self.values[:, :, slot : slot + 1] = v
-        self.offset += 1
-        n = min(self.offset, self.window)
-        return self.keys[:, :, :n], self.values[:, :, :n]
+        # An explicit branch, not min(offset + 1, window): compiled with a symbolic offset, `min` became a
+        # guard-free expression that a block compiled on a full ring reused for offset 1 (wrong keys).
+        if self.offset + 1 >= self.window:
+            return self.keys, self.values
+        return self.keys[:, :, : self.offset + 1], self.values[:, :, : self.offset + 1]
 
     def _append_many(self, k, v):
         # A prompt (or a chunk of one): the new queries need up to window - 1 earlier keys, oldest first,
@@ -95,7 +120,6 @@ class RotatingKVCache:
         keep = self._slots(self.offset + T - n_keep, self.offset + T)
         self.keys.index_copy_(2, keep, k[:, :, T - n_keep :])
         self.values.index_copy_(2, keep, v[:, :, T - n_keep :])
-        self.offset += T
         return keys, values
 
     def _slots(self, start: int, end: int) -> torch.Tensor:
@@ -137,6 +161,11 @@ class ModelCache:
             raise ValueError(f"cannot trim {n} tokens from this cache (offset {self.offset})")
         for layer in self.layers:
             layer.trim(n)
+
+    def advance(self, n: int) -> None:
+        """Count n new tokens in every layer, after a forward pass has `store`d them."""
+        for layer in self.layers:
+            layer.advance(n)
 
     def reset(self) -> None:
         """Start a new sequence in the same buffers."""

@@ -28,8 +28,8 @@ def frozen(tensor: torch.Tensor) -> nn.Parameter:
 class Linear(nn.Module):
     """y = x @ W.T with a dense weight (out_features, in_features).
 
-    Every projection in the model is built by `loader.make_linear`, so a packed-quantized layer with the same
-    `forward(x)` can replace this one in a single place.
+    Every projection in the model is built by `loader.make_linear`, which uses this dense layer for float32
+    matrices and `quant.linear.QuantizedLinear` (same `forward(x)`) for the packed ones.
     """
 
     def __init__(self, weight: torch.Tensor):
@@ -38,6 +38,17 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight)
+
+
+class Embedding(nn.Module):
+    """Token ids -> rows of a dense (vocab, hidden) table. A quantized table is `quant.linear.QuantizedEmbedding`."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.weight = frozen(weight)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.embedding(tokens, self.weight)
 
 
 class RMSNorm(nn.Module):
@@ -170,9 +181,14 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rope.apply(q, cos, sin), rope.apply(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
-        if cache is not None:
-            k, v = cache.update_and_fetch(k, v)  # (B, Hkv, S, D): cached keys followed by the new ones
-        out = self._attend(q, k, v)  # (B, H, T, Dv)
+        if isinstance(cache, list):  # Transformer.decode_batch: one layer cache per sequence, each at its offset
+            out = torch.cat(
+                [self._attend(q[b : b + 1], *c.store(k[b : b + 1], v[b : b + 1])) for b, c in enumerate(cache)]
+            )
+        else:
+            if cache is not None:
+                k, v = cache.store(k, v)  # (B, Hkv, S, D): cached keys followed by the new ones
+            out = self._attend(q, k, v)  # (B, H, T, Dv)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.value_head_dim))
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,17 @@
 """From a model file to a ready `Transformer`: read the config, pick the family, build each layer from its weights.
 
 `load_model` is the entry point. Layers are built directly from named tensors (`Weights`), never
-created empty and filled later, and every projection goes through `make_linear`: the one place where a
-packed-quantized layer can later replace the dense float one.
+created empty and filled later, and every projection goes through `make_linear`.
 
-Tensors are dequantized to the requested dtype at load (F32 by default). Any tensor in the file that the
-model did not use is an error: it means the file needs a feature we do not implement (biases, a
-different layout), and running without it would produce wrong text silently.
+Quantized (and float16/bfloat16) matrices stay packed: `make_linear` wraps the file's bytes, memory-mapped
+and mostly not even copied, in a `QuantizedLinear` whose kernels read them directly (quant/kernels.py), and
+the token embedding becomes a `QuantizedEmbedding` that unpacks only the rows it is asked for. So loading
+reads little more than the headers, and memory holds the file's 4-8 bits per weight rather than float32.
+Float32 matrices, norms and other vectors are copied as dense tensors in the requested dtype (activations:
+float32 by default).
+
+Any tensor in the file that the model did not use is an error: it means the file needs a feature we do not
+implement (biases, a different layout), and running without it would produce wrong text silently.
 """
 
 from __future__ import annotations
@@ -23,24 +28,47 @@ from pellucid.errors import UnsupportedError
 from pellucid.formats.gguf import GGUFFile
 from pellucid.model.config import ModelConfig, config_from_gguf
 from pellucid.model.families import Family, TensorNames, family_for
-from pellucid.model.layers import Attention, Block, GatedMLP, Linear, RMSNorm, RotaryEmbedding, frozen
+from pellucid.model.layers import Attention, Block, Embedding, GatedMLP, Linear, RMSNorm, RotaryEmbedding, frozen
 from pellucid.model.transformer import Transformer
+from pellucid.quant.linear import QuantizedEmbedding, QuantizedLinear
+from pellucid.quant.packed import PackedWeight, pack
+from pellucid.quant.types import GGMLType
 
 
 class Weights:
-    """A model file's tensors by name, each dequantized to `dtype` on `device` once, with a record of use."""
+    """A model file's tensors by name, dense (dequantized to `dtype` on `device`) or packed, with a record of use.
 
-    def __init__(self, load: Callable[[str], torch.Tensor], names: Iterable[str], *, device, dtype):
+    `pack(name)` (GGUF files) gives the matrix in its file format, or None where the file stores it as float32;
+    asking twice returns the same object, which is how a tied output head shares the embedding.
+    """
+
+    def __init__(
+        self,
+        load: Callable[[str], torch.Tensor],
+        names: Iterable[str],
+        *,
+        device,
+        dtype,
+        pack: Callable[[str], PackedWeight | None] | None = None,
+    ):
         self._load = load
+        self._pack = pack
         self.names = set(names)
         self.device = torch.device(device)
         self.dtype = dtype
         self.used: set[str] = set()
         self._loaded: dict[str, nn.Parameter] = {}
+        self._packed: dict[str, PackedWeight | None] = {}
 
     @classmethod
     def from_gguf(cls, gguf: GGUFFile, *, device, dtype) -> Weights:
-        return cls(gguf.tensor, gguf.tensors, device=device, dtype=dtype)
+        def pack_matrix(name: str) -> PackedWeight | None:
+            info = gguf.tensors[name]
+            if len(info.shape) != 2 or info.ggml_type == GGMLType.F32:
+                return None
+            return pack(gguf.raw(name), info.ggml_type, info.shape)
+
+        return cls(gguf.tensor, gguf.tensors, device=device, dtype=dtype, pack=pack_matrix)
 
     @classmethod
     def from_dict(cls, tensors: dict[str, torch.Tensor], *, device="cpu", dtype=torch.float32) -> Weights:
@@ -61,13 +89,28 @@ class Weights:
             self.used.add(name)
         return self._loaded[key]
 
+    def packed(self, name: str) -> PackedWeight | None:
+        if self._pack is None:
+            return None
+        if name not in self._packed:
+            self._packed[name] = self._pack(name)
+            self.used.add(name)
+        return self._packed[name]
+
     def unused(self) -> list[str]:
         return sorted(self.names - self.used)
 
 
 def make_linear(weights: Weights, name: str) -> nn.Module:
     """The projection stored as `name` (out_features, in_features). Every linear layer is built here."""
-    return Linear(weights.tensor(name))
+    packed = weights.packed(name)
+    return QuantizedLinear(packed) if packed is not None else Linear(weights.tensor(name))
+
+
+def make_embedding(weights: Weights, name: str) -> nn.Module:
+    """The token embedding table stored as `name` (vocab, hidden)."""
+    packed = weights.packed(name)
+    return QuantizedEmbedding(packed, weights.dtype) if packed is not None else Embedding(weights.tensor(name))
 
 
 def load_model(model, *, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32) -> Transformer:
@@ -110,7 +153,7 @@ def build_transformer(config: ModelConfig, weights: Weights, names: TensorNames)
     """Wire a Transformer from `weights`, following `config` for every architectural switch."""
     _check_supported(config)
     blocks = [_build_block(config, weights, names, i) for i in range(config.n_layers)]
-    embed = weights.tensor(names.embed)
+    embedding = make_embedding(weights, names.embed)
     output_name = names.embed if config.tie_embeddings else names.output
     freq_factors = weights.tensor(names.rope_freqs, torch.float32) if weights.has(names.rope_freqs) else None
     linear_scale = config.rope_scaling.factor if config.rope_scaling is not None else 1.0
@@ -123,12 +166,13 @@ def build_transformer(config: ModelConfig, weights: Weights, names: TensorNames)
         rope_local = RotaryEmbedding(config.rope_dim, config.rope_theta_local, config.rope_style)
     return Transformer(
         config,
-        embed_weight=embed,
+        embedding=embedding,
         blocks=blocks,
         final_norm=_norm(weights, names.output_norm, config),
         output=make_linear(weights, output_name),
         rope=rope,
         rope_local=rope_local,
+        dtype=weights.dtype,
     ).to(weights.device)
 
 

@@ -16,24 +16,27 @@ import torch
 from torch import nn
 
 from pellucid.errors import ContextLengthError
+from pellucid.model.compiled import decode_block_runner
 from pellucid.model.config import ModelConfig
-from pellucid.model.layers import Block, RotaryEmbedding, frozen
+from pellucid.model.layers import Block, RotaryEmbedding
 
 
 class Transformer(nn.Module):
     def __init__(
         self,
         config: ModelConfig,
-        embed_weight: torch.Tensor,  # (vocab, hidden)
+        embedding: nn.Module,  # token ids (B, T) -> (B, T, hidden) in the model's dtype
         blocks: list[Block],
         final_norm: nn.Module,
-        output: nn.Module,  # hidden -> vocab logits (shares embed_weight when embeddings are tied)
+        output: nn.Module,  # hidden -> vocab logits (shares the embedding's weights when they are tied)
         rope: RotaryEmbedding,
         rope_local: RotaryEmbedding | None = None,  # for sliding-window layers, when their base differs
+        *,
+        dtype: torch.dtype = torch.float32,  # activations and KV cache; packed weights keep their own format
     ):
         super().__init__()
         self.config = config
-        self.embed_weight = frozen(embed_weight)
+        self.embedding = embedding
         self.blocks = nn.ModuleList(blocks)
         self.final_norm = final_norm
         self.output = output
@@ -42,27 +45,29 @@ class Transformer(nn.Module):
         # Gemma multiplies embeddings by sqrt(hidden). llama.cpp applies it as an f32 scalar (sqrtf(n_embd));
         # HF first rounds it to the weight dtype (25.25 in bf16 instead of 25.298). We follow llama.cpp.
         self.embed_scale = math.sqrt(config.hidden_size) if config.embedding_scale_by_sqrt_hidden else None
+        self.dtype = dtype
         self.load_seconds: float | None = None  # set by load_model
 
     @property
     def device(self) -> torch.device:
-        return self.embed_weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.embed_weight.dtype
+        return self.final_norm.weight.device
 
     def forward(self, tokens: torch.Tensor, cache=None) -> torch.Tensor:
         """Logits (B, T, vocab) in float32 for token ids (B, T)."""
         return self.logits(self.hidden(tokens, cache))
 
     def hidden(self, tokens: torch.Tensor, cache=None) -> torch.Tensor:
-        """Final-normed hidden states (B, T, hidden): call `logits` on just the positions you need."""
+        """Final-normed hidden states (B, T, hidden): call `logits` on just the positions you need.
+
+        In a decode step (one token per sequence, with a cache) each block runs as a compiled graph
+        (`pellucid.model.compiled`); otherwise blocks run eagerly, their matrix products as compiled kernels.
+        """
         B, T = tokens.shape
         if cache is not None and cache.batch_size != B:
             raise ValueError(f"a batch of {B} sequences needs a cache made for {B}, not {cache.batch_size}")
+        run_block = decode_block_runner() if cache is not None and T == 1 else None
         offset = self._check_room(T, cache)
-        x = nn.functional.embedding(tokens, self.embed_weight)  # (B, T, hidden)
+        x = self.embedding(tokens)  # (B, T, hidden)
         if self.embed_scale is not None:
             x = x * self.embed_scale
         positions = torch.arange(offset, offset + T, device=tokens.device)
@@ -70,11 +75,45 @@ class Transformer(nn.Module):
         cos_local, sin_local = self.rope_local.tables(positions) if self.rope_local is not self.rope else (cos, sin)
         for i, block in enumerate(self.blocks):
             layer_cache = cache.layers[i] if cache is not None else None
-            if block.sliding:
-                x = block(x, self.rope_local, cos_local, sin_local, layer_cache)
-            else:
-                x = block(x, self.rope, cos, sin, layer_cache)
+            rope, c, s = (self.rope_local, cos_local, sin_local) if block.sliding else (self.rope, cos, sin)
+            x = run_block(block, x, rope, c, s, layer_cache) if run_block else block(x, rope, c, s, layer_cache)
+        if cache is not None:
+            cache.advance(T)
         return self.final_norm(x)
+
+    def decode_batch(self, tokens: torch.Tensor, caches: list) -> torch.Tensor:
+        """One decode step for B independent sequences: next-token logits (B, vocab) in float32.
+
+        tokens (B,) holds each sequence's newest token; caches[b] (from `make_cache()`, batch size 1) holds
+        sequence b's past and may sit at any offset, different from the others'. The token is placed at its
+        own cache's offset (RoPE position), its key/value written there, and every cache advances by one.
+        The projections run once for all B rows, so the packed weights are read once per step whatever B is
+        (where continuous batching gets its throughput); attention runs per sequence over its own cache.
+        The result equals B separate `model(tokens[b].view(1, 1), caches[b])[0, -1]` calls to float32
+        rounding (tests/test_model_batch.py). Raises ContextLengthError, before touching any cache, when a
+        sequence's cache is full.
+        """
+        B = tokens.shape[0]
+        if tokens.dim() != 1 or len(caches) != B:
+            raise ValueError(f"decode_batch takes tokens (B,) and B caches, got {tuple(tokens.shape)}, {len(caches)}")
+        for cache in caches:
+            if cache.batch_size != 1:
+                raise ValueError(f"decode_batch needs one cache per sequence (batch size 1), not {cache.batch_size}")
+            self._check_room(1, cache)
+        x = self.embedding(tokens.view(B, 1))  # (B, 1, hidden)
+        if self.embed_scale is not None:
+            x = x * self.embed_scale
+        positions = torch.tensor([cache.offset for cache in caches], device=tokens.device)
+        tables = self.rope.tables(positions)  # each (B, 1, rope_dim/2): one position per row
+        local = self.rope_local.tables(positions) if self.rope_local is not self.rope else tables
+        cos, sin = (t.unsqueeze(1) for t in tables)  # (B, T=1, 1, rope_dim/2), broadcast over heads
+        cos_local, sin_local = (t.unsqueeze(1) for t in local)
+        for i, block in enumerate(self.blocks):
+            rope, c, s = (self.rope_local, cos_local, sin_local) if block.sliding else (self.rope, cos, sin)
+            x = block(x, rope, c, s, [cache.layers[i] for cache in caches])
+        for cache in caches:
+            cache.advance(1)
+        return self.logits(self.final_norm(x))[:, 0]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.output(hidden).float()

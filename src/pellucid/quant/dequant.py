@@ -18,8 +18,8 @@ format needs stays in cache instead of streaming through memory once per op; on 
 Each chunk runs torch's intra-op threads; on a machine whose cores are busy with other work those threads
 stall each other at every op, and `torch.set_num_threads(1)` is then much faster (see the test).
 
-The group-wise 4/8-bit formats (Q4_0, Q4_1, Q4_K, Q8_0) can also be `unpack`ed into integer values plus a
-float scale and min per group of 32, the form int4/int8 matmul kernels take.
+The block formats can also be `unpack`ed into integer values plus a float scale and min per group of 32 (16
+for Q2_K, Q3_K, Q6_K), the form integer matmul kernels take (see quant/packed.py).
 """
 
 from __future__ import annotations
@@ -84,8 +84,8 @@ def dequantize(
 class GroupQuant:
     """A tensor as small integers with one float scale and min per group: w = q * scale + min.
 
-    q has the tensor's shape (uint8 0..15 for the 4-bit formats, int8 for Q8_0); scales and mins have
-    shape (*shape[:-1], shape[-1] // group_size) and are float32; mins is None for symmetric formats.
+    q has the tensor's shape (uint8 for the unsigned formats, int8 for the signed ones); scales and mins
+    have shape (*shape[:-1], shape[-1] // group_size) and are float32; mins is None for symmetric formats.
     """
 
     q: torch.Tensor
@@ -107,11 +107,12 @@ def unpack(
     shape: tuple[int, ...],
     device: torch.device | str | None = None,
 ) -> GroupQuant:
-    """Split a Q4_0, Q4_1, Q4_K or Q8_0 tensor into integer values, scales and mins per group of 32.
+    """Split a quantized tensor into integer values, scales and mins per group (32 weights; 16 for Q2_K,
+    Q3_K and Q6_K): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, the K-quants and IQ4_NL / IQ4_XS (whose q are the levels).
 
-    `GroupQuant.dequantize()` reproduces `dequantize()` exactly for Q4_1, Q4_K and Q8_0. Q4_0 is stored
-    as d * (q - 8); computed as q * d + (-8 d) it can differ in the last bit (by at most 2^-23 * 8|d|).
-    The tensors are new memory, never views of `raw`.
+    `GroupQuant.dequantize()` reproduces `dequantize()` exactly for all of them except Q4_0 and Q5_0, stored
+    as d * (q - offset): computed as q * d + (-offset d) they can differ in the last bit (by at most
+    2^-23 * 16|d|). The tensors are new memory, never views of `raw`.
     """
     ggml_type = _check_type(ggml_type)
     if ggml_type not in UNPACKERS:
@@ -119,14 +120,19 @@ def unpack(
             f"unpack() splits only {', '.join(t.name for t in UNPACKERS)} into per-group integers and scales; "
             f"use dequantize() for {ggml_type.name}"
         )
-    if not shape or shape[-1] % 32:
-        raise ValueError(f"unpack needs rows that are a multiple of 32 weights, got shape {tuple(shape)}")
+    block_size = BLOCK_LAYOUT[ggml_type].block_size
+    if not shape or shape[-1] % block_size:
+        raise ValueError(
+            f"unpack needs rows that are whole {ggml_type.name} blocks of {block_size}, got {tuple(shape)}"
+        )
     q, scales, mins = UNPACKERS[ggml_type](as_blocks(raw, ggml_type, shape, device))
-    groups_shape = (*shape[:-1], shape[-1] // 32)
+    group = q.shape[-1]
+    groups_shape = (*shape[:-1], shape[-1] // group)
     return GroupQuant(
         q=q.reshape(shape),
         scales=scales.reshape(groups_shape),
         mins=None if mins is None else mins.reshape(groups_shape),
+        group_size=group,
     )
 
 
@@ -216,7 +222,7 @@ def _bits_of_bytes(x: torch.Tensor) -> torch.Tensor:
     return ((x.unsqueeze(-1) >> shifts) & 1).flatten(-2)
 
 
-def _k_scales_mins(scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def k_scales_mins(scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Q4_K/Q5_K: 8 six-bit scales and 8 six-bit mins packed in 12 bytes (get_scale_min_k4)."""
     a, b, c = scales.view(-1, 3, 4).unbind(1)  # bytes 0-3, 4-7, 8-11
     sc = torch.cat((a & 63, (c & 0x0F) | ((a >> 6) << 4)), dim=1)
@@ -270,18 +276,28 @@ def _q4_1(blocks: torch.Tensor) -> torch.Tensor:
     return d.unsqueeze(1) * q + m.unsqueeze(1)
 
 
-def _q5_0(blocks: torch.Tensor) -> torch.Tensor:
+def _unpack_q5_0(blocks: torch.Tensor) -> Unpacked:
     # block_q5_0 { f16 d; u8 qh[4]; u8 qs[16]; }  5th bit of weight j is bit j of the u32 qh
+    d, qh, qs = _fields(blocks, 2, 4, 16)
+    d = _f16(d)
+    return _low_high(qs).flatten(1) | (_bits_of_bytes(qh) << 4), d.squeeze(1), -16 * d.squeeze(1)
+
+
+def _q5_0(blocks: torch.Tensor) -> torch.Tensor:
     d, qh, qs = _fields(blocks, 2, 4, 16)
     q = (_low_high(qs).flatten(1) | (_bits_of_bytes(qh) << 4)).to(torch.int8) - 16
     return _f16(d) * q
 
 
-def _q5_1(blocks: torch.Tensor) -> torch.Tensor:
+def _unpack_q5_1(blocks: torch.Tensor) -> Unpacked:
     # block_q5_1 { f16 d; f16 m; u8 qh[4]; u8 qs[16]; }
     d, m, qh, qs = _fields(blocks, 2, 2, 4, 16)
-    q = _low_high(qs).flatten(1) | (_bits_of_bytes(qh) << 4)
-    return _f16(d) * q + _f16(m)
+    return _low_high(qs).flatten(1) | (_bits_of_bytes(qh) << 4), _f16(d).squeeze(1), _f16(m).squeeze(1)
+
+
+def _q5_1(blocks: torch.Tensor) -> torch.Tensor:
+    q, d, m = _unpack_q5_1(blocks)
+    return d.unsqueeze(1) * q + m.unsqueeze(1)
 
 
 def _unpack_q8_0(blocks: torch.Tensor) -> Unpacked:
@@ -295,27 +311,35 @@ def _q8_0(blocks: torch.Tensor) -> torch.Tensor:
     return _f16(d) * qs.view(torch.int8)
 
 
-def _iq4_nl(blocks: torch.Tensor) -> torch.Tensor:
-    # block_iq4_nl { f16 d; u8 qs[16]; }  like Q4_0, but the nibble indexes IQ4_LEVELS
+def _unpack_iq4_nl(blocks: torch.Tensor) -> Unpacked:
+    # block_iq4_nl { f16 d; u8 qs[16]; }  like Q4_0, but the nibble indexes IQ4_LEVELS (q are the levels)
     d, qs = _fields(blocks, 2, 16)
-    levels = torch.tensor(IQ4_LEVELS, dtype=torch.float32, device=blocks.device)
-    return _f16(d) * levels[_low_high(qs).flatten(1).long()]
+    levels = torch.tensor(IQ4_LEVELS, dtype=torch.int8, device=blocks.device)
+    return levels[_low_high(qs).flatten(1).long()], _f16(d).squeeze(1), None
+
+
+def _iq4_nl(blocks: torch.Tensor) -> torch.Tensor:
+    q, d, _ = _unpack_iq4_nl(blocks)
+    return d.unsqueeze(1) * q
 
 
 # -- K-quants: 256-weight super-blocks of 16 or 8 sub-blocks with quantized scales ------------------------------
 
 
-def _q2_k(blocks: torch.Tensor) -> torch.Tensor:
+def _unpack_q2_k(blocks: torch.Tensor) -> Unpacked:
     # block_q2_K { u8 scales[16]; u8 qs[64]; f16 d; f16 dmin; }  16 groups of 16; scale: low nibble, min: high
     scales, qs, d, dmin = _fields(blocks, 16, 64, 2, 2)
     n = blocks.shape[0]
-    dl = (_f16(d) * (scales & 0x0F)).unsqueeze(-1)  # (n, 16, 1)
-    ml = (_f16(dmin) * (scales >> 4)).unsqueeze(-1)
     q = _crumbs(qs.view(n, 2, 32), 2).reshape(n, 16, 16)  # halves of 128, each 4 shifts x 32 bytes
-    return (dl * q - ml).view(n, QK_K)
+    return q, _f16(d) * (scales & 0x0F), -(_f16(dmin) * (scales >> 4))
 
 
-def _q3_k(blocks: torch.Tensor) -> torch.Tensor:
+def _q2_k(blocks: torch.Tensor) -> torch.Tensor:
+    q, dl, neg_ml = _unpack_q2_k(blocks)
+    return (dl.unsqueeze(-1) * q + neg_ml.unsqueeze(-1)).view(-1, QK_K)
+
+
+def _unpack_q3_k(blocks: torch.Tensor) -> Unpacked:
     # block_q3_K { u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d; }  16 groups of 16, 6-bit signed scales
     hmask, qs, scales, d = _fields(blocks, 32, 64, 12, 2)
     n = blocks.shape[0]
@@ -327,14 +351,19 @@ def _q3_k(blocks: torch.Tensor) -> torch.Tensor:
     hm = _crumbs(hmask, 1)  # (n, 8, 32): bit k of hmask[l] belongs to weight 32 k + l
     # A set hmask bit means "no offset": q = ql, else q = ql - 4; both are (ql | hm << 2) - 4.
     q = ((ql | (hm << 2)).to(torch.int8) - 4).view(n, 16, 16)
-    return (dl * q).view(n, QK_K)
+    return q, dl.squeeze(-1), None
+
+
+def _q3_k(blocks: torch.Tensor) -> torch.Tensor:
+    q, dl, _ = _unpack_q3_k(blocks)
+    return (dl.unsqueeze(-1) * q).view(-1, QK_K)
 
 
 def _unpack_q4_k(blocks: torch.Tensor) -> Unpacked:
     # block_q4_K { f16 d; f16 dmin; u8 scales[12]; u8 qs[128]; }  8 groups of 32: w = d*sc*q - dmin*m
     d, dmin, scales, qs = _fields(blocks, 2, 2, 12, 128)
     n = blocks.shape[0]
-    sc, mn = _k_scales_mins(scales)
+    sc, mn = k_scales_mins(scales)
     q = _low_high(qs.view(n, 4, 32)).view(n, 8, 32)  # each 32 bytes: low nibbles then high nibbles
     return q, _f16(d) * sc, -(_f16(dmin) * mn)
 
@@ -344,19 +373,22 @@ def _q4_k(blocks: torch.Tensor) -> torch.Tensor:
     return (scale.unsqueeze(-1) * q + neg_min.unsqueeze(-1)).view(-1, QK_K)
 
 
-def _q5_k(blocks: torch.Tensor) -> torch.Tensor:
+def _unpack_q5_k(blocks: torch.Tensor) -> Unpacked:
     # block_q5_K { f16 d; f16 dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]; }  like Q4_K plus a 5th bit
     d, dmin, scales, qh, qs = _fields(blocks, 2, 2, 12, 32, 128)
     n = blocks.shape[0]
-    sc, mn = _k_scales_mins(scales)
+    sc, mn = k_scales_mins(scales)
     ql = _low_high(qs.view(n, 4, 32)).view(n, 8, 32)
     q = ql | (_crumbs(qh, 1) << 4)  # bit k of qh[l] is the 5th bit of weight 32 k + l
-    dl = (_f16(d) * sc).unsqueeze(-1)
-    ml = (_f16(dmin) * mn).unsqueeze(-1)
-    return (dl * q - ml).view(n, QK_K)
+    return q, _f16(d) * sc, -(_f16(dmin) * mn)
 
 
-def _q6_k(blocks: torch.Tensor) -> torch.Tensor:
+def _q5_k(blocks: torch.Tensor) -> torch.Tensor:
+    q, dl, neg_ml = _unpack_q5_k(blocks)
+    return (dl.unsqueeze(-1) * q + neg_ml.unsqueeze(-1)).view(-1, QK_K)
+
+
+def _unpack_q6_k(blocks: torch.Tensor) -> Unpacked:
     # block_q6_K { u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d; }  16 groups of 16, two halves of 128:
     # in half h, weight 32 k + l (k = 0..3) takes nibble k // 2 of ql[64 h + 32 (k % 2) + l] and the
     # 2 bits at 2 k of qh[32 h + l].
@@ -365,20 +397,28 @@ def _q6_k(blocks: torch.Tensor) -> torch.Tensor:
     low4 = _low_high(ql.view(n, 2, 64)).view(n, 2, 128)
     high2 = _crumbs(qh.view(n, 2, 32), 2).view(n, 2, 128)
     q = ((low4 | (high2 << 4)).to(torch.int8) - 32).view(n, 16, 16)
-    dl = (_f16(d) * scales.view(torch.int8)).unsqueeze(-1)
-    return (dl * q).view(n, QK_K)
+    return q, _f16(d) * scales.view(torch.int8), None
 
 
-def _iq4_xs(blocks: torch.Tensor) -> torch.Tensor:
+def _q6_k(blocks: torch.Tensor) -> torch.Tensor:
+    q, dl, _ = _unpack_q6_k(blocks)
+    return (dl.unsqueeze(-1) * q).view(-1, QK_K)
+
+
+def _unpack_iq4_xs(blocks: torch.Tensor) -> Unpacked:
     # block_iq4_xs { f16 d; u16 scales_h; u8 scales_l[4]; u8 qs[128]; }  8 groups of 32, 6-bit scales - 32
     d, scales_h, scales_l, qs = _fields(blocks, 2, 2, 4, 128)
     n = blocks.shape[0]
     low4 = _low_high(scales_l).transpose(1, 2).reshape(n, 8)  # group 2 i: low nibble of byte i, 2 i + 1: high
     high2 = _crumbs(scales_h, 2).transpose(1, 2).reshape(n, 8)  # group k: bits 2 k of the u16
-    dl = (_f16(d) * ((low4 | (high2 << 4)).to(torch.int8) - 32)).unsqueeze(-1)
-    levels = torch.tensor(IQ4_LEVELS, dtype=torch.float32, device=blocks.device)
-    q = levels[_low_high(qs.view(n, 8, 16)).view(n, 8, 32).long()]
-    return (dl * q).view(n, QK_K)
+    dl = _f16(d) * ((low4 | (high2 << 4)).to(torch.int8) - 32)
+    levels = torch.tensor(IQ4_LEVELS, dtype=torch.int8, device=blocks.device)
+    return levels[_low_high(qs.view(n, 8, 16)).view(n, 8, 32).long()], dl, None
+
+
+def _iq4_xs(blocks: torch.Tensor) -> torch.Tensor:
+    q, dl, _ = _unpack_iq4_xs(blocks)
+    return (dl.unsqueeze(-1) * q).view(-1, QK_K)
 
 
 DECODERS: dict[GGMLType, Decoder] = {
@@ -403,6 +443,14 @@ DECODERS: dict[GGMLType, Decoder] = {
 UNPACKERS: dict[GGMLType, Callable[[torch.Tensor], Unpacked]] = {
     GGMLType.Q4_0: _unpack_q4_0,
     GGMLType.Q4_1: _unpack_q4_1,
-    GGMLType.Q4_K: _unpack_q4_k,
+    GGMLType.Q5_0: _unpack_q5_0,
+    GGMLType.Q5_1: _unpack_q5_1,
     GGMLType.Q8_0: _unpack_q8_0,
+    GGMLType.Q2_K: _unpack_q2_k,
+    GGMLType.Q3_K: _unpack_q3_k,
+    GGMLType.Q4_K: _unpack_q4_k,
+    GGMLType.Q5_K: _unpack_q5_k,
+    GGMLType.Q6_K: _unpack_q6_k,
+    GGMLType.IQ4_NL: _unpack_iq4_nl,
+    GGMLType.IQ4_XS: _unpack_iq4_xs,
 }

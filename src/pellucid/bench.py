@@ -1,0 +1,330 @@
+"""`pellucid bench`: prompt-processing and generation speed, load time and peak memory, side by side with peers.
+
+Measured the way llama-bench measures them: ppN is one forward pass over N random prompt tokens into an empty
+KV cache (tokens per second of the whole pass), tgN is N single-token decode steps from an empty cache, each
+producing the full logits. Each is repeated `reps` times after one untimed warm-up; we report the median and
+the spread (half the range between the fastest and slowest rep). The warm-up's duration is reported too
+("first call"): it contains torch.compile's work, which a user of `pellucid run` waits for once.
+
+Every engine runs in its own fresh process with the same thread count, so imports and compile caches are paid
+where they belong, and the peak RSS (getrusage's high-water mark) is that engine's alone. This file is also the
+worker those processes run (`python bench.py --worker ENGINE ...`): its top level imports only the standard
+library, so a peer's interpreter that has no pellucid installed (llama-cpp-python in its own venv, found through
+PELLUCID_LLAMA_CPP_PYTHON) can run it by path.
+
+Peers: "llama.cpp" (llama-cpp-python on the same GGUF) and "transformers" (the GGUF dequantized to float32 by
+transformers' GGUF loader). A peer that is not installed is skipped with a line saying how to install it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PEERS = ("llama.cpp", "transformers")
+LLAMA_CPP_PYTHON_ENV = "PELLUCID_LLAMA_CPP_PYTHON"
+
+
+@dataclass
+class Measurement:
+    """One engine's numbers on one model (or why there are none)."""
+
+    engine: str
+    load_s: float | None = None
+    pp_tok_s: list[float] = field(default_factory=list)
+    tg_tok_s: list[float] = field(default_factory=list)
+    peak_rss_mb: float | None = None
+    first_call_s: dict[str, float] = field(default_factory=dict)  # warm-up durations: {"pp": s, "tg": s}
+    skipped: str | None = None  # set when the engine did not run, with what to do about it
+
+    @staticmethod
+    def summary(values: list[float]) -> tuple[float, float]:
+        """(median, spread): spread is half the range of the reps."""
+        return statistics.median(values), (max(values) - min(values)) / 2
+
+
+@dataclass
+class BenchReport:
+    model: str
+    path: str
+    pp: int
+    tg: int
+    reps: int
+    threads: int
+    ours: Measurement
+    peers: list[Measurement]
+
+    def as_dict(self) -> dict:
+        """The `--json` object: {"model", "load_s", "pp": {"n", "tok_s"}, "tg": {...}, "peak_rss_mb", "peers"}."""
+        out = {"model": self.model, "path": self.path, "threads": self.threads, "reps": self.reps}
+        out.update(_numbers(self.ours, self.pp, self.tg))
+        out["peers"] = {}
+        for peer in self.peers:
+            if peer.skipped:
+                out["peers"][peer.engine] = {"skipped": peer.skipped}
+                continue
+            numbers = _numbers(peer, self.pp, self.tg)
+            numbers["ratio"] = {key: _ratio(out[key]["tok_s"], numbers[key]["tok_s"]) for key in ("pp", "tg")}
+            out["peers"][peer.engine] = numbers
+        return out
+
+
+def _numbers(m: Measurement, pp: int, tg: int) -> dict:
+    out = {"load_s": _round(m.load_s, 3), "peak_rss_mb": _round(m.peak_rss_mb, 1)}
+    for key, n, values in (("pp", pp, m.pp_tok_s), ("tg", tg, m.tg_tok_s)):
+        median, spread = Measurement.summary(values)
+        out[key] = {
+            "n": n,
+            "tok_s": round(median, 2),
+            "spread": round(spread, 2),
+            "reps": [round(v, 2) for v in values],
+        }
+    out["first_call_s"] = {k: round(v, 2) for k, v in m.first_call_s.items()}
+    return out
+
+
+def _ratio(ours: float, theirs: float) -> float | None:
+    return round(ours / theirs, 3) if theirs else None
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+# -- running the engines, each in its own process -----------------------------------------------------------
+
+
+def run_bench(
+    model_name: str, path: str | Path, *, pp: int, tg: int, reps: int, threads: int, compare: list[str], log=None
+) -> BenchReport:
+    """Measure pellucid and each peer in `compare` on the GGUF at `path`; peers not installed are skipped."""
+    from pellucid.errors import PellucidError
+
+    unknown = [p for p in compare if p not in PEERS]
+    if unknown:
+        raise PellucidError(f"unknown peer {', '.join(unknown)}; --compare takes {', '.join(PEERS)}")
+    log = log or (lambda line: None)
+    log(f"pellucid: pp{pp} tg{tg} x{reps} on {threads} threads ...")
+    ours = _spawn(sys.executable, "pellucid", path, pp, tg, reps, threads)
+    if ours.skipped:
+        raise PellucidError(f"the pellucid benchmark failed: {ours.skipped}")
+    peers = []
+    for name in compare:
+        python, why_not = peer_python(name)
+        if python is None:
+            log(f"{name}: skipped ({why_not})")
+            peers.append(Measurement(name, skipped=why_not))
+            continue
+        log(f"{name}: pp{pp} tg{tg} x{reps} on {threads} threads ...")
+        peers.append(_spawn(python, name, path, pp, tg, reps, threads))
+    return BenchReport(model_name, str(path), pp, tg, reps, threads, ours, peers)
+
+
+def peer_python(name: str) -> tuple[str | None, str]:
+    """The interpreter that can run peer `name`, or (None, how to install it)."""
+    import importlib.util
+
+    if name == "llama.cpp":
+        if importlib.util.find_spec("llama_cpp") is not None:
+            return sys.executable, ""
+        other = os.environ.get(LLAMA_CPP_PYTHON_ENV)
+        if other:
+            if Path(other).exists():
+                return other, ""
+            return None, f"{LLAMA_CPP_PYTHON_ENV}={other} does not exist"
+        return None, (
+            "llama-cpp-python is not installed: `pip install llama-cpp-python` (it compiles llama.cpp, ~10 "
+            f"minutes), or set {LLAMA_CPP_PYTHON_ENV}=/path/to/python of an environment that has it"
+        )
+    missing = [m for m in ("transformers", "gguf", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:
+        return None, f"{' and '.join(missing)} not installed: `pip install transformers gguf accelerate`"
+    return sys.executable, ""
+
+
+def _spawn(python: str, engine: str, path, pp: int, tg: int, reps: int, threads: int) -> Measurement:
+    """Run one engine's worker in a fresh process; its last stdout line is the JSON of its Measurement."""
+    # Run by path through runpy rather than `python bench.py`, which would put src/pellucid/ first on sys.path,
+    # where our inspect.py would shadow the standard library's.
+    runner = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__main__')"
+    script = str(Path(__file__).resolve())
+    cmd = [python, "-c", runner, script, "--worker", engine, str(path), str(pp), str(tg), str(reps)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), BENCH_THREADS=str(threads))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return Measurement(engine, skipped=f"failed (exit {proc.returncode}): {tail}")
+    data = json.loads(lines[-1])
+    return Measurement(engine, **data)
+
+
+# -- the workers (run inside the engine's process) ------------------------------------------------------------
+
+
+def _prompt(vocab_size: int, n: int, seed: int = 0) -> list[int]:
+    """Random token ids away from the special tokens at either end of most vocabularies."""
+    rng = random.Random(seed)
+    return [rng.randrange(100, vocab_size - 100) for _ in range(n)]
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 / (1024 if sys.platform == "darwin" else 1)  # bytes on macOS, KiB on Linux
+
+
+def _timed_reps(run, n_tokens: int, reps: int) -> tuple[float, list[float]]:
+    """(seconds of the warm-up call, tokens per second of each rep)."""
+    started = time.perf_counter()
+    run()
+    first = time.perf_counter() - started
+    speeds = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        run()
+        speeds.append(n_tokens / (time.perf_counter() - started))
+    return first, speeds
+
+
+def _worker_pellucid(path: str, pp: int, tg: int, reps: int, threads: int) -> dict:
+    import torch
+
+    from pellucid.model.loader import load_model
+
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    model = load_model(path, device="cpu")
+    load_s = time.perf_counter() - started
+    cache = model.make_cache(capacity=max(pp, tg) + 1)
+    prompt = torch.tensor([_prompt(model.config.vocab_size, pp)])
+    steps = [torch.tensor([[t]]) for t in _prompt(model.config.vocab_size, tg, seed=1)]
+
+    def prefill():
+        cache.reset()
+        model.logits(model.hidden(prompt, cache)[:, -1:])
+
+    def generate():
+        cache.reset()
+        for token in steps:
+            model(token, cache)
+
+    with torch.inference_mode():
+        first_pp, pp_speeds = _timed_reps(prefill, pp, reps)
+        first_tg, tg_speeds = _timed_reps(generate, tg, reps)
+    return _result(load_s, pp_speeds, tg_speeds, first_pp, first_tg)
+
+
+def _worker_llama_cpp(path: str, pp: int, tg: int, reps: int, threads: int) -> dict:
+    from llama_cpp import Llama
+
+    started = time.perf_counter()
+    llm = Llama(
+        model_path=path, n_ctx=max(pp, tg) + 16, n_batch=pp, n_ubatch=pp, n_threads=threads,
+        n_threads_batch=threads, verbose=False,
+    )  # fmt: skip
+    load_s = time.perf_counter() - started
+    prompt = _prompt(llm.n_vocab(), pp)
+    steps = _prompt(llm.n_vocab(), tg, seed=1)
+
+    def prefill():
+        llm.reset()
+        llm.eval(prompt)
+
+    def generate():
+        llm.reset()
+        for token in steps:
+            llm.eval([token])
+
+    first_pp, pp_speeds = _timed_reps(prefill, pp, reps)
+    first_tg, tg_speeds = _timed_reps(generate, tg, reps)
+    return _result(load_s, pp_speeds, tg_speeds, first_pp, first_tg)
+
+
+def _worker_transformers(path: str, pp: int, tg: int, reps: int, threads: int) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name)
+    model.eval()
+    load_s = time.perf_counter() - started
+    prompt = torch.tensor([_prompt(model.config.vocab_size, pp)])
+    steps = [torch.tensor([[t]]) for t in _prompt(model.config.vocab_size, tg, seed=1)]
+
+    def prefill():
+        model(prompt, use_cache=True, logits_to_keep=1)
+
+    def generate():
+        past = None
+        for token in steps:
+            past = model(token, past_key_values=past, use_cache=True).past_key_values
+
+    with torch.inference_mode():
+        first_pp, pp_speeds = _timed_reps(prefill, pp, reps)
+        first_tg, tg_speeds = _timed_reps(generate, tg, reps)
+    return _result(load_s, pp_speeds, tg_speeds, first_pp, first_tg)
+
+
+def _result(load_s, pp_speeds, tg_speeds, first_pp, first_tg) -> dict:
+    return {
+        "load_s": load_s,
+        "pp_tok_s": pp_speeds,
+        "tg_tok_s": tg_speeds,
+        "peak_rss_mb": _peak_rss_mb(),
+        "first_call_s": {"pp": first_pp, "tg": first_tg},
+    }
+
+
+WORKERS = {"pellucid": _worker_pellucid, "llama.cpp": _worker_llama_cpp, "transformers": _worker_transformers}
+
+
+# -- printing -----------------------------------------------------------------------------------------------
+
+
+def format_report(report: BenchReport) -> str:
+    """A llama-bench-style table, one row per engine, then our speed ratio to each peer."""
+    header = ("engine", "load", f"pp{report.pp} tok/s", f"tg{report.tg} tok/s", "peak RSS", "first call (pp / tg)")
+    rows = [header]
+    notes = []
+    for m in [report.ours, *report.peers]:
+        if m.skipped:
+            notes.append(f"{m.engine}: skipped: {m.skipped}")
+            continue
+        pp, pp_spread = Measurement.summary(m.pp_tok_s)
+        tg, tg_spread = Measurement.summary(m.tg_tok_s)
+        first = f"{m.first_call_s.get('pp', 0):.2f} s / {m.first_call_s.get('tg', 0):.2f} s"
+        rows.append(
+            (m.engine, f"{m.load_s:.2f} s", f"{pp:.1f} ± {pp_spread:.1f}", f"{tg:.1f} ± {tg_spread:.1f}",
+             f"{m.peak_rss_mb:.0f} MB", first)
+        )  # fmt: skip
+        if m is not report.ours:
+            ours_pp, _ = Measurement.summary(report.ours.pp_tok_s)
+            ours_tg, _ = Measurement.summary(report.ours.tg_tok_s)
+            notes.append(f"pellucid / {m.engine}: pp {ours_pp / pp:.2f}x, tg {ours_tg / tg:.2f}x")
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = [f"{report.model} ({report.path}), {report.threads} threads, median ± spread of {report.reps} reps", ""]
+    lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def _worker_main(argv: list[str]) -> int:
+    engine, path, pp, tg, reps = argv[0], argv[1], int(argv[2]), int(argv[3]), int(argv[4])
+    threads = int(os.environ.get("BENCH_THREADS", "0")) or (os.cpu_count() or 1)
+    print(json.dumps(WORKERS[engine](path, pp, tg, reps, threads)))
+    return 0
+
+
+if __name__ == "__main__":
+    if "--worker" not in sys.argv:
+        sys.exit("usage: bench.py --worker ENGINE PATH PP TG REPS (use `pellucid bench` to run a benchmark)")
+    sys.exit(_worker_main(sys.argv[sys.argv.index("--worker") + 1 :]))

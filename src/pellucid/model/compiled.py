@@ -1,0 +1,62 @@
+"""The decode step (one new token per sequence through the model and its KV cache), compiled block by block.
+
+Decode runs the whole model for a single token, so the work per layer is small and, run eagerly, Python's
+dispatch of ~25 ops per layer costs as much as the arithmetic. Compiled, each block is one call: inductor fuses
+each packed matrix-vector product (quant/kernels.py) with its neighbours, and norms, RoPE and residuals into a
+handful of loops, and writes the KV cache in place.
+
+We compile the block, not the whole model ("regional compilation"): every layer of a model has the same code
+and the same shapes, so one graph serves all of them and tracing costs one layer instead of thirty (a model
+whose layers differ, e.g. in quant types or sliding windows, gets one graph per kind). Shapes are dynamic, so
+the growing number of cached tokens does not recompile it. The first call pays for compiling: about a minute
+the first time on a machine, seconds afterwards (inductor's on-disk cache, /tmp/torchinductor_$USER).
+`PELLUCID_COMPILE=0` runs the same code eagerly.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from pellucid.quant.kernels import compile_enabled, prepare_compile
+
+
+def decode_block_runner():
+    """`run(block, x, rope, cos, sin, layer_cache) -> x`: `Block.forward` compiled, or None when not compiling."""
+    if not compile_enabled() or torch.compiler.is_compiling():
+        return None
+    return _runner()
+
+
+@functools.cache
+def _runner():
+    from pellucid.model.layers import Block
+
+    prepare_compile()
+    # dynamic=True: the cache offset (a Python int) is symbolic from the first call, so a block is traced
+    # once, not once for the first position and again when automatic dynamic shapes notice the change.
+    return _Runner(torch.compile(Block.forward, dynamic=True, fullgraph=True))
+
+
+class _Runner:
+    """Calls the compiled block, marking each new cache's fixed dims (batch, heads, head_dim) static first.
+
+    Every call evaluates all of the compiled block's guards (~0.1 ms per layer on this CPU). Skipping most of
+    them (`set_stance(skip_guard_eval_unsafe=True)` once a variant is compiled) saved that, but picked the
+    wrong compiled variant for early positions of a sliding-window ring and changed logits by O(1)
+    (tests/test_model_batch.py caught it), so we pay for the guards.
+    """
+
+    def __init__(self, compiled):
+        self.compiled = compiled
+
+    def __call__(self, block, x, rope, cos, sin, cache):
+        if not getattr(cache, "_dims_marked", False):
+            from torch._dynamo import mark_static
+
+            for t in (cache.keys, cache.values):
+                for dim in (0, 1, 3):
+                    mark_static(t, dim)
+            cache._dims_marked = True
+        return self.compiled(block, x, rope, cos, sin, cache)

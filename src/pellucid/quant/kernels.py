@@ -1,0 +1,169 @@
+"""Matrix products with packed weights, written as PyTorch expressions that torch.compile turns into kernels.
+
+Two products, chosen by how many rows x has:
+
+- `gemv` (decode: a few rows). Each part of the weights (see `PackedWeight.parts`) is multiplied by its slice
+  of x and everything is summed. Run eagerly this would materialise the float32 matrix; compiled, inductor
+  fuses unpacking, scaling, multiplying and summing into one loop that reads each packed byte once and keeps
+  its float32 accumulators in vector registers. That loop is the whole point: decode is bound by memory
+  bandwidth, and the packed bytes are 4-8x fewer than float32 ones.
+- `dequantize` + a dense matmul (prefill: many rows). Arithmetic dominates there, so the weights are unpacked
+  once per call into a float32 (or bfloat16) matrix and the BLAS GEMM does the rest.
+
+Both are float32 arithmetic on exactly the weights `dequant.dequantize` decodes, so they agree with
+dequantize-then-matmul to float32 rounding (summation order); see tests/test_quant_kernels.py.
+
+`matmul` is what `QuantizedLinear` calls. Inside a compiled graph (the decode step of
+`pellucid.model.compiled`) it emits the expressions and inductor fuses them with their neighbours. Outside
+one, it calls small compiled functions, one per format, shared by every layer and every model (shapes are
+dynamic), so eager code is fast too. Without a working compiler (`PELLUCID_COMPILE=0`, or no C++ compiler for
+inductor) it falls back to eager dequantize-then-matmul: correct, and several times slower.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import torch.nn.functional as F
+
+from pellucid.quant.packed import PackedWeight
+
+# Up to this many rows, a product reads the packed weights directly (decode, small batches); above it the
+# weights are unpacked once and a GEMM runs (prefill), whose cost per row is far lower. The compiled product
+# costs about M times one row (it unpacks each weight again per row), so unpacking + GEMM wins from ~5 rows
+# (SmolLM2 ffn_up, 1 thread: 8 rows 0.81 ms by gemv, 9 rows 0.57 ms by unpack + GEMM).
+GEMV_MAX_ROWS = 4
+# Matrices above this many weights are unpacked for a GEMM in slices of rows (4M weights: 16 MB of float32).
+GEMM_TILE_WEIGHTS = 1 << 22
+
+
+def gemv(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
+    """x (M, K) @ W.T -> (M, N) float32, reading W's packed fields once (when compiled)."""
+    return _gemv(x, type(packed), packed.fields())
+
+
+def dequantize(packed: PackedWeight, dtype: torch.dtype = torch.float32, start: int = 0, end: int | None = None):
+    """Rows start..end of the (N, K) matrix in `dtype` (default: all of it)."""
+    fields = packed.fields()
+    if (start, end) != (0, None):
+        fields = {name: t[start:end] for name, t in fields.items()}
+    return _dequantize(type(packed), fields, dtype)
+
+
+# The expressions, as functions of a format and its field tensors (not of the module), so that a compiled copy
+# is shared by every matrix of that format: its sizes are dynamic, only the block layout is fixed.
+
+
+def _gemv(x: torch.Tensor, fmt: type[PackedWeight], fields: dict[str, torch.Tensor]) -> torch.Tensor:
+    x = _materialized(x.float())
+    xv = x.reshape(x.shape[0], 1, -1, *fmt.x_layout(fields))  # (M, 1, groups, ..., P, L)
+    acc = None
+    for p, w in enumerate(fmt.weights(**fields)):  # w (N, groups, ..., L) broadcasts against x's part p
+        term = w * xv[..., p, :]
+        acc = term if acc is None else acc + term
+    return acc.sum(dim=tuple(range(2, acc.dim())))
+
+
+def _materialized(x: torch.Tensor) -> torch.Tensor:
+    """x, computed into a buffer before the product reads it.
+
+    Left to itself, inductor inlines whatever produced x (the RMSNorm before a projection, the residual adds)
+    into the product's inner loop, recomputing it for each of the N output rows: 2-3x slower per weight.
+    Forcing x's layout makes it a realized buffer; outside a compiled graph this is a no-op.
+    """
+    if not torch.compiler.is_compiling():
+        return x
+    return torch.ops.prims.inductor_force_stride_order(x, x.stride())  # registered by prepare_compile()
+
+
+def _dequantize(fmt: type[PackedWeight], fields: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    w = torch.stack(fmt.weights(**fields), dim=-2)  # (N, groups, ..., P, L)
+    return w.reshape(w.shape[0], -1).to(dtype)
+
+
+def matmul(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
+    """x (..., K) @ W.T -> (..., N) in x's dtype: the kernel that fits the number of rows."""
+    lead, k = x.shape[:-1], x.shape[-1]
+    rows = x.reshape(-1, k)
+    fmt, fields = type(packed), packed.fields()
+    eager = torch.compiler.is_compiling() or not compile_enabled()  # inside a graph, emit the expressions
+    if not eager:
+        _fix_block_layout(packed)
+    if rows.shape[0] <= GEMV_MAX_ROWS:
+        y = (_gemv if eager else _compiled("gemv"))(rows, fmt, fields)
+        return y.to(x.dtype).reshape(*lead, -1)
+    unpack = _dequantize if eager else _compiled("dequantize")
+    n = packed.shape[0]
+    if n * k <= GEMM_TILE_WEIGHTS:
+        return F.linear(x, unpack(fmt, fields, x.dtype))
+    # A matrix as large as Gemma's 262k-row output head is unpacked a slice of rows at a time, so a
+    # many-row product (perplexity's logits) never holds the whole float32 matrix (671 MB there).
+    step = max(1, GEMM_TILE_WEIGHTS // k)
+    tiles = []
+    for i in range(0, n, step):
+        tile = {name: t[i : i + step] for name, t in fields.items()}
+        tiles.append(F.linear(x, unpack(fmt, tile, x.dtype)))
+    return torch.cat(tiles, dim=-1)
+
+
+def rows(packed: PackedWeight, ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Rows `ids` (T,) of the matrix as (T, K) `dtype`: an embedding lookup that unpacks only those rows."""
+    return torch.stack(packed.parts(ids), dim=-2).reshape(ids.shape[0], packed.shape[1]).to(dtype)
+
+
+# -- compiling --------------------------------------------------------------------------------------------------
+
+
+def compile_enabled() -> bool:
+    """Whether pellucid uses torch.compile: on unless PELLUCID_COMPILE=0 or inductor cannot build kernels here."""
+    return os.environ.get("PELLUCID_COMPILE", "1") != "0" and _compiler_works()
+
+
+@functools.cache
+def _compiler_works() -> bool:
+    # Inductor builds CPU kernels with a C++ compiler; on CUDA it needs triton. Without them, stay eager.
+    import shutil
+
+    if torch.cuda.is_available():
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return False
+    return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
+
+
+def _fix_block_layout(packed: PackedWeight) -> None:
+    """Tell the compiler that a field's dims past (rows, groups) are the block layout, the same for every matrix
+    of the format: the shared kernels are then generic in size but vectorized over those fixed inner dims."""
+    if getattr(packed, "_layout_marked", False):
+        return
+    import torch._dynamo
+
+    for t in packed.parameters():
+        for dim in range(2, t.dim()):
+            torch._dynamo.mark_static(t, dim)
+    packed._layout_marked = True
+
+
+def prepare_compile() -> None:
+    """Import what the compiled graphs use: inductor's prims (for `_materialized`), and a higher recompile
+    limit: one compiled function serves every format (a guard on the class picks the entry) and, with
+    dynamic shapes, every matrix size: ~10 entries where the default limit is 8."""
+    import torch._dynamo
+    import torch._inductor.inductor_prims  # noqa: F401
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+
+
+@functools.cache
+def _compiled(name: str):
+    prepare_compile()
+    if name == "gemv":
+        # Specialized to each matrix's shape: with symbolic sizes the product runs at a third of the speed
+        # (the loop bounds and strides of the blocks are no longer constants). Eager code calls it only for
+        # the output head and small batches, so a model needs a handful of shapes.
+        return torch.compile(_gemv, dynamic=False)
+    # Unpacking for a GEMM is cheap next to the GEMM itself: one kernel per format serves every size.
+    return torch.compile(_dequantize, dynamic=True)

@@ -1,0 +1,345 @@
+"""Quantized weight matrices kept in their ggml block formats, split into named fields for the matmul kernels.
+
+A GGUF matrix (out_features N, in_features K) is N rows of K / block_size blocks. `pack()` turns its bytes into
+a `PackedWeight`: the format's fields (4-bit nibbles, 8-bit values, float16 scales...) as tensors shaped
+(N, groups..., L). For the legacy formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) and the 4-bit part of Q4_K the
+fields are strided *views* of the file's bytes: loading copies nothing and the weights cost what they cost on
+disk. The formats with scattered bit fields (Q6_K, Q5_K, Q3_K, Q2_K, IQ4_NL, IQ4_XS) are re-laid-out once at
+load as int8 values plus a float32 scale (and min) per group of 16 or 32 (`Q8G`), which reproduces their
+dequantized weights exactly at 1.1-1.5 bytes per weight instead of the file's 0.4-0.8.
+
+Every format answers one question, `parts(fields)`: the weights as float32, grouped the way the kernels read
+them, i.e. a list of P tensors (N, *groups, L) such that `stack(parts, dim=-2).reshape(N, K)` is the matrix.
+Q4_0 has two parts per 32-weight block (the low nibbles are weights 0-15, the high ones 16-31), so x is viewed
+as (groups, 2, 16) and each nibble plane meets its half of x without any shuffling. The arithmetic is
+dequant.py's, operation for operation, so a packed matrix equals `dequantize()` of the same bytes (up to the
+fused multiply-adds a compiler may form: last-bit differences).
+
+Kernels (quant/kernels.py) build on `parts`: a matrix-vector product multiplies each part by its slice of x
+and sums, which torch.compile turns into one loop that reads each packed byte once.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from pellucid.errors import UnsupportedError
+from pellucid.quant.dequant import as_blocks, k_scales_mins, unpack
+from pellucid.quant.types import GGMLType
+
+
+class PackedWeight(nn.Module):
+    """A (N, K) matrix in a block format: tensors as parameters (so `.to(device)` moves them), plus `parts()`.
+
+    Subclasses give `x_layout(fields)`: the trailing shape (..., P, L) that x's last dimension is viewed as
+    after the leading group dimension, so that x.view(-1, *x_layout) lines up with `weights(**fields)`.
+    Both are static methods of the fields alone, so one compiled kernel serves every matrix of a format.
+    """
+
+    ggml_type: GGMLType | None = None  # the file's type (Q8G records which type it was re-laid-out from)
+
+    def __init__(self, shape: tuple[int, int], fields: dict[str, torch.Tensor]):
+        super().__init__()
+        self.shape = (int(shape[0]), int(shape[1]))
+        for name, tensor in fields.items():
+            # Parameters, not buffers, though they never train: torch.compile then trusts that they do not
+            # change between calls instead of checking every one of them (and that the views of one file
+            # region do not alias) on each call, which costs milliseconds for a whole model.
+            self.register_parameter(name, nn.Parameter(tensor, requires_grad=False))
+
+    @property
+    def out_features(self) -> int:
+        return self.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.shape[1]
+
+    @property
+    def n_bytes(self) -> int:
+        """Bytes the kernels read per pass over the matrix: fields that view one buffer count it once."""
+        spans: dict[int, int] = {}
+        for b in self.parameters():
+            key = b.untyped_storage().data_ptr()
+            spans[key] = max(spans.get(key, 0), _span_bytes(b))
+        return sum(spans.values())
+
+    def fields(self) -> dict[str, torch.Tensor]:
+        return dict(self.named_parameters(recurse=False))
+
+    def parts(self, rows: torch.Tensor | slice | None = None) -> list[torch.Tensor]:
+        """The weights as float32 parts (N, *groups, L); with `rows` (ids or a slice), only those rows."""
+        if rows is None:
+            return self.weights(**self.fields())
+        if isinstance(rows, slice):
+            return self.weights(**{k: v[rows] for k, v in self.fields().items()})
+        return self.weights(**{k: v.index_select(0, rows) for k, v in self.fields().items()})
+
+    @staticmethod
+    def x_layout(fields: dict[str, torch.Tensor]) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    @staticmethod
+    def weights(**fields: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"{type(self).__name__}, out={self.shape[0]}, in={self.shape[1]}"
+
+
+def _span_bytes(t: torch.Tensor) -> int:
+    """Bytes from the start of t's storage to its last element (a field viewing a block spans the blocks)."""
+    if t.numel() == 0:
+        return 0
+    last = t.storage_offset() + sum((s - 1) * st for s, st in zip(t.shape, t.stride()))
+    return (last + 1) * t.element_size()
+
+
+# -- the legacy formats: blocks of 32 weights, one float16 scale (and min) each, read straight from the file --
+
+
+class Q4_0(PackedWeight):
+    """block_q4_0 {f16 d; u8 qs[16]}: w = d * (q - 8), q in 0..15; low nibbles are weights 0-15."""
+
+    ggml_type = GGMLType.Q4_0
+
+    @classmethod
+    def from_blocks(cls, blocks: torch.Tensor, shape) -> Q4_0:  # blocks (N, G, 18)
+        return cls(shape, {"qs": blocks[..., 2:], "d": _half(blocks, 0)})
+
+    @staticmethod
+    def x_layout(fields):
+        return (2, 16)
+
+    @staticmethod
+    def weights(qs, d):
+        d = d.float().unsqueeze(-1)
+        return [((qs & 15).to(torch.int32) - 8) * d, ((qs >> 4).to(torch.int32) - 8) * d]
+
+
+class Q4_1(PackedWeight):
+    """block_q4_1 {f16 d; f16 m; u8 qs[16]}: w = d * q + m."""
+
+    ggml_type = GGMLType.Q4_1
+
+    @classmethod
+    def from_blocks(cls, blocks, shape) -> Q4_1:  # (N, G, 20)
+        return cls(shape, {"qs": blocks[..., 4:], "d": _half(blocks, 0), "m": _half(blocks, 1)})
+
+    @staticmethod
+    def x_layout(fields):
+        return (2, 16)
+
+    @staticmethod
+    def weights(qs, d, m):
+        d, m = d.float().unsqueeze(-1), m.float().unsqueeze(-1)
+        return [d * (qs & 15) + m, d * (qs >> 4) + m]
+
+
+class Q5_0(PackedWeight):
+    """block_q5_0 {f16 d; u8 qh[4]; u8 qs[16]}: w = d * (q - 16); bit j of the u32 qh is weight j's 5th bit."""
+
+    ggml_type = GGMLType.Q5_0
+
+    @classmethod
+    def from_blocks(cls, blocks, shape) -> Q5_0:  # (N, G, 22): qh sits at byte 2, too unaligned to view as u32
+        return cls(shape, {"qs": blocks[..., 6:], "qh": _u32(blocks[..., 2:6]), "d": _half(blocks, 0)})
+
+    @staticmethod
+    def x_layout(fields):
+        return (2, 16)
+
+    @staticmethod
+    def weights(qs, qh, d):
+        lo, hi = _fifth_bits(qh)
+        d = d.float().unsqueeze(-1)
+        return [(((qs & 15).to(torch.int32) | lo) - 16) * d, (((qs >> 4).to(torch.int32) | hi) - 16) * d]
+
+
+class Q5_1(PackedWeight):
+    """block_q5_1 {f16 d; f16 m; u8 qh[4]; u8 qs[16]}: w = d * q + m with a 5th bit from qh."""
+
+    ggml_type = GGMLType.Q5_1
+
+    @classmethod
+    def from_blocks(cls, blocks, shape) -> Q5_1:  # (N, G, 24)
+        fields = {"qs": blocks[..., 8:], "qh": _u32(blocks[..., 4:8]), "d": _half(blocks, 0), "m": _half(blocks, 1)}
+        return cls(shape, fields)
+
+    @staticmethod
+    def x_layout(fields):
+        return (2, 16)
+
+    @staticmethod
+    def weights(qs, qh, d, m):
+        lo, hi = _fifth_bits(qh)
+        d, m = d.float().unsqueeze(-1), m.float().unsqueeze(-1)
+        return [d * ((qs & 15).to(torch.int32) | lo) + m, d * ((qs >> 4).to(torch.int32) | hi) + m]
+
+
+class Q8_0(PackedWeight):
+    """block_q8_0 {f16 d; i8 qs[32]}: w = d * q."""
+
+    ggml_type = GGMLType.Q8_0
+
+    @classmethod
+    def from_blocks(cls, blocks, shape) -> Q8_0:  # (N, G, 34)
+        return cls(shape, {"qs": blocks[..., 2:].view(torch.int8), "d": _half(blocks, 0)})
+
+    @staticmethod
+    def x_layout(fields):
+        return (1, 32)
+
+    @staticmethod
+    def weights(qs, d):
+        return [d.float().unsqueeze(-1) * qs]
+
+
+class Q4_K(PackedWeight):
+    """block_q4_K {f16 d; f16 dmin; u8 scales[12]; u8 qs[128]}: 8 groups of 32, w = d*sc*q - dmin*m.
+
+    The nibbles stay in the file; the 6-bit scales and mins are unpacked at load (16 bytes per 256 weights).
+    Byte j of each 32-byte run holds weight j of group 2i (low nibble) and of group 2i + 1 (high nibble).
+    """
+
+    ggml_type = GGMLType.Q4_K
+
+    @classmethod
+    def from_blocks(cls, blocks, shape) -> Q4_K:  # (N, S, 144)
+        n, s = blocks.shape[:2]
+        sc, mn = k_scales_mins(blocks[..., 4:16].reshape(-1, 12))  # (N * S, 8) six-bit integers
+        fields = {
+            "qs": blocks[..., 16:].unflatten(-1, (4, 32)),
+            "d": _half(blocks, 0),
+            "dmin": _half(blocks, 1),
+            "sc": sc.to(torch.uint8).view(n, s, 4, 2),
+            "mn": mn.to(torch.uint8).view(n, s, 4, 2),
+        }
+        return cls(shape, fields)
+
+    @staticmethod
+    def x_layout(fields):
+        return (4, 2, 32)
+
+    @staticmethod
+    def weights(qs, d, dmin, sc, mn):
+        scale = d.float()[..., None, None] * sc  # (N, S, 4, 2): groups 2i and 2i+1 of each super-block
+        neg_min = -(dmin.float()[..., None, None] * mn)
+        return [
+            scale[..., 0:1] * (qs & 15) + neg_min[..., 0:1],
+            scale[..., 1:2] * (qs >> 4) + neg_min[..., 1:2],
+        ]
+
+
+# -- re-laid-out formats: int8 values with a float32 scale (and min) per group ---------------------------------
+
+
+class Q8G(PackedWeight):
+    """int8 q with float32 scale (and min) per group of 16 or 32: w = scale * q (+ min).
+
+    The at-load layout for the K-quants whose bit fields are scattered across a block (Q6_K, Q5_K, ...): each
+    of them is exactly scale * q + min with small integers q, which int8 holds.
+    """
+
+    def __init__(self, shape, fields, source: GGMLType):
+        super().__init__(shape, fields)
+        self.ggml_type = source
+
+    @staticmethod
+    def x_layout(fields):
+        return (1, fields["q"].shape[-1])
+
+    @staticmethod
+    def weights(q, scale, min=None):  # noqa: A002 - the field's name in the formats
+        w = scale.unsqueeze(-1) * q
+        return [w if min is None else w + min.unsqueeze(-1)]
+
+
+class Dense(PackedWeight):
+    """A float16 / bfloat16 / float32 matrix as stored; the kernels convert it to float32 as they read it."""
+
+    def __init__(self, shape, fields, source: GGMLType):
+        super().__init__(shape, fields)
+        self.ggml_type = source
+
+    @staticmethod
+    def x_layout(fields):
+        return (1, fields["w"].shape[-1])
+
+    @staticmethod
+    def weights(w):
+        return [w.float().unsqueeze(-2)]
+
+
+# -- building one ----------------------------------------------------------------------------------------------
+
+VIEWED = {GGMLType.Q4_0: Q4_0, GGMLType.Q4_1: Q4_1, GGMLType.Q5_0: Q5_0, GGMLType.Q5_1: Q5_1, GGMLType.Q8_0: Q8_0}
+DENSE = {GGMLType.F16: torch.float16, GGMLType.BF16: torch.bfloat16, GGMLType.F32: torch.float32}
+
+
+def pack(raw: np.ndarray | torch.Tensor, ggml_type: GGMLType, shape: tuple[int, int]) -> PackedWeight:
+    """The matrix `shape` (N, K) stored as `ggml_type` in `raw` (e.g. `GGUFFile.raw(name)`), ready for kernels.
+
+    `raw` is not copied for the viewed formats: keep the file mapped while the weight is in use (a torch
+    tensor made from it keeps the mapping alive).
+    """
+    ggml_type = GGMLType(ggml_type)
+    if len(shape) != 2:
+        raise ValueError(f"pack() takes a matrix (out_features, in_features), not shape {tuple(shape)}")
+    n, k = shape
+    if ggml_type in DENSE:
+        w = _as_tensor(raw).view(DENSE[ggml_type]).view(n, k)
+        return Dense(shape, {"w": w}, ggml_type)
+    blocks = as_blocks(raw, ggml_type, shape)  # (N * blocks per row, type_size), checked against the shape
+    blocks = blocks.view(n, -1, blocks.shape[-1])
+    if ggml_type in VIEWED:
+        return VIEWED[ggml_type].from_blocks(blocks, shape)
+    if ggml_type == GGMLType.Q4_K:
+        return Q4_K.from_blocks(blocks, shape)
+    return _as_q8g(raw, ggml_type, shape)
+
+
+def _as_q8g(raw, ggml_type: GGMLType, shape) -> Q8G:
+    """Re-lay-out a K-quant (or IQ4) as int8 values and per-group scales, checked to be exact."""
+    try:
+        g = unpack(raw, ggml_type, shape)
+    except UnsupportedError:
+        raise UnsupportedError(
+            f"pellucid has no matrix kernel for {ggml_type.name} weights yet; use a GGUF with Q4_0, Q4_1, Q5_0, "
+            f"Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, F16 or BF16 matrices (e.g. a Q4_K_M or Q8_0 file)"
+        ) from None
+    n, k = shape
+    fields = {"q": g.q.to(torch.int8).view(n, k // g.group_size, g.group_size), "scale": g.scales.float()}
+    if g.mins is not None:
+        fields["min"] = g.mins.float()
+    return Q8G(shape, fields, ggml_type)
+
+
+def _as_tensor(raw) -> torch.Tensor:
+    if isinstance(raw, torch.Tensor):
+        return raw.reshape(-1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(raw).reshape(-1))
+
+
+def _half(blocks: torch.Tensor, index: int) -> torch.Tensor:
+    """The `index`-th float16 of each block, as a strided (N, G) view: blocks start at even offsets."""
+    return blocks.view(torch.float16)[..., index]
+
+
+def _u32(field: torch.Tensor) -> torch.Tensor:
+    """4 little-endian bytes per block -> int32 (a copy: 4 bytes per 32 weights)."""
+    b = field.to(torch.int32)
+    return b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16) | (b[..., 3] << 24)
+
+
+def _fifth_bits(qh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bit j of qh, shifted to bit 4, for weights 0-15 (lo) and 16-31 (hi): each (..., G, 16) int32."""
+    shifts = torch.arange(16, dtype=torch.int32, device=qh.device)
+    qh = qh.unsqueeze(-1)
+    return ((qh >> shifts) & 1) << 4, ((qh >> (shifts + 16)) & 1) << 4

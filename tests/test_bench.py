@@ -1,0 +1,56 @@
+"""`pellucid bench`: the command runs, its JSON has the issue's shape, peers are run or skipped with a reason.
+
+Tiny --pp/--tg: these tests check the plumbing (worker processes, JSON, table, skip messages), never a speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from pellucid.bench import BenchReport, Measurement, format_report
+from pellucid.cli import main
+
+
+def bench_json(capsys, *args: str) -> dict:
+    assert main(["bench", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_json_has_the_issues_keys_and_a_missing_peer_says_how_to_install_it(capsys, monkeypatch, smollm2_path):
+    monkeypatch.delenv("PELLUCID_LLAMA_CPP_PYTHON", raising=False)
+    out = bench_json(capsys, str(smollm2_path), "--pp", "4", "--tg", "2", "--reps", "2", "--compare", "llama.cpp")
+    assert {"model", "load_s", "pp", "tg", "peak_rss_mb", "peers"} <= out.keys()
+    assert out["pp"]["n"] == 4 and out["tg"]["n"] == 2
+    assert out["pp"]["tok_s"] > 0 and out["tg"]["tok_s"] > 0 and len(out["tg"]["reps"]) == 2
+    assert 0 < out["load_s"] < 60 and 50 < out["peak_rss_mb"] < 10_000
+    assert "pip install llama-cpp-python" in out["peers"]["llama.cpp"]["skipped"]
+
+
+@pytest.mark.skipif(
+    not os.environ.get("PELLUCID_LLAMA_CPP_PYTHON"), reason="set PELLUCID_LLAMA_CPP_PYTHON to a python with llama_cpp"
+)
+def test_llama_cpp_peer_runs_in_its_own_interpreter(capsys, smollm2_path):
+    out = bench_json(capsys, str(smollm2_path), "--pp", "4", "--tg", "2", "--reps", "1", "--compare", "llama.cpp")
+    peer = out["peers"]["llama.cpp"]
+    assert "skipped" not in peer, peer
+    assert peer["pp"]["tok_s"] > 0 and peer["ratio"]["tg"] == pytest.approx(
+        out["tg"]["tok_s"] / peer["tg"]["tok_s"], rel=0.01
+    )
+
+
+def test_unknown_peer_is_a_user_error(capsys, smollm2_path):
+    assert main(["bench", str(smollm2_path), "--compare", "vllm"]) == 1
+    assert "--compare takes llama.cpp, transformers" in capsys.readouterr().err
+
+
+def test_table_shows_medians_ratios_and_skips():
+    ours = Measurement("pellucid", 0.2, [100.0, 110.0, 120.0], [50.0, 52.0, 60.0], 300.0, {"pp": 1.0, "tg": 2.0})
+    peer = Measurement("llama.cpp", 0.1, [50.0, 55.0, 60.0], [40.0, 40.0, 40.0], 200.0, {"pp": 0.1, "tg": 0.3})
+    skipped = Measurement("transformers", skipped="transformers not installed: `pip install transformers gguf`")
+    text = format_report(BenchReport("m", "/m.gguf", 512, 128, 3, 2, ours, [peer, skipped]))
+    assert "110.0 ± 10.0" in text and "52.0 ± 5.0" in text  # median ± half the range
+    assert "pellucid / llama.cpp: pp 2.00x, tg 1.30x" in text
+    assert "transformers: skipped: transformers not installed" in text

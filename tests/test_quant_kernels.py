@@ -1,0 +1,60 @@
+"""Packed matrix products (quant/kernels.py) against dequantize-then-matmul, on random and real weights.
+
+Oracle: `dequantize()` (itself checked bit-exactly against gguf-py in test_quant_dequant.py) followed by a
+float64 matmul. The kernels do float32 arithmetic on the same weights in another summation order, so we
+allow a relative error of 1e-5 of the output's scale (sum of |w| |x| per row): float32 rounding over K <= 1536
+terms is ~1e-6 of it, and a wrong nibble, scale or group order is ~1e-1 of it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pellucid.formats.gguf import GGUFFile
+from pellucid.quant import kernels
+from pellucid.quant.dequant import dequantize
+from pellucid.quant.packed import pack
+from pellucid.quant.types import BLOCK_LAYOUT, GGMLType
+from test_quant_dequant import random_blocks
+
+FORMATS = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K]
+ROWS = [1, 3, kernels.GEMV_MAX_ROWS + 5]  # packed GEMV (1, 3 rows) and unpack + GEMM (more rows)
+
+
+def check_product(raw, ggml_type, shape, m: int):
+    packed = pack(raw, ggml_type, shape)
+    w = dequantize(raw, ggml_type, shape).reshape(shape).double()
+    x = torch.randn(m, shape[1], generator=torch.Generator().manual_seed(m))
+    with torch.inference_mode():
+        y = kernels.matmul(x, packed)
+    expected = x.double() @ w.T
+    scale = x.double().abs() @ w.abs().T  # what float32 rounding is relative to
+    assert y.shape == (m, shape[0]) and y.dtype == torch.float32
+    assert ((y.double() - expected).abs() <= 1e-5 * scale + 1e-30).all()
+
+
+@pytest.mark.parametrize("m", ROWS)
+@pytest.mark.parametrize("ggml_type", FORMATS, ids=lambda t: t.name)
+def test_random_weights(ggml_type, m):
+    block = BLOCK_LAYOUT[ggml_type].block_size
+    shape = (24, 2 * 256)  # whole super-blocks for the K-quants
+    raw = random_blocks(ggml_type, shape[0] * shape[1] // block)
+    check_product(raw, ggml_type, shape, m)
+
+
+@pytest.mark.parametrize("m", ROWS)
+@pytest.mark.parametrize("model", ["smollm2_path", "gemma3_path"])
+def test_real_weights(model, m, request):
+    gguf = GGUFFile(request.getfixturevalue(model))
+    seen = set()
+    for name, info in gguf.tensors.items():
+        if (
+            len(info.shape) == 2
+            and info.ggml_type not in seen
+            and info.ggml_type != GGMLType.F32
+            and info.shape[0] < 5000
+        ):
+            seen.add(info.ggml_type)
+            check_product(gguf.raw(name), info.ggml_type, tuple(info.shape), m)
+    assert seen
