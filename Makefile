@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean
+.PHONY: demo test lint format clean chromium
 
 # torch is installed first and pinned: `pip install torch==2.13.0` takes the local CPU wheel, whereas an
 # unpinned torch pulled in as a dependency could fetch a multi-GB CUDA build.
@@ -27,8 +27,15 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
+# The chat page test drives Debian's chromium (never a downloaded browser): installed here when we run as
+# root; otherwise, or if apt cannot, that one test skips and says why.
+chromium:
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || { export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq chromium >/dev/null 2>&1 \
+		|| { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }; } \
+		|| echo "warning: could not install chromium; the web page test will skip"
+
 # pytest exits 5 when it collects no tests; make treats that as a failure, as it should.
-test: lint
+test: lint chromium
 	$(BIN)/python -m pytest
 
 clean:

@@ -51,6 +51,14 @@ def smollm2_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_server(smollm2_path):
+    """One `pellucid serve smollm2-135m` process shared by the server test modules (tests/server_helpers.py)."""
+    from server_helpers import shared_server
+
+    yield from shared_server(smollm2_path)
+
+
+@pytest.fixture(scope="session")
 def gemma3_path() -> Path:
     return _model("gemma3-270m").path
 

@@ -1,0 +1,334 @@
+"""The OpenAI API: /v1/chat/completions, /v1/completions, /v1/models, /v1/embeddings, and its error shape.
+
+Responses follow OpenAI's reference (https://platform.openai.com/docs/api-reference) closely enough that
+the official SDKs parse them: `chat.completion` / `chat.completion.chunk` objects, SSE streams ending in
+`data: [DONE]`, `usage` with real token counts and `prompt_tokens_details.cached_tokens` (the prompt tokens
+the KV cache already held), `logprobs` as OpenAI reports them. Each response also carries llama-server's
+`timings` object (prompt and generation speed), which its users and our web page read.
+
+Sampling fields that are not set keep llama.cpp's defaults (temperature 0.8, top_k 40, top_p 0.95,
+min_p 0.05), as llama-server does; OpenAI's own defaults differ (temperature 1, no truncation).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from pellucid.engine.generate import GenerationStats
+from pellucid.engine.sampling import TokenLogprobs
+from pellucid.server.backend import Backend, max_tokens_param, sampling_params
+from pellucid.server.errors import ApiError, bad_request
+from pellucid.server.schemas import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    EmbeddingRequest,
+    SamplingFields,
+    parse,
+)
+from pellucid.server.streams import Completion, EventStream, Stream, sse, until_done
+
+log = logging.getLogger("pellucid.server")
+
+FINISH_REASONS = {"stop": "stop", "length": "length", "context": "length"}  # GenerationStats.stop_reason ->
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit per request
+
+
+def error_body(e: ApiError) -> dict:
+    return {"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}}
+
+
+# -- /v1/chat/completions -----------------------------------------------------------------------------------
+
+
+async def chat_completions(request: Request) -> Response:
+    backend: Backend = request.app.state.backend
+    body = await parse(request, ChatCompletionRequest)
+    model = backend.find(body.model, "chat")
+    refuse_unsupported(body)
+    if body.response_format is not None and body.response_format.type != "text":
+        raise bad_request(
+            f"response_format {body.response_format.type!r} is not supported: pellucid cannot constrain output to "
+            f"JSON yet; ask for JSON in the prompt and leave response_format out",
+            param="response_format",
+        )
+    if body.tools:
+        log.warning("%s: tools ignored; the model answers in text (pellucid does not parse tool calls)", _id(request))
+    if body.top_logprobs is not None and not body.logprobs:
+        raise bad_request("top_logprobs needs logprobs: true", param="top_logprobs")
+    prompt_ids, stops = await backend.chat_prompt([template_message(m, i) for i, m in enumerate(body.messages)])
+    params = sampling_params(**sampling_fields(body), logprobs=(body.top_logprobs or 0) if body.logprobs else None)
+    max_tokens = max_tokens_param(
+        body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens,
+        "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens",
+    )
+    stream = backend.generate(prompt_ids, params, max_tokens=max_tokens, stop=stop_list(body.stop) + stops)
+    request.state.generation = stream
+    head = {"id": f"chatcmpl-{_id(request)}", "created": int(time.time()), "model": model.name}
+    tokenizer = backend.llm.tokenizer
+    if body.stream:
+        usage = body.stream_options is not None and body.stream_options.include_usage
+        return EventStream(chat_events(stream, head, tokenizer, include_usage=usage), stream)
+    done = await until_done(request, stream)
+    if done is None:
+        return Response(status_code=499)  # nginx's "client closed request": nobody reads it
+    check_error(done)
+    message = {"role": "assistant", "content": done.text}
+    logprobs = {"content": [logprob_entry(tokenizer, lp) for lp in done.logprobs]} if body.logprobs else None
+    choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish_reason(done.stats)}
+    return JSONResponse(
+        {
+            **head,
+            "object": "chat.completion",
+            "choices": [choice],
+            "usage": usage_of(done.stats),
+            "timings": timings_of(done.stats),
+        }
+    )
+
+
+async def chat_events(stream: Stream, head: dict, tokenizer, *, include_usage: bool):
+    """The chat.completion.chunk events: the role first, then the text as it comes, then finish_reason."""
+    head = {**head, "object": "chat.completion.chunk"}
+    extra = {"usage": None} if include_usage else {}
+
+    def chunk(delta: dict, finish=None, logprobs=None, **more) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        return sse({**head, "choices": [choice], **extra, **more})
+
+    yield chunk({"role": "assistant", "content": ""})
+    async for update in stream:
+        if update.error:
+            yield sse(error_body(ApiError(500, update.error, kind="server_error")))
+            return
+        if update.text or update.logprobs:
+            lps = {"content": [logprob_entry(tokenizer, lp) for lp in update.logprobs]} if update.logprobs else None
+            yield chunk({"content": update.text}, logprobs=lps)
+        if update.final:
+            yield chunk({}, finish=finish_reason(update.stats), timings=timings_of(update.stats))
+            if include_usage:
+                yield sse({**head, "choices": [], "usage": usage_of(update.stats)})
+    yield sse("[DONE]")
+
+
+def template_message(message: ChatMessage, index: int) -> dict:
+    """An OpenAI message as the chat template wants it: role and plain-text content."""
+    role = "system" if message.role == "developer" else message.role  # OpenAI's newer name for system
+    content = message.content
+    if isinstance(content, list):
+        other = next((p.type for p in content if p.type != "text"), None)
+        if other is not None:
+            raise bad_request(
+                f"messages[{index}].content has a {other!r} part; pellucid serves text models, so only 'text' "
+                f"parts are supported",
+                param=f"messages[{index}].content",
+            )
+        content = "\n".join(p.text or "" for p in content)
+    return {"role": role, "content": content or ""}
+
+
+# -- /v1/completions ----------------------------------------------------------------------------------------
+
+
+async def completions(request: Request) -> Response:
+    backend: Backend = request.app.state.backend
+    body = await parse(request, CompletionRequest)
+    model = backend.find(body.model, "chat")
+    refuse_unsupported(body)
+    if body.echo:
+        raise bad_request("echo is not supported: the response has the completion only", param="echo")
+    if body.suffix:
+        raise bad_request("suffix (fill-in-the-middle) is not supported", param="suffix")
+    if body.best_of not in (None, 1):
+        raise bad_request("best_of > 1 is not supported: send separate requests", param="best_of")
+    prompt = body.prompt
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+        if len(prompt) != 1:
+            raise bad_request("one prompt per request: send the prompts as separate requests", param="prompt")
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        prompt_ids = await backend.tokenize(prompt)
+    else:
+        prompt_ids = backend.check_token_ids(list(prompt), "prompt")
+    if not prompt_ids:
+        raise bad_request("prompt is empty", param="prompt")
+    params = sampling_params(**sampling_fields(body), logprobs=body.logprobs)
+    stream = backend.generate(
+        prompt_ids,
+        params,
+        max_tokens=max_tokens_param(body.max_tokens, "max_tokens"),
+        stop=stop_list(body.stop),
+        prompt_param="prompt",
+    )
+    request.state.generation = stream
+    head = {"id": f"cmpl-{_id(request)}", "object": "text_completion", "created": int(time.time()), "model": model.name}
+    tokenizer = backend.llm.tokenizer
+    if body.stream:
+        usage = body.stream_options is not None and body.stream_options.include_usage
+        return EventStream(completion_events(stream, head, tokenizer, include_usage=usage), stream)
+    done = await until_done(request, stream)
+    if done is None:
+        return Response(status_code=499)
+    check_error(done)
+    logprobs = completion_logprobs(tokenizer, done.logprobs) if body.logprobs is not None else None
+    choice = {"index": 0, "text": done.text, "logprobs": logprobs, "finish_reason": finish_reason(done.stats)}
+    return JSONResponse({**head, "choices": [choice], "usage": usage_of(done.stats), "timings": timings_of(done.stats)})
+
+
+async def completion_events(stream: Stream, head: dict, tokenizer, *, include_usage: bool):
+    extra = {"usage": None} if include_usage else {}
+    async for update in stream:
+        if update.error:
+            yield sse(error_body(ApiError(500, update.error, kind="server_error")))
+            return
+        finish = finish_reason(update.stats) if update.final else None
+        if update.text or update.logprobs or finish:
+            lps = completion_logprobs(tokenizer, update.logprobs) if update.logprobs else None
+            choice = {"index": 0, "text": update.text, "logprobs": lps, "finish_reason": finish}
+            more = {"timings": timings_of(update.stats)} if update.final else {}
+            yield sse({**head, "choices": [choice], **extra, **more})
+        if update.final and include_usage:
+            yield sse({**head, "choices": [], "usage": usage_of(update.stats)})
+    yield sse("[DONE]")
+
+
+# -- /v1/models, /v1/embeddings -----------------------------------------------------------------------------
+
+
+def models_list(backend: Backend, created: int) -> dict:
+    data = [
+        {
+            "id": m.name,
+            "object": "model",
+            "created": created,
+            "owned_by": "pellucid",
+            "kind": m.kind,
+            "context_length": m.context_length,
+            "aliases": sorted(m.aliases),
+        }  # fmt: skip
+        for m in backend.models
+    ]
+    return {"object": "list", "data": data}
+
+
+async def embeddings(request: Request) -> Response:
+    backend: Backend = request.app.state.backend
+    body = await parse(request, EmbeddingRequest)
+    model = backend.find(body.model, "embedding")
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if not texts:
+        raise bad_request("input is empty: give a string or a list of strings", param="input")
+    if not all(isinstance(t, str) for t in texts):
+        raise bad_request("input must be text (a string or a list of strings); token ids are not supported", "input")
+    if len(texts) > MAX_EMBEDDING_INPUTS:
+        raise bad_request(f"input has {len(texts):,} texts; the limit is {MAX_EMBEDDING_INPUTS:,}", "input")
+    embedder = backend.embedder
+    if body.dimensions is not None and body.dimensions != embedder.dim:
+        raise bad_request(f"{model.name} makes {embedder.dim}-dimensional vectors; dimensions cannot change that",
+                          param="dimensions")  # fmt: skip
+    vectors, n_tokens = await backend.embed(texts)
+    request.state.embedded_tokens = n_tokens
+    data = [
+        {"object": "embedding", "index": i, "embedding": encode_vector(v, body.encoding_format)}
+        for i, v in enumerate(vectors)
+    ]
+    usage = {"prompt_tokens": n_tokens, "total_tokens": n_tokens}
+    return JSONResponse({"object": "list", "data": data, "model": model.name, "usage": usage})
+
+
+def encode_vector(vector, encoding_format: str):
+    """A vector as a list of floats, or as OpenAI's base64 of little-endian float32 (what the SDK asks for)."""
+    if encoding_format == "base64":
+        return base64.b64encode(vector.float().numpy().astype("<f4").tobytes()).decode("ascii")
+    return vector.tolist()
+
+
+# -- shared pieces ------------------------------------------------------------------------------------------
+
+
+def refuse_unsupported(body: SamplingFields) -> None:
+    if body.n not in (None, 1):
+        raise bad_request(f"n={body.n} is not supported: one choice per request; send {body.n} requests", "n")
+    if body.logit_bias:
+        raise bad_request("logit_bias is not supported", param="logit_bias")
+
+
+def sampling_fields(body: SamplingFields) -> dict:
+    names = ("temperature", "top_p", "top_k", "min_p", "typical_p", "repeat_penalty", "repeat_last_n",
+             "presence_penalty", "frequency_penalty", "seed")  # fmt: skip
+    return {name: getattr(body, name) for name in names}
+
+
+def stop_list(stop: str | list[str] | None) -> list[str]:
+    return [stop] if isinstance(stop, str) else list(stop or [])
+
+
+def check_error(done: Completion) -> None:
+    if done.error:
+        raise ApiError(500, f"generation failed: {done.error}", kind="server_error")
+
+
+def finish_reason(stats: GenerationStats | None) -> str | None:
+    return FINISH_REASONS.get(stats.stop_reason) if stats is not None else None
+
+
+def usage_of(stats: GenerationStats) -> dict:
+    return {
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": stats.generated_tokens,
+        "total_tokens": stats.prompt_tokens + stats.generated_tokens,
+        "prompt_tokens_details": {"cached_tokens": stats.cached_tokens},
+    }
+
+
+def timings_of(stats: GenerationStats) -> dict:
+    """llama-server's `timings`: what the prompt and the generation cost."""
+    return {
+        "cache_n": stats.cached_tokens,
+        "prompt_n": stats.prompt_tokens - stats.cached_tokens,
+        "prompt_ms": round(stats.prefill_s * 1000, 2),
+        "prompt_per_second": round(stats.prefill_tok_s, 2),
+        "predicted_n": stats.generated_tokens,
+        "predicted_ms": round(stats.decode_s * 1000, 2),
+        "predicted_per_second": round(stats.decode_tok_s, 2),
+        "ttft_ms": round(stats.ttft_s * 1000, 2),
+    }
+
+
+def token_text(tokenizer, token_id: int) -> tuple[str, list[int]]:
+    raw = tokenizer.token_bytes(token_id)
+    return raw.decode("utf-8", errors="replace"), list(raw)
+
+
+def logprob_entry(tokenizer, lp: TokenLogprobs) -> dict:
+    """One token of chat logprobs.content: the token, its logprob, its bytes and the top alternatives."""
+    text, raw = token_text(tokenizer, lp.token_id)
+    top = []
+    for token_id, logprob in lp.top:
+        alt_text, alt_raw = token_text(tokenizer, token_id)
+        top.append({"token": alt_text, "logprob": logprob, "bytes": alt_raw})
+    return {"token": text, "logprob": lp.logprob, "bytes": raw, "top_logprobs": top}
+
+
+def completion_logprobs(tokenizer, lps: list[TokenLogprobs]) -> dict:
+    """The legacy completions shape: parallel lists of tokens, their logprobs and {token: logprob} tops."""
+    tokens = [token_text(tokenizer, lp.token_id)[0] for lp in lps]
+    offsets, at = [], 0
+    for t in tokens:
+        offsets.append(at)
+        at += len(t)
+    return {
+        "tokens": tokens,
+        "token_logprobs": [lp.logprob for lp in lps],
+        "top_logprobs": [{token_text(tokenizer, i)[0]: v for i, v in lp.top} for lp in lps],
+        "text_offset": offsets,
+    }
+
+
+def _id(request: Request) -> str:
+    return request.scope.get("state", {}).get("request_id", "")

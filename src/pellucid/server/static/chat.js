@@ -1,0 +1,205 @@
+// The chat page: talks to this server's /v1/chat/completions with stream: true, like any OpenAI client.
+// No framework and no build step; the conversation lives in `messages` and is sent whole every turn (the
+// server's prefix cache makes the repeated part free). Settings persist in localStorage.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const SAMPLING = ["temperature", "top_k", "top_p", "min_p", "repeat_penalty", "presence_penalty",
+                  "frequency_penalty", "max_tokens", "seed"];
+const DEFAULTS = { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1,
+                   presence_penalty: 0, frequency_penalty: 0, max_tokens: 512, seed: -1 };
+
+let messages = [];        // [{role, content}] without the system prompt
+let controller = null;    // the AbortController of the reply being streamed
+let contextLength = null; // tokens per sequence, from /health
+let contextUsed = 0;      // prompt + completion tokens of the last reply
+
+// -- settings -------------------------------------------------------------------------------------------
+
+function loadSettings() {
+  const saved = JSON.parse(localStorage.getItem("pellucid.settings") || "{}");
+  for (const name of [...SAMPLING, "system", "api_key"]) {
+    if (saved[name] !== undefined) $(name).value = saved[name];
+    $(name).addEventListener("change", saveSettings);
+  }
+}
+
+function saveSettings() {
+  const values = {};
+  for (const name of [...SAMPLING, "system", "api_key"]) values[name] = $(name).value;
+  localStorage.setItem("pellucid.settings", JSON.stringify(values));
+}
+
+function samplingFields() {
+  const fields = {};
+  for (const name of SAMPLING) {
+    const text = $(name).value.trim();
+    if (text !== "") fields[name] = Number(text);
+  }
+  return fields;
+}
+
+function headers() {
+  const h = { "Content-Type": "application/json" };
+  const key = $("api_key").value.trim();
+  if (key) h["Authorization"] = "Bearer " + key;
+  return h;
+}
+
+// -- the conversation -----------------------------------------------------------------------------------
+
+function addMessage(role, text) {
+  const div = document.createElement("div");
+  div.className = "msg " + role;
+  div.textContent = text;   // text, never HTML: a model's output cannot inject markup
+  $("log").appendChild(div);
+  div.scrollIntoView({ block: "end" });
+  return div;
+}
+
+function addNote(div, text) {
+  const note = document.createElement("span");
+  note.className = "note";
+  note.textContent = text;
+  div.appendChild(note);
+}
+
+function setBusy(busy) {
+  $("send").disabled = busy;
+  $("stop").disabled = !busy;
+  $("prompt").disabled = busy;
+}
+
+function showReadout(tokS, used, approximate) {
+  const speed = tokS === null ? "" : `${approximate ? "≈" : ""}${tokS > 0 ? tokS.toFixed(1) : "–"} tok/s`;
+  const ctx = contextLength ? `context ${used.toLocaleString()} / ${contextLength.toLocaleString()}` : "";
+  $("readout").textContent = [speed, ctx].filter(Boolean).join(" · ");
+}
+
+async function send(event) {
+  event?.preventDefault();
+  const text = $("prompt").value.trim();
+  if (!text || controller) return;
+  $("prompt").value = "";
+  messages.push({ role: "user", content: text });
+  addMessage("user", text);
+  const bubble = addMessage("assistant streaming", "");
+  const system = $("system").value.trim();
+  const body = {
+    messages: system ? [{ role: "system", content: system }, ...messages] : messages,
+    stream: true,
+    stream_options: { include_usage: true },
+    ...samplingFields(),
+  };
+  controller = new AbortController();
+  setBusy(true);
+  let reply = "", pieces = 0, firstAt = null, stopped = false, speed = null;
+  try {
+    const response = await fetch("/v1/chat/completions", {
+      method: "POST", headers: headers(), body: JSON.stringify(body), signal: controller.signal,
+    });
+    if (!response.ok) {
+      const error = await response.json().catch(() => ({}));
+      throw new Error(error.error?.message || `HTTP ${response.status}`);
+    }
+    for await (const event of sseEvents(response.body)) {
+      if (event.error) throw new Error(event.error.message);
+      const delta = event.choices?.[0]?.delta?.content;
+      if (delta) {
+        reply += delta;
+        pieces += 1;
+        firstAt = firstAt ?? performance.now();
+        bubble.textContent = reply;
+        bubble.scrollIntoView({ block: "end" });
+        const seconds = (performance.now() - firstAt) / 1000;
+        showReadout(seconds > 0 ? (pieces - 1) / seconds : 0, contextUsed + pieces, true);
+      }
+      if (event.timings) {  // the last chunk: the server's own measurement replaces the estimate
+        speed = event.timings.predicted_per_second;
+        showReadout(speed, contextUsed + pieces, false);
+      }
+      if (event.usage) {
+        contextUsed = event.usage.total_tokens;
+        showReadout(speed, contextUsed, false);
+      }
+      const finish = event.choices?.[0]?.finish_reason;
+      if (finish === "length") addNote(bubble, "(stopped: max_tokens or the context is full)");
+    }
+  } catch (error) {
+    if (error.name === "AbortError") {
+      stopped = true;
+      addNote(bubble, "(stopped)");
+    } else {
+      bubble.classList.add("error");
+      addNote(bubble, "error: " + error.message);
+    }
+  } finally {
+    bubble.classList.remove("streaming");
+    controller = null;
+    setBusy(false);
+    $("prompt").focus();
+  }
+  if (reply || stopped) messages.push({ role: "assistant", content: reply });
+  else messages.pop();  // the request failed: forget the question too, so it can be sent again
+}
+
+// Server-Sent Events from a fetch body: yields each `data:` payload parsed as JSON, until [DONE].
+async function* sseEvents(body) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  while (true) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
+      if (!data) continue;
+      if (data === "[DONE]") return;
+      yield JSON.parse(data);
+    }
+  }
+}
+
+function stop() {
+  controller?.abort();   // closing the connection makes the server cancel the generation and free its slot
+}
+
+function reset() {
+  stop();
+  messages = [];
+  contextUsed = 0;
+  $("log").replaceChildren();
+  showReadout(null, 0, false);
+}
+
+async function connect() {
+  try {
+    const health = await (await fetch("/health")).json();
+    $("model").textContent = health.model;
+    contextLength = health.context_length ?? null;
+    showReadout(null, 0, false);
+    if (health.has_chat_template === false) {
+      $("warning").textContent = `${health.model} has no chat template: it is probably a base model, so it ` +
+        "gets a plain 'User: / Assistant:' transcript it was not trained on. Expect weak replies.";
+      $("warning").hidden = false;
+    }
+  } catch (error) {
+    $("model").textContent = "server unreachable: " + error.message;
+  }
+}
+
+$("composer").addEventListener("submit", send);
+$("prompt").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) send(e);
+});
+$("stop").addEventListener("click", stop);
+$("reset").addEventListener("click", reset);
+$("defaults").addEventListener("click", () => {
+  for (const [name, value] of Object.entries(DEFAULTS)) $(name).value = value;
+  saveSettings();
+});
+loadSettings();
+connect();

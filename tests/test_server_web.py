@@ -1,0 +1,96 @@
+"""The chat page (GET /) in a real headless Chromium: type a question, watch the answer stream in, press stop.
+
+Drives Debian's `chromium` through playwright (never a downloaded browser). Without /usr/bin/chromium or the
+playwright package the test skips, loudly; `make test` installs chromium when it runs as root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+CHROMIUM = os.environ.get("PELLUCID_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-dev-shm-usage", "--no-first-run", "--disable-extensions"]  # fmt: skip
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # pragma: no cover - depends on the environment
+    sync_playwright = None
+
+if sync_playwright is None or not (os.path.isfile(CHROMIUM) or shutil.which(CHROMIUM)):
+    pytest.skip(
+        f"WEB PAGE TEST SKIPPED: needs the playwright package and Chromium at {CHROMIUM} "
+        f"(`apt-get install -y chromium`, or set PELLUCID_CHROMIUM)",
+        allow_module_level=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_server):
+    return smollm2_server  # `pellucid serve smollm2-135m --ctx 512 ...`, shared with the other server tests
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(300_000)  # a shared 2-core machine can be slow
+            expect.set_options(timeout=300_000)
+            yield page
+        finally:
+            browser.close()
+
+
+@pytest.mark.slow
+def test_chat_page_streams_stops_and_keeps_the_conversation(server, page):
+    sent = []
+    page.on("request", lambda r: sent.append(json.loads(r.post_data)) if r.url.endswith("/chat/completions") else None)
+    external = []
+    page.on("request", lambda r: external.append(r.url) if not r.url.startswith(server.url) else None)
+
+    generated_before = server.metrics()["pellucid_generated_tokens_total"]
+    page.goto(server.url + "/")
+    expect(page.locator("#model")).to_have_text("smollm2-135m")
+    page.fill("#system", "You are a storyteller.")
+    page.fill("#max_tokens", "300")
+    page.fill("#temperature", "0.7")
+
+    # Turn 1: a long answer, stopped while it streams.
+    page.fill("#prompt", "Tell me a long story about a dragon.")
+    page.click("#send")
+    answer = page.locator(".msg.assistant").last
+    expect(page.locator("#stop")).to_be_enabled()
+    expect(answer).to_have_class("msg assistant streaming")
+    page.wait_for_function("document.querySelector('.msg.assistant').textContent.length > 20")
+    page.click("#stop")
+    expect(answer.locator(".note")).to_have_text("(stopped)")
+    expect(page.locator("#stop")).to_be_disabled()
+    expect(page.locator("#send")).to_be_enabled()
+    partial = answer.inner_text()
+    # The server cancelled the generation: its slot is free again, long before 300 tokens.
+    server.wait_until(lambda: server.metrics()["pellucid_active_sequences"] == 0, "the stopped reply to be cancelled")
+    assert server.metrics()["pellucid_generated_tokens_total"] - generated_before < 300
+
+    # Turn 2: the conversation so far goes with it, and the reply runs to the end.
+    page.fill("#max_tokens", "8")
+    page.fill("#prompt", "Now say goodbye.")
+    page.press("#prompt", "Enter")
+    second = page.locator(".msg.assistant").nth(1)
+    expect(second).not_to_have_class("msg assistant streaming")
+    expect(page.locator("#send")).to_be_enabled()
+    assert second.inner_text().strip()
+    expect(page.locator("#readout")).to_contain_text("tok/s")
+    expect(page.locator("#readout")).to_contain_text("/ 512")
+
+    body = sent[-1]
+    assert body["stream"] is True and body["max_tokens"] == 8 and body["temperature"] == 0.7
+    assert [m["role"] for m in body["messages"]] == ["system", "user", "assistant", "user"]
+    assert body["messages"][0]["content"] == "You are a storyteller."
+    assert body["messages"][2]["content"].strip() and body["messages"][2]["content"] in partial
+    assert external == []  # the page loads nothing from outside the server
