@@ -100,7 +100,7 @@ def test_fit_with_a_given_memory(smollm2_path):
     proc = run("fit", "smollm2-135m", "--memory", "8GiB", "--ctx", "4096")
     assert proc.returncode == 0, proc.stderr
     assert "--memory: 8 GiB" in proc.stdout and "=> fits" in proc.stdout
-    for row in ("file (Q4_1)", "f32 (pellucid today)", "f16", "q8_0", "q4_0"):
+    for row in ("file (Q4_1), pellucid", "f32", "f16", "q8_0", "q4_0"):
         assert row in proc.stdout
     small = run("fit", "smollm2-135m", "--memory", "300MiB")
     assert small.returncode == 0 and "does not fit" in small.stdout

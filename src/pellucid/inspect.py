@@ -189,7 +189,7 @@ def footprint(model: ResolvedModel) -> Footprint:
 
 def _gguf_footprint(g: GGUFFile) -> Footprint:
     config = config_from_gguf(g.metadata, set(g.tensors))
-    tensors = tuple(TensorSize(t.name, t.shape, t.n_bytes) for t in g.tensors.values())
+    tensors = tuple(TensorSize(t.name, t.shape, t.n_bytes, ggml_type=t.ggml_type) for t in g.tensors.values())
     return Footprint(config, tensors, metadata_bytes=g.header_size, file_precision=_gguf_precision(g))
 
 
@@ -265,7 +265,7 @@ def _memory_report(fp: Footprint) -> MemoryReport:
     at_ctx = memory.estimate(fp, ctx, kv_type="f16")
     at_ref = memory.estimate(fp, KV_REFERENCE_CONTEXT, kv_type="f16")
     return MemoryReport(
-        weights=memory.weight_bytes(fp.tensors, "file"),
+        weights=sum(t.n_bytes for t in fp.tensors),
         weights_loaded=at_ctx.weights,
         weights_loaded_as=at_ctx.weights_as,
         kv_bytes_per_token=memory.kv_cache_bytes(fp.config, 1, "f16"),

@@ -10,7 +10,8 @@ runtime    a Python process after `import torch` (measured), or the CUDA context
            allocator keeps after dequantizing weights at load (measured).
 weights    every tensor at the chosen precision: the file's own, or converted to f32 / f16 / q8_0 / q4_0
            (1-D tensors such as norms stay f32, as llama.cpp's quantizer keeps them). pellucid's engine
-           today dequantizes every weight to float32 at load (`ENGINE_WEIGHTS`).
+           keeps the file's matrices packed (`ENGINE_WEIGHTS` = "file"), counted as its kernels hold them:
+           a few formats are re-laid-out at load (Q6_K as int8 + scales: 1.25 bytes per weight, not 0.82).
 kv_cache   K and V for n_ctx tokens in every layer at --kv-type, allocated up front; sliding-window layers
            stop at the window. Encoder-only models (BERT) read their input in one pass and keep no cache.
 compute    the activations alive at once while prefilling the last PREFILL_BATCH tokens of the context,
@@ -24,11 +25,14 @@ Sizes are printed in binary units (1 GiB = 1024^3 bytes), the units RAM is sold 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from pellucid.errors import PellucidError
 from pellucid.model.config import ModelConfig
@@ -39,6 +43,10 @@ KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 # RSS of `python -c "import torch, numpy, tokenizers, jinja2, safetensors"` after a first matmul and a
 # scaled_dot_product_attention call: 239 MiB, measured with torch 2.13.0+cpu, CPython 3, Linux x86_64.
 FRAMEWORK_CPU_BYTES = 240 * MiB
+# What torch.compile adds to a process running pellucid's compiled kernels (inductor, its generated modules,
+# guards): RSS after a short generation minus framework, weights, KV cache, buffers and metadata measured
+# 179 MiB (SmolLM2) and 233 MiB (Gemma 3: more block kinds and formats), torch 2.13 CPU.
+COMPILER_CPU_BYTES = 210 * MiB
 # GPU memory the CUDA context and cuBLAS workspaces take before any tensor is allocated. Not measured here
 # (the build machine has no GPU): a typical figure for recent drivers, to be replaced by a measurement.
 FRAMEWORK_CUDA_BYTES = 500 * MiB
@@ -59,8 +67,8 @@ PRECISIONS: dict[str, GGMLType] = {
     "q4_0": GGMLType.Q4_0,
 }
 WEIGHTS_AS = ("file", *PRECISIONS)  # "file" = as stored in the model file
-# How pellucid's engine holds weights today: model/loader.py dequantizes every tensor to float32 at load.
-ENGINE_WEIGHTS = "f32"
+# How pellucid's engine holds weights: model/loader.py keeps the file's matrices packed (quant/packed.py).
+ENGINE_WEIGHTS = "file"
 # Precisions the loader produces by dequantizing the file (`load_model(dtype=...)`), not by mapping it as is.
 CONVERTED_AT_LOAD = ("f32", "f16")
 # Architectures that encode a whole input at once: no KV cache, no next-token logits.
@@ -107,6 +115,7 @@ class TensorSize:
     shape: tuple[int, ...]  # PyTorch order: a weight is (out_features, in_features)
     n_bytes: int  # as stored in the file
     is_parameter: bool = True  # False for integer buffers (BERT's position_ids)
+    ggml_type: GGMLType | None = None  # GGUF tensors: the storage type (how the engine packs it)
 
     @property
     def n_elements(self) -> int:
@@ -143,9 +152,32 @@ def requantized_type(shape: tuple[int, ...], target: GGMLType) -> GGMLType:
 def stored_bytes(t: TensorSize, weights_as: str = "file") -> int:
     """Bytes of one tensor as stored in the file ("file") or after re-quantizing to a precision."""
     if weights_as == "file":
-        return t.n_bytes
+        return engine_bytes(t)
     layout = BLOCK_LAYOUT[requantized_type(t.shape, _precision(weights_as))]
     return t.n_elements * layout.type_size // layout.block_size
+
+
+def engine_bytes(t: TensorSize) -> int:
+    """Bytes of a file's tensor as pellucid's engine holds it: packed matrices as quant/packed.py lays them out
+    (mostly views of the file's bytes; some formats re-laid-out at load), everything else as stored."""
+    if t.ggml_type is None or len(t.shape) != 2 or t.ggml_type == GGMLType.F32:
+        return t.n_bytes
+    return round(_packed_bytes_per_row(t.ggml_type, t.shape[1]) * t.shape[0])
+
+
+@functools.cache
+def _packed_bytes_per_row(ggml_type: GGMLType, k: int) -> float:
+    # Pack a few all-zero rows and ask the packed weight what it holds: exact, and never out of step with
+    # quant/packed.py's layouts.
+    from pellucid.quant.packed import pack
+
+    layout = BLOCK_LAYOUT[ggml_type]
+    rows = 4
+    raw = np.zeros(rows * k // layout.block_size * layout.type_size, dtype=np.uint8)
+    try:
+        return pack(raw, ggml_type, (rows, k)).n_bytes / rows
+    except Exception:  # a type the engine cannot pack: it cannot run either; count the file's bytes
+        return k / layout.block_size * layout.type_size
 
 
 def weight_bytes(tensors: tuple[TensorSize, ...], weights_as: str = "file") -> int:
@@ -233,6 +265,11 @@ def _dequant_bytes(fp: Footprint, weights_as: str, compute_bytes: int) -> int:
         for t in fp.tensors
         if len(t.shape) >= 2 and t.is_parameter and stored_bytes(t, weights_as) != t.n_elements * compute_bytes
     ]
+    if weights_as == ENGINE_WEIGHTS:
+        # pellucid's kernels unpack a big matrix (Gemma 3's 262k-row output head) a slice of rows at a time.
+        from pellucid.quant.kernels import GEMM_TILE_WEIGHTS
+
+        return min(max(packed, default=0), GEMM_TILE_WEIGHTS * compute_bytes)
     return max(packed, default=0)
 
 
@@ -256,12 +293,13 @@ class MemoryEstimate:
     loading: int  # held only while loading, before the KV cache exists
     metadata: int
     framework: int
+    compiler: int  # torch.compile's runtime and generated kernels (pellucid's engine on CPU)
     allocator: int  # heap kept by the allocator after dequantizing at load
 
     @property
     def runtime(self) -> int:
         """The process itself: Python, PyTorch (or the CUDA context), tokenizer, metadata, allocator slack."""
-        return self.framework + self.metadata + self.allocator
+        return self.framework + self.compiler + self.metadata + self.allocator
 
     @property
     def total(self) -> int:
@@ -294,6 +332,7 @@ def estimate(
         loading=loading_bytes(fp, weights_as),
         metadata=METADATA_FACTOR * fp.metadata_bytes if device == "cpu" else 0,
         framework=FRAMEWORK_CPU_BYTES if device == "cpu" else FRAMEWORK_CUDA_BYTES,
+        compiler=COMPILER_CPU_BYTES if device == "cpu" and weights_as == ENGINE_WEIGHTS else 0,
         allocator=int(ALLOCATOR_SLACK * weights) if weights_as in CONVERTED_AT_LOAD and device == "cpu" else 0,
     )
 
@@ -473,9 +512,8 @@ def render_fit(plan: FitPlan) -> str:
 
 
 def _row_name(weights_as: str, file_precision: str) -> str:
-    if weights_as == "file":
-        return f"file ({file_precision})"
-    return f"{weights_as} (pellucid today)" if weights_as == ENGINE_WEIGHTS else weights_as
+    name = f"file ({file_precision})" if weights_as == "file" else weights_as
+    return f"{name}, pellucid" if weights_as == ENGINE_WEIGHTS else name
 
 
 def _verdict(target: FitTarget, plan: FitPlan) -> str:
@@ -514,7 +552,8 @@ def _assumptions(plan: FitPlan) -> list[str]:
         "How this is counted (pellucid.memory.estimate): total = runtime + weights + the larger of",
         "(KV cache + compute) and loading.",
         "  weights   every tensor at that precision; converting keeps norms f32, as llama.cpp does. pellucid's",
-        "            engine dequantizes to f32 at load today; the other rows are for packed-weight engines",
+        "            engine keeps the file's matrices packed (the 'pellucid' row); the other rows are for other",
+        "            precisions (llama.cpp's quantize, or an engine that converts at load)",
     ]
     if not plan.encoder_only:
         lines.append("  KV cache  K and V for every token in every layer; sliding-window layers stop at the window")
@@ -528,6 +567,8 @@ def _assumptions(plan: FitPlan) -> list[str]:
         lines += [
             f"  runtime   Python + PyTorch after import ({format_bytes(FRAMEWORK_CPU_BYTES)}, measured) + the "
             f"tokenizer and metadata ({METADATA_FACTOR}x the header)",
+            f"            + torch.compile's runtime and kernels for pellucid's engine ({format_bytes(COMPILER_CPU_BYTES)}, "
+            "measured)",
             f"            + what the allocator keeps after dequantizing at load ({ALLOCATOR_SLACK:.0%} of those "
             "weights, measured)",
         ]

@@ -196,8 +196,8 @@ def _add_fit(commands) -> None:
     p.add_argument(
         "--kv-type",
         choices=list(PRECISIONS),
-        default="f16",
-        help="precision of the KV cache (default: f16; pellucid's engine keeps f32 today)",
+        default="f32",
+        help="precision of the KV cache (default: f32, what pellucid's engine keeps; f16/q8_0 as llama.cpp can)",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
 
