@@ -19,7 +19,7 @@ from pellucid.quant.types import BLOCK_LAYOUT, GGMLType
 from test_quant_dequant import random_blocks
 
 FORMATS = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K]
-ROWS = [1, 3, kernels.GEMV_MAX_ROWS + 5]  # packed GEMV (1, 3 rows) and unpack + GEMM (more rows)
+ROWS = [1, 3, kernels.GEMV_MAX_ROWS, kernels.GEMV_MAX_ROWS + 5]  # packed GEMV (1-8 rows), unpack + GEMM (more)
 
 
 def check_product(raw, ggml_type, shape, m: int):

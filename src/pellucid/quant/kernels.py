@@ -6,7 +6,8 @@ Two products, chosen by how many rows x has:
   of x and everything is summed. Run eagerly this would materialise the float32 matrix; compiled, inductor
   fuses unpacking, scaling, multiplying and summing into one loop that reads each packed byte once and keeps
   its float32 accumulators in vector registers. That loop is the whole point: decode is bound by memory
-  bandwidth, and the packed bytes are 4-8x fewer than float32 ones.
+  bandwidth, and the packed bytes are 4-8x fewer than float32 ones. Called from eager code with up to 8 rows
+  (batched decode), it runs as `_gemv_rows`, whose loop unpacks each weight once for all the rows.
 - `dequantize` + a dense matmul (prefill: many rows). Arithmetic dominates there, so the weights are unpacked
   once per call into a float32 (or bfloat16) matrix and the BLAS GEMM does the rest.
 
@@ -24,17 +25,19 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 
 import torch
 import torch.nn.functional as F
 
 from pellucid.quant.packed import PackedWeight
 
-# Up to this many rows, a product reads the packed weights directly (decode, small batches); above it the
-# weights are unpacked once and a GEMM runs (prefill), whose cost per row is far lower. The compiled product
-# costs about M times one row (it unpacks each weight again per row), so unpacking + GEMM wins from ~5 rows
-# (SmolLM2 ffn_up, 1 thread: 8 rows 0.81 ms by gemv, 9 rows 0.57 ms by unpack + GEMM).
-GEMV_MAX_ROWS = 4
+# Up to this many rows, a product reads the packed weights directly (decode, batched decode of up to 8
+# sequences); above it the weights are unpacked once and a GEMM runs (prefill), whose cost per row is far lower
+# there. The compiled product for M rows unpacks each weight once and does M multiply-adds with it
+# (`_gemv_rows`), so 8 rows cost ~2-4x one row, not 8x. SmolLM2, 1 thread, 8 rows: ffn_up (1536 x 576) 0.18 ms
+# by it vs 0.38 ms by unpack + GEMM; the 49152-row output head 3.1 ms vs 40 ms (benchmarks/batch_decode_bench.py).
+GEMV_MAX_ROWS = 8
 # Matrices above this many weights are unpacked for a GEMM in slices of rows (4M weights: 16 MB of float32).
 GEMM_TILE_WEIGHTS = 1 << 22
 
@@ -66,6 +69,27 @@ def _gemv(x: torch.Tensor, fmt: type[PackedWeight], fields: dict[str, torch.Tens
     return acc.sum(dim=tuple(range(2, acc.dim())))
 
 
+def _gemv_rows(x: torch.Tensor, fmt: type[PackedWeight], fields: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`_gemv` for a few rows (M <= GEMV_MAX_ROWS), written so that the unpacking is shared by the rows.
+
+    One reduction per row over the same weight expressions: inductor puts the M reductions into one loop over
+    the weights and computes each unpacked weight once (common subexpression) for all M multiply-adds. `_gemv`'s
+    broadcast (M, N, K) form instead loops over rows outermost and unpacks the whole matrix again for each row.
+    M is a Python int here (the compiled copy is specialized to it), so the loop unrolls at trace time.
+    """
+    x = _materialized(x.float())
+    xv = x.reshape(x.shape[0], -1, *fmt.x_layout(fields))  # (M, groups, ..., P, L)
+    weights = fmt.weights(**fields)  # each (N, groups, ..., L)
+    outs = []
+    for m in range(x.shape[0]):
+        acc = None
+        for p, w in enumerate(weights):
+            term = w * xv[m, ..., p, :]
+            acc = term if acc is None else acc + term
+        outs.append(acc.sum(dim=tuple(range(1, acc.dim()))))
+    return torch.stack(outs, dim=0)
+
+
 def _materialized(x: torch.Tensor) -> torch.Tensor:
     """x, computed into a buffer before the product reads it.
 
@@ -92,7 +116,7 @@ def matmul(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
     if not eager:
         _fix_block_layout(packed)
     if rows.shape[0] <= GEMV_MAX_ROWS:
-        y = (_gemv if eager else _compiled("gemv"))(rows, fmt, fields)
+        y = (_gemv if eager else _compiled("gemv_rows"))(rows, fmt, fields)
         return y.to(x.dtype).reshape(*lead, -1)
     unpack = _dequantize if eager else _compiled("dequantize")
     n = packed.shape[0]
@@ -117,8 +141,18 @@ def rows(packed: PackedWeight, ids: torch.Tensor, dtype: torch.dtype = torch.flo
 
 
 def compile_enabled() -> bool:
-    """Whether pellucid uses torch.compile: on unless PELLUCID_COMPILE=0 or inductor cannot build kernels here."""
-    return os.environ.get("PELLUCID_COMPILE", "1") != "0" and _compiler_works()
+    """Whether pellucid uses torch.compile: on unless PELLUCID_COMPILE=0 or inductor cannot build kernels here.
+
+    Also applies `prepare_compile`'s settings in the calling thread (once per thread): dynamo's config is
+    thread-local, so the server's worker thread would otherwise compile under the default limits.
+    """
+    enabled = os.environ.get("PELLUCID_COMPILE", "1") != "0" and _compiler_works()
+    if enabled and not getattr(_thread, "prepared", False):
+        prepare_compile()
+    return enabled
+
+
+_thread = threading.local()
 
 
 @functools.cache
@@ -149,21 +183,27 @@ def _fix_block_layout(packed: PackedWeight) -> None:
 
 def prepare_compile() -> None:
     """Import what the compiled graphs use: inductor's prims (for `_materialized`), and a higher recompile
-    limit: one compiled function serves every format (a guard on the class picks the entry) and, with
-    dynamic shapes, every matrix size: ~10 entries where the default limit is 8."""
+    limit: one compiled function serves every format (a guard on the class picks the entry), and the GEMV
+    is specialized to each matrix shape and row count 1-8: ~50 entries for SmolLM2 where the default limit is
+    8. Past the limit dynamo runs the function eagerly, silently and many times slower. The limit on all
+    entries of the process together is raised too: a process that loads several models (the tests) passes its
+    default 256, and a fullgraph block compiled after that fails outright."""
     import torch._dynamo
     import torch._inductor.inductor_prims  # noqa: F401
 
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, 256)
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 2048)
+    _thread.prepared = True  # dynamo's config is per thread: see compile_enabled
 
 
 @functools.cache
 def _compiled(name: str):
     prepare_compile()
-    if name == "gemv":
+    if name == "gemv_rows":
         # Specialized to each matrix's shape: with symbolic sizes the product runs at a third of the speed
         # (the loop bounds and strides of the blocks are no longer constants). Eager code calls it only for
-        # the output head and small batches, so a model needs a handful of shapes.
-        return torch.compile(_gemv, dynamic=False)
+        # the output head and batched decode (each row count 1-8 is its own entry), so a model needs a few dozen.
+        return torch.compile(_gemv_rows, dynamic=False)
     # Unpacking for a GEMM is cheap next to the GEMM itself: one kernel per format serves every size.
     return torch.compile(_dequantize, dynamic=True)
