@@ -31,6 +31,16 @@ def add_model_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def stream_to_stdout(generation) -> None:
+    """Print a Generation's text as it arrives, then a newline; closing it even when the reader stops early."""
+    try:
+        for chunk in generation:
+            print(chunk.text, end="", flush=True)
+    finally:
+        generation.close()
+        print()
+
+
 def print_json(data) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False))
 

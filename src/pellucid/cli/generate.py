@@ -9,7 +9,7 @@ import sys
 import time
 
 from pellucid import store
-from pellucid.cli.common import add_model_arg, command, positive_int, print_json
+from pellucid.cli.common import add_model_arg, command, positive_int, print_json, stream_to_stdout
 from pellucid.errors import PellucidError
 
 # Sampling flags shared by run and chat: (flag, SamplingParams field, type, help). Defaults are llama.cpp's.
@@ -93,11 +93,8 @@ def cmd_run(args) -> int:
         print_json(result)
         return 0
     try:
-        for chunk in generation:
-            print(chunk.text, end="", flush=True)
+        stream_to_stdout(generation)
     finally:
-        generation.close()
-        print()
         print(f"[{generation.stats.summary()}; load {llm.load_seconds:.2f} s]", file=sys.stderr)
     return 0
 

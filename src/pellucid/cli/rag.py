@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from pellucid import store
-from pellucid.cli.common import command, positive_int, print_json, table
+from pellucid.cli.common import command, positive_int, print_json, stream_to_stdout, table
 from pellucid.errors import PellucidError
 
 DEFAULT_EMBED_MODEL = "minilm-l6"
@@ -323,12 +323,7 @@ def cmd_ask(args) -> int:
         print(llm.detokenize(plan.prompt_ids), file=sys.stderr)
     sampling = {"temperature": args.temperature} | ({"seed": args.seed} if args.seed is not None else {})
     generation = answerer.generate(plan, **sampling)
-    try:
-        for chunk in generation:
-            print(chunk.text, end="", flush=True)
-    finally:
-        generation.close()
-        print()
+    stream_to_stdout(generation)
     _print_sources(plan, generation.text)
     print(f"[{generation.stats.summary()}]", file=sys.stderr)
     return 0
