@@ -58,6 +58,26 @@ def test_tiny_batch_equals_separate_steps(architecture):
 
 
 @torch.inference_mode()
+def test_tiny_gemma_batch_ignores_a_previous_sequence_in_its_rings():
+    """A reset cache's ring still holds the last sequence's keys in the slots past the new offset; the batched
+    step attends to the whole ring under a mask (one compiled graph for every mix of wrapped and unwrapped
+    rings), so the mask must hide those slots exactly as the single-sequence step's slice does."""
+    model = tiny_model("gemma3")
+    caches = prefilled(model, [20, 20, 20], capacity=64, seed=3)
+    for cache in caches:
+        cache.reset()
+    g = torch.Generator().manual_seed(5)
+    for cache, n in zip(caches, [2, 5, 11]):
+        model.hidden(torch.randint(0, model.config.vocab_size, (1, n), generator=g), cache)
+    separate = copy.deepcopy(caches)
+    for step in range(10):
+        tokens = torch.tensor([step + 1, step + 2, step + 3])
+        batched = model.decode_batch(tokens, caches)
+        one_by_one = torch.stack([model(t.view(1, 1), c)[0, -1] for t, c in zip(tokens, separate)])
+        torch.testing.assert_close(batched, one_by_one, **TOL)
+
+
+@torch.inference_mode()
 def test_smollm2_batch_equals_separate_steps(smollm2_path):
     compare_batched_with_separate(loaded(smollm2_path), [1, 9, 30], steps=3, capacity=64)
 

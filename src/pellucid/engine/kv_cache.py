@@ -59,6 +59,11 @@ class KVCache:
         self.values[:, :, start:end] = v
         return self.keys[:, :, :end], self.values[:, :, :end]
 
+    def store_one(self, k: torch.Tensor, v: torch.Tensor):
+        """The batched decode step's `store`: one new token; returns (keys, values, visible), visible = None."""
+        keys, values = self.store(k, v)
+        return keys, values, None
+
     def advance(self, n: int) -> None:
         self.offset += n
 
@@ -93,6 +98,21 @@ class RotatingKVCache:
         if k.shape[2] == 1:
             return self._append_one(k, v)
         return self._append_many(k, v)
+
+    def store_one(self, k: torch.Tensor, v: torch.Tensor):
+        """The batched decode step's `store`: writes one token and returns the whole ring with a mask of the
+        slots that hold a position (True = attend), (1, window).
+
+        `store` returns a slice whose length depends on whether the ring has wrapped, which a compiled graph
+        would guard on per sequence (up to 2^B variants of a batch); a mask computed from the offset keeps
+        every batch one graph. Before the ring wraps, slots past the offset are empty or hold a previous
+        sequence's keys: the mask hides them.
+        """
+        slot = self.offset % self.window
+        self.keys[:, :, slot : slot + 1] = k
+        self.values[:, :, slot : slot + 1] = v
+        visible = torch.arange(self.window, device=self.keys.device) <= self.offset
+        return self.keys, self.values, visible.view(1, self.window)
 
     def advance(self, n: int) -> None:
         self.offset += n

@@ -235,11 +235,13 @@ class Scheduler:
         otherwise land on the first requests' time to first token. The batched decode step is warmed for
         every batch size it will see (2 .. n_slots). Call before start()."""
         # A slot's cache takes len(ids) + 1 + (n_slots - 1) positions here; a tiny context skips warming.
-        ids = list(range(min(8, self.ctx - len(self.slots), self.model.config.vocab_size)))
+        # The first slot's 16-token prompt warms the prefill path (unpack + GEMM), the others' 8 tokens the
+        # few-row product that short prompt chunks take (kernels.GEMV_MAX_ROWS).
+        ids = list(range(min(16, self.ctx - len(self.slots), self.model.config.vocab_size)))
         if not ids:
             return
-        for slot in self.slots:
-            advance([(slot.session, ids)])
+        for i, slot in enumerate(self.slots):
+            advance([(slot.session, ids if i == 0 else ids[:8])])
             advance([(slot.session, ids[:1])])
         if self.batch_decode:
             for n in range(2, len(self.slots) + 1):

@@ -89,6 +89,8 @@ class Transformer(nn.Module):
         own cache's offset (RoPE position), its key/value written there, and every cache advances by one.
         The projections run once for all B rows, so the packed weights are read once per step whatever B is
         (where continuous batching gets its throughput); attention runs per sequence over its own cache.
+        Each block runs as a compiled graph for this B (`pellucid.model.compiled`; one graph per batch size,
+        which the server's warm-up compiles for every B it will see).
         The result equals B separate `model(tokens[b].view(1, 1), caches[b])[0, -1]` calls to float32
         rounding (tests/test_model_batch.py). Raises ContextLengthError, before touching any cache, when a
         sequence's cache is full.
@@ -108,9 +110,10 @@ class Transformer(nn.Module):
         local = self.rope_local.tables(positions) if self.rope_local is not self.rope else tables
         cos, sin = (t.unsqueeze(1) for t in tables)  # (B, T=1, 1, rope_dim/2), broadcast over heads
         cos_local, sin_local = (t.unsqueeze(1) for t in local)
+        run_block = decode_block_runner() or (lambda block, *args: block(*args))
         for i, block in enumerate(self.blocks):
             rope, c, s = (self.rope_local, cos_local, sin_local) if block.sliding else (self.rope, cos, sin)
-            x = block(x, rope, c, s, [cache.layers[i] for cache in caches])
+            x = run_block(block, x, rope, c, s, [cache.layers[i] for cache in caches])
         for cache in caches:
             cache.advance(1)
         return self.logits(self.final_norm(x))[:, 0]

@@ -6,8 +6,8 @@ Two products, chosen by how many rows x has:
   of x and everything is summed. Run eagerly this would materialise the float32 matrix; compiled, inductor
   fuses unpacking, scaling, multiplying and summing into one loop that reads each packed byte once and keeps
   its float32 accumulators in vector registers. That loop is the whole point: decode is bound by memory
-  bandwidth, and the packed bytes are 4-8x fewer than float32 ones. Called from eager code with up to 8 rows
-  (batched decode), it runs as `_gemv_rows`, whose loop unpacks each weight once for all the rows.
+  bandwidth, and the packed bytes are 4-8x fewer than float32 ones. With 2-8 rows (the batched decode step,
+  compiled or not) it runs as `_gemv_rows`, whose loop unpacks each weight once for all the rows.
 - `dequantize` + a dense matmul (prefill: many rows). Arithmetic dominates there, so the weights are unpacked
   once per call into a float32 (or bfloat16) matrix and the BLAS GEMM does the rest.
 
@@ -116,7 +116,11 @@ def matmul(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
     if not eager:
         _fix_block_layout(packed)
     if rows.shape[0] <= GEMV_MAX_ROWS:
-        y = (_gemv if eager else _compiled("gemv_rows"))(rows, fmt, fields)
+        if not eager:
+            kernel = _compiled("gemv_rows")
+        else:  # in a graph, several rows (the batched decode block) share the unpacking too
+            kernel = _gemv if rows.shape[0] == 1 or not torch.compiler.is_compiling() else _gemv_rows
+        y = kernel(rows, fmt, fields)
         return y.to(x.dtype).reshape(*lead, -1)
     unpack = _dequantize if eager else _compiled("dequantize")
     n = packed.shape[0]
