@@ -20,13 +20,39 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from pellucid.engine.sampling import Sampler, TokenLogprobs, token_logprobs
-from pellucid.errors import ContextLengthError
+from pellucid.errors import ContextLengthError, PellucidError
 
 PREFILL_CHUNK = 512  # prompt tokens per forward pass (llama.cpp's default n_ubatch): bounds activation memory
 
 # Why a generation ended. "stop" = an end-of-generation token or a stop string; "length" = max_tokens;
 # "context" = the KV cache is full; "cancelled" = the caller stopped iterating (Ctrl-C, a closed stream).
 STOP_REASONS = ("stop", "length", "context", "cancelled")
+
+
+class EmptyPromptError(PellucidError, ValueError):
+    """A generation was asked for with no prompt tokens at all."""
+
+
+def check_prompt(
+    prompt_ids: Iterable[int],
+    capacity: int,
+    context_length: int,
+    *,
+    where: str = "the context",
+    remedy: str = "raise --ctx",
+) -> list[int]:
+    """The prompt as a list of ints, or a clear error: it is empty, or it leaves no room in `capacity` for a
+    generated token. Shared by `Session.generate` and the server's scheduler (`where`/`remedy` word it)."""
+    prompt_ids = [int(i) for i in prompt_ids]
+    if not prompt_ids:
+        raise EmptyPromptError("the prompt is empty: the model needs at least one token to continue")
+    if len(prompt_ids) >= capacity:
+        raise ContextLengthError(
+            f"the prompt is {len(prompt_ids):,} tokens but {where} holds {capacity:,} tokens (the prompt plus at "
+            f"least one generated token must fit). Shorten the prompt or {remedy} (this model supports up to "
+            f"{context_length:,})."
+        )
+    return prompt_ids
 
 
 @dataclass
@@ -150,15 +176,7 @@ class Session:
         A stop token is not yielded. `stats` (if given) is filled in as generation proceeds.
         """
         stats = stats if stats is not None else GenerationStats()
-        prompt_ids = [int(i) for i in prompt_ids]
-        if not prompt_ids:
-            raise ValueError("cannot generate from an empty prompt (the model needs at least one token)")
-        if len(prompt_ids) >= self.capacity:
-            raise ContextLengthError(
-                f"the prompt is {len(prompt_ids):,} tokens but the context holds {self.capacity:,} "
-                f"(prompt plus at least one generated token must fit). Shorten the prompt or raise --ctx "
-                f"(this model supports up to {self.model.config.context_length:,})."
-            )
+        prompt_ids = check_prompt(prompt_ids, self.capacity, self.model.config.context_length)
         stop_ids = frozenset(stop_ids)
         start = time.perf_counter()
         stats.prompt_tokens = len(prompt_ids)

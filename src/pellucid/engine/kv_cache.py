@@ -16,8 +16,9 @@ step writes into existing buffers and allocates nothing.
   every entry lies inside the window, so no mask is needed. A multi-token step returns the previous
   window - 1 entries in order followed by the new ones, and the attention mask does the rest.
 
-The batch dimension is there so the server can batch sequences later; for now every sequence in a batch
-shares one offset (B = 1 is what the engine uses).
+Every sequence in a cache's batch dimension shares one offset. The server batches sequences at different
+positions differently: one cache (batch size 1) per sequence, stepped together by `Transformer.decode_batch`
+through `store_one`, which returns an attention mask instead of a wrap-dependent slice.
 """
 
 from __future__ import annotations
@@ -108,9 +109,7 @@ class RotatingKVCache:
         every batch one graph. Before the ring wraps, slots past the offset are empty or hold a previous
         sequence's keys: the mask hides them.
         """
-        slot = self.offset % self.window
-        self.keys[:, :, slot : slot + 1] = k
-        self.values[:, :, slot : slot + 1] = v
+        self._write_slot(k, v)
         visible = torch.arange(self.window, device=self.keys.device) <= self.offset
         return self.keys, self.values, visible.view(1, self.window)
 
@@ -119,14 +118,18 @@ class RotatingKVCache:
 
     def _append_one(self, k, v):
         # The decode step: overwrite the oldest slot and attend to the whole ring (every entry is in window).
-        slot = self.offset % self.window
-        self.keys[:, :, slot : slot + 1] = k
-        self.values[:, :, slot : slot + 1] = v
+        self._write_slot(k, v)
         # An explicit branch, not min(offset + 1, window): compiled with a symbolic offset, `min` became a
         # guard-free expression that a block compiled on a full ring reused for offset 1 (wrong keys).
         if self.offset + 1 >= self.window:
             return self.keys, self.values
         return self.keys[:, :, : self.offset + 1], self.values[:, :, : self.offset + 1]
+
+    def _write_slot(self, k, v) -> None:
+        """Write one token's key/value over the oldest slot of the ring."""
+        slot = self.offset % self.window
+        self.keys[:, :, slot : slot + 1] = k
+        self.values[:, :, slot : slot + 1] = v
 
     def _append_many(self, k, v):
         # A prompt (or a chunk of one): the new queries need up to window - 1 earlier keys, oldest first,

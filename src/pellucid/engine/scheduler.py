@@ -46,9 +46,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pellucid.engine.generate import PREFILL_CHUNK, GenerationStats, Session, StopStrings
+from pellucid.engine.generate import PREFILL_CHUNK, GenerationStats, Session, StopStrings, check_prompt
 from pellucid.engine.sampling import SamplingParams, TokenLogprobs, make_sampler, token_logprobs
-from pellucid.errors import ContextLengthError, PellucidError
+from pellucid.errors import PellucidError
 
 log = logging.getLogger("pellucid.scheduler")
 
@@ -267,16 +267,13 @@ class Scheduler:
         Raises ContextLengthError when the prompt leaves no room to generate and QueueFullError when every
         slot is busy and `max_queue` requests already wait. max_tokens None: until a stop or a full context.
         """
-        prompt_ids = [int(i) for i in prompt_ids]
-        if not prompt_ids:
-            raise PellucidError("the prompt is empty: the model needs at least one token to continue")
-        if len(prompt_ids) >= self.ctx:
-            raise ContextLengthError(
-                f"the prompt is {len(prompt_ids):,} tokens but this server's context holds {self.ctx:,} tokens "
-                f"per sequence (the prompt plus at least one generated token must fit). Shorten the prompt, or "
-                f"restart the server with a larger --ctx (this model supports up to "
-                f"{self.model.config.context_length:,})."
-            )
+        prompt_ids = check_prompt(
+            prompt_ids,
+            self.ctx,
+            self.model.config.context_length,
+            where="this server's context",
+            remedy="restart the server with a larger --ctx",
+        )
         request = Request(
             next(self._ids),
             prompt_ids,
