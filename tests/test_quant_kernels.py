@@ -22,6 +22,12 @@ FORMATS = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.
 ROWS = [1, 3, kernels.GEMV_MAX_ROWS, kernels.GEMV_MAX_ROWS + 5]  # packed GEMV (1-8 rows), unpack + GEMM (more)
 
 
+@pytest.fixture(autouse=True)
+def _compiled_kernels_only(monkeypatch):
+    """These are the float32 kernels (GPUs, CPUs without VNNI): keep the native ones out (test_quant_native.py)."""
+    monkeypatch.setattr(kernels, "_native", False)
+
+
 def check_product(raw, ggml_type, shape, m: int):
     packed = pack(raw, ggml_type, shape)
     w = dequantize(raw, ggml_type, shape).reshape(shape).double()

@@ -17,6 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pellucid.quant import kernels
+from pellucid.quant.linear import QuantizedLinear
+
 
 def frozen(tensor: torch.Tensor) -> nn.Parameter:
     """An inference-only parameter; an existing Parameter is reused, so tied weights stay one object."""
@@ -38,6 +41,14 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight)
+
+
+def project(x: torch.Tensor, *projections: nn.Module) -> list[torch.Tensor]:
+    """[p(x) for p in projections]; packed ones that read the same x run as one product in decode (q/k/v,
+    gate/up: `kernels.matmul_many` quantizes x once for all of them)."""
+    if all(isinstance(p, QuantizedLinear) for p in projections):
+        return kernels.matmul_many(x, [p.packed for p in projections])
+    return [p(x) for p in projections]
 
 
 class Embedding(nn.Module):
@@ -174,9 +185,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding, cos: torch.Tensor, sin: torch.Tensor, cache=None):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.value_head_dim)
+        q, k, v = project(x, self.q_proj, self.k_proj, self.v_proj)
+        q = q.view(B, T, self.n_heads, self.head_dim)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim)
+        v = v.view(B, T, self.n_kv_heads, self.value_head_dim)
         if self.q_norm is not None:  # Gemma 3 / Qwen 3: RMSNorm over each head's dims, before RoPE
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rope.apply(q, cos, sin), rope.apply(k, cos, sin)
@@ -242,7 +254,8 @@ class GatedMLP(nn.Module):
         self.act = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = project(x, self.gate_proj, self.up_proj)
+        return self.down_proj(self.act(gate) * up)
 
 
 # -- one transformer layer --------------------------------------------------------------------------------

@@ -14,6 +14,9 @@ Two products, chosen by how many rows x has:
 Both are float32 arithmetic on exactly the weights `dequant.dequantize` decodes, so they agree with
 dequantize-then-matmul to float32 rounding (summation order); see tests/test_quant_kernels.py.
 
+With PELLUCID_NATIVE=1 on a CPU with AVX512-VNNI, the few-row products go to hand-written int8 kernels instead
+(quant/native: llama.cpp's arithmetic, faster, opt-in because int8 rounding costs reproducibility).
+
 `matmul` is what `QuantizedLinear` calls. Inside a compiled graph (the decode step of
 `pellucid.model.compiled`) it emits the expressions and inductor fuses them with their neighbours. Outside
 one, it calls small compiled functions, one per format, shared by every layer and every model (shapes are
@@ -30,6 +33,7 @@ import threading
 import torch
 import torch.nn.functional as F
 
+from pellucid.quant import native
 from pellucid.quant.packed import PackedWeight
 
 # Up to this many rows, a product reads the packed weights directly (decode, batched decode of up to 8
@@ -107,11 +111,19 @@ def _dequantize(fmt: type[PackedWeight], fields: dict[str, torch.Tensor], dtype:
     return w.reshape(w.shape[0], -1).to(dtype)
 
 
-def matmul(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
-    """x (..., K) @ W.T -> (..., N) in x's dtype: the kernel that fits the number of rows."""
+def matmul(x: torch.Tensor, packed: PackedWeight, *, x_rounded: bool = False) -> torch.Tensor:
+    """x (..., K) @ W.T -> (..., N) in x's dtype: the kernel that fits the number of rows.
+
+    With the int8 kernels on (PELLUCID_NATIVE=1: decode rounds x to int8 blocks), a many-row product
+    multiplies the same rounding of x (`native.round_q8`; `x_rounded`: the caller did it already).
+    """
     lead, k = x.shape[:-1], x.shape[-1]
     rows = x.reshape(-1, k)
     fmt, fields = type(packed), packed.fields()
+    if (specs := _native_specs(rows, [packed])) is not None:
+        return native.gemv(rows.float(), specs).to(x.dtype).reshape(*lead, -1)
+    if not x_rounded and _rounds_x(rows, [packed]):
+        x = native.round_q8(x)
     eager = torch.compiler.is_compiling() or not compile_enabled()  # inside a graph, emit the expressions
     if not eager:
         _fix_block_layout(packed)
@@ -136,9 +148,54 @@ def matmul(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
     return torch.cat(tiles, dim=-1)
 
 
+def matmul_many(x: torch.Tensor, packed: list[PackedWeight]) -> list[torch.Tensor]:
+    """[x @ W.T for W in packed]: the projections that read the same x (q, k, v; gate, up). In decode the native
+    kernels do them in one call (one quantization of x, one parallel region); otherwise one `matmul` each."""
+    lead, k = x.shape[:-1], x.shape[-1]
+    rows = x.reshape(-1, k)
+    if len(packed) > 1 and (specs := _native_specs(rows, packed)) is not None:
+        y = native.gemv(rows.float(), specs).to(x.dtype)
+        return [part.reshape(*lead, -1) for part in y.split([p.shape[0] for p in packed], dim=-1)]
+    if len(packed) > 1 and _rounds_x(rows, packed):  # round x once for all of them
+        x = native.round_q8(x)
+        return [matmul(x, p, x_rounded=True) for p in packed]
+    return [matmul(x, p) for p in packed]
+
+
+def _native_specs(rows: torch.Tensor, packed: list[PackedWeight]):
+    """The native kernels' specs for these matrices when they can multiply `rows` (decode on a CPU), else None."""
+    if rows.shape[0] > native.MAX_ROWS or rows.device.type != "cpu" or not native_ready():
+        return None
+    specs = [native.format_of(p) for p in packed]
+    return None if any(spec is None for spec in specs) else specs
+
+
+def _rounds_x(rows: torch.Tensor, packed: list[PackedWeight]) -> bool:
+    """Whether a many-row product with these matrices rounds x as their decode products do (int8 kernels)."""
+    return (
+        rows.shape[0] > native.MAX_ROWS
+        and rows.device.type == "cpu"
+        and native_ready()
+        and all(native.format_of(p) is not None for p in packed)
+    )
+
+
 def rows(packed: PackedWeight, ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Rows `ids` (T,) of the matrix as (T, K) `dtype`: an embedding lookup that unpacks only those rows."""
     return torch.stack(packed.parts(ids), dim=-2).reshape(ids.shape[0], packed.shape[1]).to(dtype)
+
+
+_native: bool | None = None
+
+
+def native_ready() -> bool:
+    """Whether the hand-written int8 kernels (quant/native; PELLUCID_NATIVE=1) run decode's products here.
+    Resolved (and built) by the first eager call; a compiled graph reads the answer, so call this once before
+    compiling (compiled.py does)."""
+    global _native
+    if _native is None:
+        _native = native.requested() and native.available()
+    return _native
 
 
 # -- compiling --------------------------------------------------------------------------------------------------

@@ -1,0 +1,143 @@
+"""Hand-written CPU kernels for decode's matrix-vector products (gemv.cpp), built on first use. Opt-in.
+
+What they do (the C++ file says how): x's rows are rounded to int8 in blocks of 32, as llama.cpp does, and each
+32-weight block's dot product is one AVX512-VNNI integer instruction per row, the weight block's unpacking
+shared by all rows of a batched decode step. Inductor's float32 loops (quant/kernels.py) spend one FMA per
+weight per row after unpacking each weight to float32. Measured here (docs/benchmarks.md): SmolLM2 decode
+~9.9 -> ~7.8 ms per token, Gemma 3 55 -> 79 tok/s, the 8-sequence batched step 24.6 -> 19.5 ms. Prefill (many
+rows) keeps the float GEMM, on the same rounded x (`round_q8`), so both paths compute the same function up to
+the rounding flips described next.
+
+Turn them on with PELLUCID_NATIVE=1. They are off by default because of what int8 rounding does to
+reproducibility: a rounding that flips on a float32-ulp difference upstream moves a logit by ~1e-2, so a
+token computed by a decode step and the same token computed inside a prefill no longer agree to float32
+rounding (0.2-1.5 on hidden states of magnitude 50-300 after 18-30 layers), and a greedy reply can change with
+the KV cache's state (a reused prompt prefix). llama.cpp has the same property (its server documents it for
+cache_prompt); the engine's tests require the float32 agreement (tests/test_model_llamacpp.py,
+test_engine_generate.py). With the kernels on, the llama.cpp reference tests still pass
+(tests/test_quant_native.py runs them that way). A float32 variant of these kernels (exact, so it could be on
+by default) was measured too: no faster than inductor's loops (decode 10.2 vs 10.6 ms, B=8 22.8 vs 22.9 ms).
+
+Built with torch.utils.cpp_extension (g++, which torch.compile needs anyway) the first time a process asks,
+~10 s once per machine (cached under ~/.cache/torch_extensions), then loaded in milliseconds. Used only when
+the CPU has AVX512-VNNI and the tensors are on the CPU; anywhere else, or if the build fails (logged once),
+the products run as before. `gemv()` is an op (`torch.ops.pellucid.gemv`), so the compiled decode graphs
+call it like any ATen kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("pellucid.native")
+
+SOURCE = Path(__file__).with_name("gemv.cpp")
+CFLAGS = ["-O3", "-fopenmp", "-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]
+MAX_ROWS = 8  # the kernels are specialized for 1..8 rows of x
+
+_lock = threading.Lock()
+
+
+def requested() -> bool:
+    """Whether the user turned the kernels on (PELLUCID_NATIVE=1). Off by default: see the module docstring."""
+    return os.environ.get("PELLUCID_NATIVE", "0") == "1"
+
+
+@functools.cache
+def available() -> bool:
+    """Whether the native kernels are built, loaded and runnable on this CPU (builds them on first call)."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    with _lock:
+        try:
+            _build_and_load()
+        except Exception as e:  # no compiler, no headers, a compile error: the inductor kernels still work
+            log.warning("pellucid's native CPU kernels could not be built (%s); using the compiled ones", e)
+            return False
+    return bool(torch.ops.pellucid.supported())
+
+
+def _build_and_load() -> None:
+    from torch.utils import cpp_extension
+
+    if not hasattr(torch.ops.pellucid, "gemv"):
+        cpp_extension.load(
+            name="pellucid_native",
+            sources=[str(SOURCE)],
+            extra_cflags=CFLAGS,
+            extra_ldflags=["-fopenmp"],  # at::parallel_for splits the rows over threads only with OpenMP on
+            is_python_module=False,
+            verbose=False,
+        )
+
+    @torch.library.register_fake("pellucid::gemv")
+    def _(x, formats, fields):  # shapes for torch.compile's tracing: (M, K) @ [W_1; W_2; ...].T
+        n, i = 0, 0
+        for name in formats.split(","):
+            n += fields[i].shape[0]
+            i += FIELD_COUNTS[name]
+        return x.new_empty((x.shape[0], n))
+
+    @torch.library.register_fake("pellucid::round_q8")
+    def _(x):
+        return torch.empty_like(x)
+
+
+# How many field tensors each kernel format takes (format_of's lists).
+FIELD_COUNTS = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 3, "Q5_1": 4, "Q8_0": 2, "Q4_K": 5, "Q8G16": 2, "Q8G32": 2, "Q8G32M": 3}
+
+
+def format_of(packed) -> tuple[str, list[torch.Tensor]] | None:
+    """The kernel's name for this matrix's format and its fields in the kernel's order; None: no kernel."""
+    from pellucid.quant import packed as P
+
+    f = packed.fields()
+    kind = type(packed)
+    if kind is P.Q4_0:
+        return "Q4_0", [f["qs"], f["d"]]
+    if kind is P.Q4_1:
+        return "Q4_1", [f["qs"], f["d"], f["m"]]
+    if kind is P.Q5_0:
+        return "Q5_0", [f["qs"], f["qh"], f["d"]]
+    if kind is P.Q5_1:
+        return "Q5_1", [f["qs"], f["qh"], f["d"], f["m"]]
+    if kind is P.Q8_0:
+        return "Q8_0", [f["qs"], f["d"]]
+    if kind is P.Q4_K:
+        return "Q4_K", [f["qs"], f["d"], f["dmin"], f["sc"], f["mn"]]
+    if kind is P.Q8G:
+        group = f["q"].shape[-1]
+        if group == 32:
+            return ("Q8G32M", [f["q"], f["scale"], f["min"]]) if "min" in f else ("Q8G32", [f["q"], f["scale"]])
+        if group == 16 and "min" not in f:
+            return "Q8G16", [f["q"], f["scale"]]
+    return None
+
+
+def gemv(x: torch.Tensor, specs: list[tuple[str, list[torch.Tensor]]]) -> torch.Tensor:
+    """x (M, K) float32 @ [W_1; W_2; ...].T -> (M, N_1 + N_2 + ...) float32, for 1 <= M <= MAX_ROWS.
+
+    Each W is given by `format_of`'s answer. Matrices that multiply the same x (q, k, v) go in one call: x is
+    quantized once (to int8 per 32-block, see the module's docstring) and one parallel region covers them all.
+    """
+    names = ",".join(name for name, _ in specs)
+    return torch.ops.pellucid.gemv(x, names, [t for _, fields in specs for t in fields])
+
+
+def round_q8(x: torch.Tensor) -> torch.Tensor:
+    """x (..., K) with each 32-block rounded as `gemv` rounds it (int8 times the block's scale), in x's dtype.
+
+    The many-row products (prefill) multiply this rounded x with a float GEMM, so prefill and decode compute
+    the same function of x, as llama.cpp's CPU backend does: a token's logits do not depend on which path it
+    took (a cached prompt's last token is recomputed as a decode step, for instance).
+    """
+    k = x.shape[-1]
+    return torch.ops.pellucid.round_q8(x.reshape(-1, k).float()).to(x.dtype).reshape(x.shape)

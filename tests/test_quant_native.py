@@ -1,0 +1,141 @@
+"""The native decode kernels (quant/native: int8 x, VNNI dot products; opt-in with PELLUCID_NATIVE=1).
+
+Checked against dequantize-then-matmul here, and the model with them on against llama.cpp's reference outputs.
+
+Oracle: x rounded exactly as the kernels round it (ggml's Q8 blocks: scale max|x|/127 per 32 values, round half
+to even), then a float64 product with `dequantize()`'s weights. Everything after the rounding is integer dot
+products and float32 scaling, so the tolerance is the float32 one of test_quant_kernels.py (1e-5 of the
+output's scale). A second check bounds what the rounding of x itself costs against the float32 product: the
+size of llama.cpp's error, ~1e-3 of the scale; a wrong nibble, scale or group order is ~1e-1.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pellucid.formats.gguf import GGUFFile
+from pellucid.quant import kernels, native
+from pellucid.quant.dequant import dequantize
+from pellucid.quant.packed import pack
+from pellucid.quant.types import BLOCK_LAYOUT, GGMLType
+from test_quant_dequant import random_blocks
+
+FORMATS = [
+    GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0,
+    GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K,
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _native():
+    if not native.available():
+        pytest.skip(
+            "NATIVE KERNELS UNAVAILABLE: this CPU lacks AVX512-VNNI, or g++ could not build quant/native/gemv.cpp "
+            "(see the log); decode uses the compiled float32 kernels instead"
+        )
+
+
+def rounded_like_the_kernels(x: torch.Tensor) -> torch.Tensor:
+    """x (M, K) after ggml's Q8 rounding per 32-block, as float64."""
+    blocks = x.reshape(x.shape[0], -1, 32)
+    d = blocks.abs().amax(-1, keepdim=True) / 127.0
+    inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+    q = torch.round(blocks * inv).clamp(-128, 127)  # float32 product, then round half to even, as vcvtps2dq
+    return (q.double() * d.double()).reshape(x.shape)
+
+
+def check(raws: list, m: int, seed: int = 0):
+    """One native call over several matrices (as q/k/v are), each checked against its own oracle."""
+    packed = [pack(raw, t, shape) for raw, t, shape in raws]
+    k = raws[0][2][1]
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed)) * 3
+    with torch.inference_mode():
+        y = native.gemv(x, [native.format_of(p) for p in packed])
+    assert y.shape == (m, sum(p.shape[0] for p in packed)) and y.dtype == torch.float32
+    xq = rounded_like_the_kernels(x)
+    for part, (raw, t, shape) in zip(y.split([p.shape[0] for p in packed], dim=1), raws):
+        w = dequantize(raw, t, shape).reshape(shape).double()
+        scale = x.double().abs() @ w.abs().T
+        assert ((part.double() - xq @ w.T).abs() <= 1e-5 * scale + 1e-30).all(), t.name
+        assert ((part.double() - x.double() @ w.T).abs() <= 2e-2 * scale + 1e-30).all(), t.name
+
+
+def random_matrix(ggml_type: GGMLType, shape=(40, 512), seed: int = 0):
+    block = BLOCK_LAYOUT[ggml_type].block_size
+    return random_blocks(ggml_type, shape[0] * shape[1] // block, seed), ggml_type, shape
+
+
+@pytest.mark.parametrize("m", [1, 3, native.MAX_ROWS])
+@pytest.mark.parametrize("ggml_type", FORMATS, ids=lambda t: t.name)
+def test_random_weights(ggml_type, m):
+    check([random_matrix(ggml_type)], m)
+
+
+def test_several_matrices_in_one_call():
+    """q/k/v of different formats and sizes share one call; each lands in its own columns."""
+    check([random_matrix(GGMLType.Q4_1, (64, 512)), random_matrix(GGMLType.Q8_0, (24, 512), 1),
+           random_matrix(GGMLType.Q4_K, (40, 512), 2)], 5)  # fmt: skip
+
+
+@pytest.mark.parametrize("model", ["smollm2_path", "gemma3_path"])
+def test_real_weights(model, request):
+    gguf = GGUFFile(request.getfixturevalue(model))
+    seen = set()
+    for name, info in gguf.tensors.items():
+        two_d = len(info.shape) == 2 and info.shape[0] < 5000
+        if two_d and info.ggml_type not in seen and info.ggml_type != GGMLType.F32:
+            seen.add(info.ggml_type)
+            check([(gguf.raw(name), info.ggml_type, tuple(info.shape))], 2)
+    assert seen
+
+
+@pytest.fixture
+def native_on(monkeypatch):
+    monkeypatch.setattr(kernels, "_native", True)
+
+
+def test_turned_on_decode_and_prefill_products_round_x_alike(native_on):
+    """kernels.matmul takes the native kernels for 1..8 rows; above, a float GEMM of the same rounded x."""
+    raw, t, shape = random_matrix(GGMLType.Q4_1)
+    packed = pack(raw, t, shape)
+    w = dequantize(raw, t, shape).reshape(shape).double()
+    x = torch.randn(native.MAX_ROWS + 1, shape[1])
+    with torch.inference_mode():
+        few, many = kernels.matmul(x[:2], packed), kernels.matmul(x, packed)
+    scale = x.double().abs() @ w.abs().T
+    expected = rounded_like_the_kernels(x) @ w.T
+    assert ((few.double() - expected[:2]).abs() <= 1e-5 * scale[:2]).all()
+    assert ((many.double() - expected).abs() <= 1e-5 * scale).all()
+
+
+def test_off_unless_asked(monkeypatch):
+    monkeypatch.delenv("PELLUCID_NATIVE", raising=False)
+    assert not native.requested()
+    monkeypatch.setenv("PELLUCID_NATIVE", "1")
+    assert native.requested()
+
+
+@torch.inference_mode()
+def test_turned_on_the_model_still_agrees_with_llama_cpp(native_on, smollm2_path, reference):
+    """SmolLM2 with the kernels on, prefill and decode: the argmax at each teacher-forced position matches
+    llama.cpp's next token as often as test_model_llamacpp requires (>= 90%), in both paths."""
+    from model_helpers import SMOLLM2, loaded
+
+    model = loaded(smollm2_path)
+    hits = {"prefill": 0, "decode": 0}
+    total = 0
+    for case in reference[SMOLLM2]["greedy"]:
+        prompt, continuation = case["prompt_ids"], case["greedy_ids"]
+        tokens = torch.tensor([prompt + continuation])
+        predicted = model.logits(model.hidden(tokens)[0, len(prompt) - 1 : -1]).argmax(-1).tolist()
+        hits["prefill"] += sum(p == t for p, t in zip(predicted, continuation))
+        cache = model.make_cache(capacity=tokens.shape[1])
+        last = model.hidden(tokens[:, : len(prompt)], cache)[0, -1]
+        for i, token in enumerate(continuation):
+            hits["decode"] += int(model.logits(last).argmax()) == token
+            if i + 1 < len(continuation):
+                last = model.hidden(tokens[:, len(prompt) + i : len(prompt) + i + 1], cache)[0, -1]
+        total += len(continuation)
+    for path, n in hits.items():
+        assert n / total >= 0.90, f"{path}: argmax matched llama.cpp's next token at {n}/{total} positions"
