@@ -24,8 +24,8 @@ ROWS = [1, 3, kernels.GEMV_MAX_ROWS, kernels.GEMV_MAX_ROWS + 5]  # packed GEMV (
 
 @pytest.fixture(autouse=True)
 def _compiled_kernels_only(monkeypatch):
-    """These are the float32 kernels (GPUs, CPUs without VNNI): keep the native ones out (test_quant_native.py)."""
-    monkeypatch.setattr(kernels, "_native", False)
+    """These are the default float32 kernels: keep fast mode out (it has its own tests, test_quant_native.py)."""
+    monkeypatch.setattr(kernels, "_fast", False)
 
 
 def check_product(raw, ggml_type, shape, m: int):

@@ -1,6 +1,7 @@
-"""The native decode kernels (quant/native: int8 x, VNNI dot products; opt-in with PELLUCID_NATIVE=1).
+"""Fast mode (PELLUCID_FAST=1): the native decode kernels (quant/native: int8 x, VNNI dot products) and bf16 GEMMs.
 
-Checked against dequantize-then-matmul here, and the model with them on against llama.cpp's reference outputs.
+The kernels are checked against dequantize-then-matmul here, and the model in fast mode against llama.cpp's
+reference outputs.
 
 Oracle: x rounded exactly as the kernels round it (ggml's Q8 blocks: scale max|x|/127 per 32 values, round half
 to even), then a float64 product with `dequantize()`'s weights. Everything after the rounding is integer dot
@@ -10,6 +11,8 @@ size of llama.cpp's error, ~1e-3 of the scale; a wrong nibble, scale or group or
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -91,12 +94,12 @@ def test_real_weights(model, request):
 
 
 @pytest.fixture
-def native_on(monkeypatch):
-    monkeypatch.setattr(kernels, "_native", True)
+def fast(monkeypatch):
+    monkeypatch.setattr(kernels, "_fast", True)
 
 
-def test_turned_on_decode_and_prefill_products_round_x_alike(native_on):
-    """kernels.matmul takes the native kernels for 1..8 rows; above, a float GEMM of the same rounded x."""
+def test_fast_mode_decode_products_are_the_kernels_and_prefill_is_bfloat16(fast):
+    """kernels.matmul: 1..8 rows go to the native kernels; more rows to a GEMM of bfloat16 x and weights."""
     raw, t, shape = random_matrix(GGMLType.Q4_1)
     packed = pack(raw, t, shape)
     w = dequantize(raw, t, shape).reshape(shape).double()
@@ -104,21 +107,29 @@ def test_turned_on_decode_and_prefill_products_round_x_alike(native_on):
     with torch.inference_mode():
         few, many = kernels.matmul(x[:2], packed), kernels.matmul(x, packed)
     scale = x.double().abs() @ w.abs().T
-    expected = rounded_like_the_kernels(x) @ w.T
-    assert ((few.double() - expected[:2]).abs() <= 1e-5 * scale[:2]).all()
-    assert ((many.double() - expected).abs() <= 1e-5 * scale).all()
+    assert ((few.double() - rounded_like_the_kernels(x[:2]) @ w.T).abs() <= 1e-5 * scale[:2]).all()
+    expected = x.bfloat16().double() @ w.bfloat16().double().T  # bf16 operands, float32 accumulation...
+    tolerance = 1e-5 * scale + expected.abs() * 2**-8  # ...and a bf16 result (CPU GEMMs return their dtype)
+    assert ((many.double() - expected).abs() <= tolerance).all()
+    assert many.dtype == torch.float32
 
 
-def test_off_unless_asked(monkeypatch):
-    monkeypatch.delenv("PELLUCID_NATIVE", raising=False)
-    assert not native.requested()
-    monkeypatch.setenv("PELLUCID_NATIVE", "1")
-    assert native.requested()
+def test_fast_mode_is_off_unless_asked():
+    import subprocess
+    import sys
+
+    code = "from pellucid.quant import kernels; print(kernels.fast_mode())"
+    for value, expected in ((None, "False"), ("0", "False"), ("1", str(native.available()))):
+        env = {k: v for k, v in os.environ.items() if k != "PELLUCID_FAST"}
+        if value is not None:
+            env["PELLUCID_FAST"] = value
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expected, (value, out.stderr[-500:])
 
 
 @torch.inference_mode()
-def test_turned_on_the_model_still_agrees_with_llama_cpp(native_on, smollm2_path, reference):
-    """SmolLM2 with the kernels on, prefill and decode: the argmax at each teacher-forced position matches
+def test_fast_mode_model_still_agrees_with_llama_cpp(fast, smollm2_path, reference):
+    """SmolLM2 in fast mode, prefill (bf16) and decode (int8 kernels): the argmax at each teacher-forced position matches
     llama.cpp's next token as often as test_model_llamacpp requires (>= 90%), in both paths."""
     from model_helpers import SMOLLM2, loaded
 
@@ -139,3 +150,19 @@ def test_turned_on_the_model_still_agrees_with_llama_cpp(native_on, smollm2_path
         total += len(continuation)
     for path, n in hits.items():
         assert n / total >= 0.90, f"{path}: argmax matched llama.cpp's next token at {n}/{total} positions"
+
+
+@pytest.mark.parametrize("model", ["smollm2_path", "gemma3_path"])
+def test_fast_mode_perplexity_within_2_percent_of_llama_cpp(fast, model, request, reference):
+    """The quality cost of fast mode, measured as llama-perplexity measures it (test_engine_perplexity's bound).
+    Measured: SmolLM2 12.383 vs llama.cpp 12.378 (default mode 12.405); Gemma 3 11.429 vs 11.572 (11.418)."""
+    from model_helpers import GEMMA3, SMOLLM2, loaded
+    from pellucid.engine.perplexity import sequence_perplexity
+    from pellucid.tokenizer import load_tokenizer
+
+    path = request.getfixturevalue(model)
+    fixture = reference[SMOLLM2 if model == "smollm2_path" else GEMMA3]["perplexity"]
+    ids = load_tokenizer(path).encode(fixture["text"], add_special=True)
+    with torch.inference_mode():
+        result = sequence_perplexity(loaded(path), ids)
+    assert result.ppl == pytest.approx(fixture["ppl"], rel=0.02), f"ppl {result.ppl:.4f} vs {fixture['ppl']:.4f}"

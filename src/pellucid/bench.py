@@ -43,6 +43,7 @@ class Measurement:
     peak_rss_mb: float | None = None
     first_call_s: dict[str, float] = field(default_factory=dict)  # warm-up durations: {"pp": s, "tg": s}
     skipped: str | None = None  # set when the engine did not run, with what to do about it
+    arithmetic: str | None = None  # pellucid's: "default" or "fast" (PELLUCID_FAST=1: int8 decode, bf16 prefill)
 
     @staticmethod
     def summary(values: list[float]) -> tuple[float, float]:
@@ -64,6 +65,7 @@ class BenchReport:
     def as_dict(self) -> dict:
         """The `--json` object: {"model", "load_s", "pp": {"n", "tok_s"}, "tg": {...}, "peak_rss_mb", "peers"}."""
         out = {"model": self.model, "path": self.path, "threads": self.threads, "reps": self.reps}
+        out["arithmetic"] = self.ours.arithmetic
         out.update(_numbers(self.ours, self.pp, self.tg))
         out["peers"] = {}
         for peer in self.peers:
@@ -220,7 +222,10 @@ def _worker_pellucid(path: str, pp: int, tg: int, reps: int, threads: int) -> di
     with torch.inference_mode():
         first_pp, pp_speeds = _timed_reps(prefill, pp, reps)
         first_tg, tg_speeds = _timed_reps(generate, tg, reps)
-    return _result(load_s, pp_speeds, tg_speeds, first_pp, first_tg)
+    from pellucid.quant.kernels import fast_mode
+
+    result = _result(load_s, pp_speeds, tg_speeds, first_pp, first_tg)
+    return result | {"arithmetic": "fast" if fast_mode() else "default"}
 
 
 def _worker_llama_cpp(path: str, pp: int, tg: int, reps: int, threads: int) -> dict:
@@ -312,7 +317,10 @@ def format_report(report: BenchReport) -> str:
             ours_tg, _ = Measurement.summary(report.ours.tg_tok_s)
             notes.append(f"pellucid / {m.engine}: pp {ours_pp / pp:.2f}x, tg {ours_tg / tg:.2f}x")
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = [f"{report.model} ({report.path}), {report.threads} threads, median ± spread of {report.reps} reps", ""]
+    lines = [f"{report.model} ({report.path}), {report.threads} threads, median ± spread of {report.reps} reps"]
+    if report.ours.arithmetic == "fast":
+        lines.append("pellucid in fast mode (PELLUCID_FAST=1): int8 decode kernels, bfloat16 prefill")
+    lines.append("")
     lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     return "\n".join(lines + ([""] + notes if notes else []))
 

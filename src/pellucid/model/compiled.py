@@ -25,7 +25,7 @@ import functools
 
 import torch
 
-from pellucid.quant.kernels import compile_enabled, native_ready, prepare_compile
+from pellucid.quant.kernels import compile_enabled, fast_mode, prepare_compile
 
 
 def decode_block_runner():
@@ -40,7 +40,7 @@ def _runner():
     from pellucid.model.layers import Block
 
     prepare_compile()
-    native_ready()  # built and loaded before tracing: the graphs call its kernels
+    fast_mode()  # resolved (native kernels built) before tracing: the graphs call them in fast mode
     # dynamic=True: the cache offset (a Python int) is symbolic from the first call, so a block is traced
     # once, not once for the first position and again when automatic dynamic shapes notice the change.
     return _Runner(torch.compile(Block.forward, dynamic=True, fullgraph=True))

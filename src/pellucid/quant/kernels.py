@@ -14,8 +14,9 @@ Two products, chosen by how many rows x has:
 Both are float32 arithmetic on exactly the weights `dequant.dequantize` decodes, so they agree with
 dequantize-then-matmul to float32 rounding (summation order); see tests/test_quant_kernels.py.
 
-With PELLUCID_NATIVE=1 on a CPU with AVX512-VNNI, the few-row products go to hand-written int8 kernels instead
-(quant/native: llama.cpp's arithmetic, faster, opt-in because int8 rounding costs reproducibility).
+With PELLUCID_FAST=1 on a CPU with AVX512-VNNI (`fast_mode`), few-row products go to hand-written int8 kernels
+(quant/native: llama.cpp's arithmetic) and GEMMs run in bfloat16: faster, opt-in because the rounding costs
+reproducibility.
 
 `matmul` is what `QuantizedLinear` calls. Inside a compiled graph (the decode step of
 `pellucid.model.compiled`) it emits the expressions and inductor fuses them with their neighbours. Outside
@@ -111,19 +112,18 @@ def _dequantize(fmt: type[PackedWeight], fields: dict[str, torch.Tensor], dtype:
     return w.reshape(w.shape[0], -1).to(dtype)
 
 
-def matmul(x: torch.Tensor, packed: PackedWeight, *, x_rounded: bool = False) -> torch.Tensor:
+def matmul(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
     """x (..., K) @ W.T -> (..., N) in x's dtype: the kernel that fits the number of rows.
 
-    With the int8 kernels on (PELLUCID_NATIVE=1: decode rounds x to int8 blocks), a many-row product
-    multiplies the same rounding of x (`native.round_q8`; `x_rounded`: the caller did it already).
+    In fast mode (PELLUCID_FAST=1, see `fast_mode`) few rows go to the native int8 kernels and many rows to a
+    bfloat16 GEMM.
     """
     lead, k = x.shape[:-1], x.shape[-1]
     rows = x.reshape(-1, k)
     fmt, fields = type(packed), packed.fields()
-    if (specs := _native_specs(rows, [packed])) is not None:
+    fast = rows.device.type == "cpu" and fast_mode()
+    if fast and (specs := _native_specs(rows, [packed])) is not None:
         return native.gemv(rows.float(), specs).to(x.dtype).reshape(*lead, -1)
-    if not x_rounded and _rounds_x(rows, [packed]):
-        x = native.round_q8(x)
     eager = torch.compiler.is_compiling() or not compile_enabled()  # inside a graph, emit the expressions
     if not eager:
         _fix_block_layout(packed)
@@ -134,50 +134,41 @@ def matmul(x: torch.Tensor, packed: PackedWeight, *, x_rounded: bool = False) ->
             kernel = _gemv if rows.shape[0] == 1 or not torch.compiler.is_compiling() else _gemv_rows
         y = kernel(rows, fmt, fields)
         return y.to(x.dtype).reshape(*lead, -1)
+    # Fast mode multiplies in bfloat16 (float32 accumulation): ~2x the float32 GEMM on CPUs with AVX512-BF16.
+    dtype = torch.bfloat16 if fast and x.dtype == torch.float32 and _bf16_gemm() else x.dtype
+    xd = x.to(dtype)
     unpack = _dequantize if eager else _compiled("dequantize")
     n = packed.shape[0]
     if n * k <= GEMM_TILE_WEIGHTS:
-        return F.linear(x, unpack(fmt, fields, x.dtype))
+        return F.linear(xd, unpack(fmt, fields, dtype)).to(x.dtype)
     # A matrix as large as Gemma's 262k-row output head is unpacked a slice of rows at a time, so a
     # many-row product (perplexity's logits) never holds the whole float32 matrix (671 MB there).
     step = max(1, GEMM_TILE_WEIGHTS // k)
     tiles = []
     for i in range(0, n, step):
         tile = {name: t[i : i + step] for name, t in fields.items()}
-        tiles.append(F.linear(x, unpack(fmt, tile, x.dtype)))
-    return torch.cat(tiles, dim=-1)
+        tiles.append(F.linear(xd, unpack(fmt, tile, dtype)))
+    return torch.cat(tiles, dim=-1).to(x.dtype)
 
 
 def matmul_many(x: torch.Tensor, packed: list[PackedWeight]) -> list[torch.Tensor]:
-    """[x @ W.T for W in packed]: the projections that read the same x (q, k, v; gate, up). In decode the native
-    kernels do them in one call (one quantization of x, one parallel region); otherwise one `matmul` each."""
+    """[x @ W.T for W in packed]: the projections that read the same x (q, k, v; gate, up). In fast mode's
+    decode the native kernels do them in one call (one quantization of x, one parallel region)."""
     lead, k = x.shape[:-1], x.shape[-1]
     rows = x.reshape(-1, k)
-    if len(packed) > 1 and (specs := _native_specs(rows, packed)) is not None:
+    fast = len(packed) > 1 and rows.device.type == "cpu" and fast_mode()
+    if fast and (specs := _native_specs(rows, packed)) is not None:
         y = native.gemv(rows.float(), specs).to(x.dtype)
         return [part.reshape(*lead, -1) for part in y.split([p.shape[0] for p in packed], dim=-1)]
-    if len(packed) > 1 and _rounds_x(rows, packed):  # round x once for all of them
-        x = native.round_q8(x)
-        return [matmul(x, p, x_rounded=True) for p in packed]
     return [matmul(x, p) for p in packed]
 
 
 def _native_specs(rows: torch.Tensor, packed: list[PackedWeight]):
-    """The native kernels' specs for these matrices when they can multiply `rows` (decode on a CPU), else None."""
-    if rows.shape[0] > native.MAX_ROWS or rows.device.type != "cpu" or not native_ready():
+    """The native kernels' specs for these matrices when they can multiply `rows` (few rows), else None."""
+    if rows.shape[0] > native.MAX_ROWS:
         return None
     specs = [native.format_of(p) for p in packed]
     return None if any(spec is None for spec in specs) else specs
-
-
-def _rounds_x(rows: torch.Tensor, packed: list[PackedWeight]) -> bool:
-    """Whether a many-row product with these matrices rounds x as their decode products do (int8 kernels)."""
-    return (
-        rows.shape[0] > native.MAX_ROWS
-        and rows.device.type == "cpu"
-        and native_ready()
-        and all(native.format_of(p) is not None for p in packed)
-    )
 
 
 def rows(packed: PackedWeight, ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -185,17 +176,27 @@ def rows(packed: PackedWeight, ids: torch.Tensor, dtype: torch.dtype = torch.flo
     return torch.stack(packed.parts(ids), dim=-2).reshape(ids.shape[0], packed.shape[1]).to(dtype)
 
 
-_native: bool | None = None
+_fast: bool | None = None
 
 
-def native_ready() -> bool:
-    """Whether the hand-written int8 kernels (quant/native; PELLUCID_NATIVE=1) run decode's products here.
-    Resolved (and built) by the first eager call; a compiled graph reads the answer, so call this once before
-    compiling (compiled.py does)."""
-    global _native
-    if _native is None:
-        _native = native.requested() and native.available()
-    return _native
+@functools.cache
+def _bf16_gemm() -> bool:
+    """Whether the CPU multiplies bfloat16 natively (AVX512-BF16 / AMX); elsewhere oneDNN emulates it slowly."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def fast_mode() -> bool:
+    """Whether products use llama.cpp-class arithmetic (PELLUCID_FAST=1 on a CPU with AVX512-VNNI): decode's
+    few-row products in the native int8 kernels (quant/native), prefill's GEMMs in bfloat16. Faster (decode
+    ~1.3x, prefill ~2x here; docs/benchmarks.md), but rounding x to 8 bits makes results depend slightly on
+    the path a token took (see quant/native), so it is off by default.
+
+    Resolved (and the kernels built) by the first eager call; a compiled graph reads the answer, so call this
+    once before compiling (compiled.py does)."""
+    global _fast
+    if _fast is None:
+        _fast = os.environ.get("PELLUCID_FAST", "0") == "1" and native.available()
+    return _fast
 
 
 # -- compiling --------------------------------------------------------------------------------------------------

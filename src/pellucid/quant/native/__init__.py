@@ -1,35 +1,32 @@
-"""Hand-written CPU kernels for decode's matrix-vector products (gemv.cpp), built on first use. Opt-in.
+"""Hand-written CPU kernels for decode's matrix-vector products (gemv.cpp): fast mode's decode half.
 
 What they do (the C++ file says how): x's rows are rounded to int8 in blocks of 32, as llama.cpp does, and each
 32-weight block's dot product is one AVX512-VNNI integer instruction per row, the weight block's unpacking
-shared by all rows of a batched decode step. Inductor's float32 loops (quant/kernels.py) spend one FMA per
-weight per row after unpacking each weight to float32. Measured here (docs/benchmarks.md): SmolLM2 decode
-~9.9 -> ~7.8 ms per token, Gemma 3 55 -> 79 tok/s, the 8-sequence batched step 24.6 -> 19.5 ms. Prefill (many
-rows) keeps the float GEMM, on the same rounded x (`round_q8`), so both paths compute the same function up to
-the rounding flips described next.
+shared by all rows of a batched decode step. Inductor's float32 loops (quant/kernels.py) unpack each weight
+to float32 and spend an FMA per weight per row. They run only in fast mode (`kernels.fast_mode`,
+PELLUCID_FAST=1), which also runs prefill's GEMMs in bfloat16; docs/benchmarks.md has what it buys.
 
-Turn them on with PELLUCID_NATIVE=1. They are off by default because of what int8 rounding does to
-reproducibility: a rounding that flips on a float32-ulp difference upstream moves a logit by ~1e-2, so a
-token computed by a decode step and the same token computed inside a prefill no longer agree to float32
-rounding (0.2-1.5 on hidden states of magnitude 50-300 after 18-30 layers), and a greedy reply can change with
-the KV cache's state (a reused prompt prefix). llama.cpp has the same property (its server documents it for
-cache_prompt); the engine's tests require the float32 agreement (tests/test_model_llamacpp.py,
-test_engine_generate.py). With the kernels on, the llama.cpp reference tests still pass
-(tests/test_quant_native.py runs them that way). A float32 variant of these kernels (exact, so it could be on
-by default) was measured too: no faster than inductor's loops (decode 10.2 vs 10.6 ms, B=8 22.8 vs 22.9 ms).
+Why fast mode is opt-in: a rounding of x that flips on a float32-ulp difference upstream moves a logit by
+~1e-2, so a token computed by a decode step and the same token computed inside a prefill no longer agree to
+float32 rounding (0.2-1.5 on hidden states of magnitude 50-300 after 18-30 layers), and a greedy reply can
+change with the KV cache's state (a reused prompt prefix). llama.cpp has the same property (its server
+documents it for cache_prompt); the engine's tests require the float32 agreement (test_model_llamacpp.py,
+test_engine_generate.py). In fast mode the llama.cpp reference tests still pass and perplexity stays within
+0.1-1.3% of llama.cpp's (tests/test_quant_native.py). A float32 variant of these kernels (exact, so it could
+be on by default) was measured too: no faster than inductor's loops (decode 10.2 vs 10.6 ms, B=8 22.8 vs
+22.9 ms), so it is not kept.
 
 Built with torch.utils.cpp_extension (g++, which torch.compile needs anyway) the first time a process asks,
 ~10 s once per machine (cached under ~/.cache/torch_extensions), then loaded in milliseconds. Used only when
 the CPU has AVX512-VNNI and the tensors are on the CPU; anywhere else, or if the build fails (logged once),
-the products run as before. `gemv()` is an op (`torch.ops.pellucid.gemv`), so the compiled decode graphs
-call it like any ATen kernel.
+the products run as in the default mode. `gemv()` is an op (`torch.ops.pellucid.gemv`), so the compiled
+decode graphs call it like any ATen kernel; it releases the GIL while it runs.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
 import threading
 from pathlib import Path
 
@@ -42,11 +39,6 @@ CFLAGS = ["-O3", "-fopenmp", "-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512
 MAX_ROWS = 8  # the kernels are specialized for 1..8 rows of x
 
 _lock = threading.Lock()
-
-
-def requested() -> bool:
-    """Whether the user turned the kernels on (PELLUCID_NATIVE=1). Off by default: see the module docstring."""
-    return os.environ.get("PELLUCID_NATIVE", "0") == "1"
 
 
 @functools.cache
@@ -85,10 +77,6 @@ def _build_and_load() -> None:
             n += fields[i].shape[0]
             i += FIELD_COUNTS[name]
         return x.new_empty((x.shape[0], n))
-
-    @torch.library.register_fake("pellucid::round_q8")
-    def _(x):
-        return torch.empty_like(x)
 
 
 # How many field tensors each kernel format takes (format_of's lists).
@@ -130,14 +118,3 @@ def gemv(x: torch.Tensor, specs: list[tuple[str, list[torch.Tensor]]]) -> torch.
     """
     names = ",".join(name for name, _ in specs)
     return torch.ops.pellucid.gemv(x, names, [t for _, fields in specs for t in fields])
-
-
-def round_q8(x: torch.Tensor) -> torch.Tensor:
-    """x (..., K) with each 32-block rounded as `gemv` rounds it (int8 times the block's scale), in x's dtype.
-
-    The many-row products (prefill) multiply this rounded x with a float GEMM, so prefill and decode compute
-    the same function of x, as llama.cpp's CPU backend does: a token's logits do not depend on which path it
-    took (a cached prompt's last token is recomputed as a decode step, for instance).
-    """
-    k = x.shape[-1]
-    return torch.ops.pellucid.round_q8(x.reshape(-1, k).float()).to(x.dtype).reshape(x.shape)

@@ -13,8 +13,7 @@
 // format per matrix (comma-separated), then each matrix's fields (the PackedWeight's tensors: strided views of
 // the file's blocks, see packed.py) one after another. Returns (M, N_1 + N_2 + ...) float32, the matrices'
 // products side by side: q/k/v (or gate/up) in one call share x's quantization and one parallel region.
-// `pellucid::round_q8(x)` gives x as the products see it, for prefill's float GEMM. Built at first use by
-// quant/native/__init__.py.
+// Built at first use by quant/native/__init__.py.
 
 #include <Python.h>  // only to let other Python threads run while a product runs (see NoGil)
 
@@ -377,34 +376,6 @@ at::Tensor gemv(const at::Tensor& x_in, c10::string_view formats_in, at::TensorL
   return out;
 }
 
-// x (T, K) with each 32-block replaced by its int8 rounding times its scale, exactly as `gemv` sees it: the
-// many-row products (prefill) multiply this with a float GEMM, so a token's logits do not depend on whether it
-// went through prefill or a decode step (llama.cpp quantizes x in both too).
-at::Tensor round_q8(const at::Tensor& x_in) {
-  TORCH_CHECK(x_in.dim() == 2 && x_in.scalar_type() == at::kFloat, "pellucid::round_q8: x must be (T, K) float32");
-  const at::Tensor x = x_in.contiguous();
-  const int64_t T = x.size(0), K = x.size(1);
-  TORCH_CHECK(K % QK == 0, "pellucid::round_q8: K must be a multiple of 32, got ", K);
-  at::Tensor out = at::empty_like(x);
-  NoGil released;
-  const float* xp = x.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  at::parallel_for(0, T, 16, [&](int64_t t0, int64_t t1) {
-    QuantX q;
-    for (int64_t t = t0; t < t1; ++t) {
-      quantize_x(xp + t * K, 1, K, q);
-      for (int64_t g = 0; g < q.G; ++g) {
-        const __m256 d = _mm256_set1_ps(q.d[g]);
-        for (int j = 0; j < QK; j += 8) {
-          const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q.q.data() + g * QK + j));
-          _mm256_storeu_ps(op + t * K + g * QK + j, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), d));
-        }
-      }
-    }
-  });
-  return out;
-}
-
 // Whether this CPU runs the kernels (they need AVX512-VNNI on 256-bit vectors, AVX512BW masks, F16C).
 bool supported() {
   return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
@@ -415,11 +386,9 @@ bool supported() {
 
 TORCH_LIBRARY(pellucid, m) {
   m.def("gemv(Tensor x, str formats, Tensor[] fields) -> Tensor");
-  m.def("round_q8(Tensor x) -> Tensor");
   m.def("supported() -> bool", &supported);
 }
 
 TORCH_LIBRARY_IMPL(pellucid, CPU, m) {
   m.impl("gemv", &gemv);
-  m.impl("round_q8", &round_q8);
 }
