@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import signal
 import sys
 import time
 
@@ -156,6 +157,30 @@ def _read_message() -> str:
     return "\n".join(lines).strip()
 
 
+class _CtrlC:
+    """Ctrl-C while an answer streams: the first press sets a flag the token loop checks, the second raises
+    KeyboardInterrupt at once. Why a flag and not just KeyboardInterrupt: Python delivers the exception
+    wherever the main thread happens to be, and when that is a finalizer or a callback inside torch it is
+    printed as "Exception ignored" and lost, so the answer ran on (seen on CI). A flag cannot be lost."""
+
+    def __init__(self):
+        self.pressed = False
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not the main thread (an embedding program): plain KeyboardInterrupt then
+            self._previous = None
+
+    def _on_sigint(self, signum, frame):
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
 class _ChatState:
     """The conversation and settings of one `pellucid chat`."""
 
@@ -182,12 +207,17 @@ class _ChatState:
             self.messages.pop()
             print(f"error: {e}")
             return
+        stop = _CtrlC()
         try:
             for chunk in generation:
                 print(chunk.text, end="", flush=True)
-        except KeyboardInterrupt:
+                if stop.pressed:
+                    print(" [stopped]", end="")
+                    break
+        except KeyboardInterrupt:  # a second Ctrl-C, or one that reached us before the handler was set
             print(" [stopped]", end="")
         finally:
+            stop.restore()
             generation.close()
             print()
         self.messages.append({"role": "assistant", "content": generation.text})
