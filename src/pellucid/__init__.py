@@ -5,7 +5,11 @@ llm = pellucid.load("smollm2-135m")          # a catalog name, a store name, or 
 print(llm.chat([{"role": "user", "content": "Hi"}], temperature=0).result().text)
 """
 
+from pellucid.paths import use_compile_cache
+
 __version__ = "0.1.0"
+
+use_compile_cache()  # before torch is imported: see pellucid.paths
 
 
 def load(model=None, **kwargs):

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pellucid.errors import ModelFileError, ModelNotFoundError, PellucidError
+from pellucid.paths import home
 from pellucid.progress import ProgressBar
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -105,10 +106,6 @@ def catalog_lookup(name: str) -> CatalogEntry | None:
 
 
 # -- locations ------------------------------------------------------------------------------------------
-
-
-def home() -> Path:
-    return Path(os.environ.get("PELLUCID_HOME") or Path.home() / ".cache" / "pellucid").expanduser()
 
 
 def models_dir() -> Path:

@@ -22,7 +22,8 @@ reproducibility.
 `pellucid.model.compiled`) it emits the expressions and inductor fuses them with their neighbours. Outside
 one, it calls small compiled functions, one per format, shared by every layer and every model (shapes are
 dynamic), so eager code is fast too. Without a working compiler (`PELLUCID_COMPILE=0`, or no C++ compiler for
-inductor) it falls back to eager dequantize-then-matmul: correct, and several times slower.
+inductor) it falls back to eager dequantize-then-matmul: correct, and tens of times slower in decode (SmolLM2:
+0.6 instead of ~100 tok/s), since every product materialises its float32 matrix.
 """
 
 from __future__ import annotations

@@ -1,0 +1,26 @@
+"""Where pellucid keeps its files: one folder, `$PELLUCID_HOME` (default `~/.cache/pellucid`).
+
+    models/      the model store (pellucid.store)
+    tmp/         downloads in progress
+    rag/         the default RAG index
+    compiled/    torch.compile's on-disk cache (inductor's kernels and graphs)
+
+The compile cache lives here rather than in inductor's default /tmp/torchinductor_$USER because many systems
+empty /tmp at boot, and a cold cache makes the first answer after every reboot wait ~20-60 s (2 cores) for
+compiling instead of a few seconds. It is safe to delete; it refills on the next run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home() -> Path:
+    return Path(os.environ.get("PELLUCID_HOME") or Path.home() / ".cache" / "pellucid").expanduser()
+
+
+def use_compile_cache() -> None:
+    """Point inductor's cache at home()/compiled unless TORCHINDUCTOR_CACHE_DIR is set. Inductor reads the
+    variable when it is first imported, so this runs at `import pellucid`, before anything imports torch."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(home() / "compiled"))
