@@ -49,6 +49,23 @@ def test_random_weights(ggml_type, m):
     check_product(raw, ggml_type, shape, m)
 
 
+@pytest.mark.parametrize("t", [2, 5])
+@pytest.mark.parametrize("ggml_type", [GGMLType.Q4_1, GGMLType.Q4_K], ids=lambda t: t.name)
+def test_a_short_prompt_chunk(ggml_type, t):
+    """(1, T, K), 1 < T < GEMV_MAX_ROWS: run padded to GEMV_MAX_ROWS rows (one compiled entry for every
+    count); the real rows must come out as if they ran alone."""
+    shape = (24, 2 * 256)
+    raw = random_blocks(ggml_type, shape[0] * shape[1] // BLOCK_LAYOUT[ggml_type].block_size)
+    packed = pack(raw, ggml_type, shape)
+    w = dequantize(raw, ggml_type, shape).reshape(shape).double()
+    x = torch.randn(1, t, shape[1], generator=torch.Generator().manual_seed(t))
+    with torch.inference_mode():
+        y = kernels.matmul(x, packed)
+    assert y.shape == (1, t, shape[0])
+    scale = x.double().abs() @ w.abs().T
+    assert ((y.double() - x.double() @ w.T).abs() <= 1e-5 * scale + 1e-30).all()
+
+
 @pytest.mark.parametrize("m", ROWS)
 @pytest.mark.parametrize("model", ["smollm2_path", "gemma3_path"])
 def test_real_weights(model, m, request):

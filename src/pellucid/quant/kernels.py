@@ -131,6 +131,8 @@ def matmul(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
     if rows.shape[0] <= GEMV_MAX_ROWS:
         if not eager:
             kernel = _compiled("gemv_rows")
+            if x.dim() == 3 and x.shape[0] == 1 and 1 < rows.shape[0] < GEMV_MAX_ROWS:
+                return _padded_to_max_rows(kernel, rows, fmt, fields).to(x.dtype).reshape(*lead, -1)
         else:  # in a graph, several rows (the batched decode block) share the unpacking too
             kernel = _gemv if rows.shape[0] == 1 or not torch.compiler.is_compiling() else _gemv_rows
         y = kernel(rows, fmt, fields)
@@ -150,6 +152,20 @@ def matmul(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
         tile = {name: t[i : i + step] for name, t in fields.items()}
         tiles.append(F.linear(xd, unpack(fmt, tile, dtype)))
     return torch.cat(tiles, dim=-1).to(x.dtype)
+
+
+def _padded_to_max_rows(kernel, rows: torch.Tensor, fmt, fields) -> torch.Tensor:
+    """`kernel` on rows padded with zeros to GEMV_MAX_ROWS, the real rows' results.
+
+    The compiled few-row product is specialized to its row count, and each new count costs ~4 s to compile
+    on a cold cache (0.3 s warm). A short prompt chunk (2-7 new tokens of one sequence: a next turn that
+    mostly hit the prefix cache) can have any count, so it runs as GEMV_MAX_ROWS rows, the count every
+    longer chunk's product already compiled: the zero rows cost ~10 ms, not a compile per count. The batched
+    decode head (one row per sequence) keeps its own count; the server's warm-up compiles each one.
+    """
+    padded = rows.new_zeros(GEMV_MAX_ROWS, rows.shape[1])
+    padded[: rows.shape[0]] = rows
+    return kernel(padded, fmt, fields)[: rows.shape[0]]
 
 
 def matmul_many(x: torch.Tensor, packed: list[PackedWeight]) -> list[torch.Tensor]:
