@@ -189,3 +189,22 @@ def test_a_short_sequence_decoded_after_a_wrapped_ring():
     out = [model(tokens[:, :1], fresh), model(tokens[:, 1:2], long)]  # offset 0, then a full ring (offset 20)
     out += [model(tokens[:, i : i + 1], fresh) for i in range(1, 4)]  # offsets 1-3 of the new sequence
     torch.testing.assert_close(torch.cat([out[0], *out[2:]], dim=1), model(tokens), **TOL)
+
+
+@torch.inference_mode()
+def test_decoding_over_the_rings_slot_0_compiles_nothing_new():
+    """Once the decode step has run on a full sliding-window ring, going on compiles nothing: writing the
+    new key at slot 0 used to be a slice at a symbolic offset, which the graph guards on (0 or not), so the
+    first reply to pass the window (Gemma 3: 512 tokens) stalled for a second compile (1-9 s)."""
+    from torch._dynamo.utils import counters
+
+    model = tiny_model("gemma3")
+    window = model.config.sliding_window
+    cache = model.make_cache(capacity=4 * window)
+    tokens = torch.randint(0, model.config.vocab_size, (1, 4 * window), generator=torch.Generator().manual_seed(5))
+    for i in range(window):  # offsets 0 .. window - 1: the ring's empty and full variants
+        model(tokens[:, i : i + 1], cache)
+    compiled = counters["stats"]["unique_graphs"]
+    for i in range(window, 3 * window + 2):  # slot 0 at offsets window and 2 * window
+        model(tokens[:, i : i + 1], cache)
+    assert counters["stats"]["unique_graphs"] == compiled

@@ -127,9 +127,12 @@ class RotatingKVCache:
 
     def _write_slot(self, k, v) -> None:
         """Write one token's key/value over the oldest slot of the ring."""
-        slot = self.offset % self.window
-        self.keys[:, :, slot : slot + 1] = k
-        self.values[:, :, slot : slot + 1] = v
+        # index_copy_ with the slot as a tensor, not a slice: compiled with a symbolic offset, a slice is a view
+        # whose storage offset the graph guards on (slot 0 or not), so every pass over slot 0 recompiled the
+        # block (the single decode step once, the batched one per mix of sequences at slot 0).
+        slot = torch.full((1,), self.offset % self.window, dtype=torch.long, device=self.keys.device)
+        self.keys[:, :, slot] = k
+        self.values[:, :, slot] = v
 
     def _append_many(self, k, v):
         # A prompt (or a chunk of one): the new queries need up to window - 1 earlier keys, oldest first,

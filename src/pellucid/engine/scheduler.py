@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pellucid.engine.generate import PREFILL_CHUNK, GenerationStats, Session, StopStrings, check_prompt
+from pellucid.engine.kv_cache import RotatingKVCache
 from pellucid.engine.sampling import SamplingParams, TokenLogprobs, make_sampler, token_logprobs
 from pellucid.errors import PellucidError
 
@@ -248,6 +249,21 @@ class Scheduler:
                 advance([(slot.session, ids[:1]) for slot in self.slots[:n]])
         for slot in self.slots:
             slot.session.reset()
+        self._warm_up_full_ring()
+
+    def _warm_up_full_ring(self) -> None:
+        """A sliding-window model's single decode step has a second compiled variant for a full ring (its keys
+        are the whole ring, not a prefix: RotatingKVCache._append_one), first needed when a sequence passes
+        the window (Gemma 3: 512 tokens), where compiling it would stall that reply for 1-10 s. A prompt that
+        fills the ring but one slot, then two decode steps, compile it here."""
+        session = self.slots[0].session
+        windows = [layer.window for layer in session.cache.layers if isinstance(layer, RotatingKVCache)]
+        if not windows or max(windows) + 1 > session.capacity:
+            return
+        advance([(session, [i % self.model.config.vocab_size for i in range(max(windows) - 1)])])
+        advance([(session, [0])])
+        advance([(session, [0])])
+        session.reset()
 
     @property
     def alive(self) -> bool:
