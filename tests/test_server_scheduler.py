@@ -266,3 +266,27 @@ def test_a_failing_forward_pass_fails_its_requests_not_the_scheduler(smollm2, sc
     assert good.wait().all[-1].error is None
     assert good.stats.generated_tokens == 3
     assert sched.alive
+
+
+def test_warm_up_compiles_the_full_ring_decode_step():
+    """A sliding-window model's decode step on a full ring is its own compiled variant: the warm-up must
+    compile it, or the first reply to pass the window (Gemma 3: 512 tokens) stalls for a compile."""
+    from types import SimpleNamespace
+
+    import torch
+    from torch._dynamo.utils import counters
+
+    from model_helpers import tiny_model
+
+    torch._dynamo.reset()  # variants compiled by other tests would hide a missing one
+    model = tiny_model("gemma3", sliding_window=32)  # wider than warm-up's 16-token prompts, as in real models
+    window = model.config.sliding_window
+    tokenizer = SimpleNamespace(eot_ids=[0])  # warm_up feeds token ids; it never encodes or decodes text
+    scheduler = Scheduler(model, tokenizer, n_slots=2, ctx=4 * window)
+    scheduler.warm_up()
+    compiled = counters["stats"]["unique_graphs"]
+    session = scheduler.slots[0].session
+    scheduler_module.advance([(session, list(range(1, window - 1)))])  # a prompt just short of the window
+    for i in range(2 * window):  # then decode across it and past slot 0
+        scheduler_module.advance([(session, [i + 1])])
+    assert counters["stats"]["unique_graphs"] == compiled
