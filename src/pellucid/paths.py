@@ -22,5 +22,5 @@ def home() -> Path:
 
 def use_compile_cache() -> None:
     """Point inductor's cache at home()/compiled unless TORCHINDUCTOR_CACHE_DIR is set. Inductor reads the
-    variable when it is first imported, so this runs at `import pellucid`, before anything imports torch."""
+    variable when it is first imported, so this runs at `import pellucid`, before any of our code imports it."""
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(home() / "compiled"))

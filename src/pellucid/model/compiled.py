@@ -9,7 +9,8 @@ We compile the block, not the whole model ("regional compilation"): every layer 
 and the same shapes, so one graph serves all of them and tracing costs one layer instead of thirty (a model
 whose layers differ, e.g. in quant types or sliding windows, gets one graph per kind). Shapes are dynamic, so
 the growing number of cached tokens does not recompile it. The first call pays for compiling: about a minute
-the first time on a machine, seconds afterwards (inductor's on-disk cache, in ~/.cache/pellucid/compiled: see pellucid.paths).
+the first time on a machine, seconds afterwards (inductor's on-disk cache, ~/.cache/pellucid/compiled: see
+pellucid.paths).
 `PELLUCID_COMPILE=0` runs the same code eagerly.
 
 The batched decode step (`Transformer.decode_batch`: B sequences, one cache each) runs the same compiled
