@@ -28,15 +28,16 @@ def _compiled_kernels_only(monkeypatch):
     monkeypatch.setattr(kernels, "_fast", False)
 
 
-def check_product(raw, ggml_type, shape, m: int):
+def check_product(raw, ggml_type, shape, m: int, lead: tuple[int, ...] = ()):
+    """x (*lead, m, K) @ W.T against the float64 oracle."""
     packed = pack(raw, ggml_type, shape)
     w = dequantize(raw, ggml_type, shape).reshape(shape).double()
-    x = torch.randn(m, shape[1], generator=torch.Generator().manual_seed(m))
+    x = torch.randn(*lead, m, shape[1], generator=torch.Generator().manual_seed(m))
     with torch.inference_mode():
         y = kernels.matmul(x, packed)
     expected = x.double() @ w.T
     scale = x.double().abs() @ w.abs().T  # what float32 rounding is relative to
-    assert y.shape == (m, shape[0]) and y.dtype == torch.float32
+    assert y.shape == (*lead, m, shape[0]) and y.dtype == torch.float32
     assert ((y.double() - expected).abs() <= 1e-5 * scale + 1e-30).all()
 
 
@@ -56,14 +57,7 @@ def test_a_short_prompt_chunk(ggml_type, t):
     count); the real rows must come out as if they ran alone."""
     shape = (24, 2 * 256)
     raw = random_blocks(ggml_type, shape[0] * shape[1] // BLOCK_LAYOUT[ggml_type].block_size)
-    packed = pack(raw, ggml_type, shape)
-    w = dequantize(raw, ggml_type, shape).reshape(shape).double()
-    x = torch.randn(1, t, shape[1], generator=torch.Generator().manual_seed(t))
-    with torch.inference_mode():
-        y = kernels.matmul(x, packed)
-    assert y.shape == (1, t, shape[0])
-    scale = x.double().abs() @ w.abs().T
-    assert ((y.double() - x.double() @ w.T).abs() <= 1e-5 * scale + 1e-30).all()
+    check_product(raw, ggml_type, shape, t, lead=(1,))
 
 
 @pytest.mark.parametrize("m", ROWS)
