@@ -236,7 +236,7 @@ def compute_buffers(
     logits_rows: int = 1,
 ) -> ComputeBuffers:
     """What the activations take at their worst: the last prefill batch of a full context. Assumes the
-    engine pellucid has (model/layers.py): it computes in `compute_bytes` floats (4 = float32 on CPU);
+    engine pellucid has (model/layers/): it computes in `compute_bytes` floats (4 = float32 on CPU);
     it calls `scaled_dot_product_attention`, whose fused kernels never hold the (n_heads, T, n_ctx) score
     matrix (a hand-written softmax(q k^T) would add that much per layer) but turn the boolean mask into
     floats; and it repeats each layer's cached K and V to every query head (grouped-query attention)."""
