@@ -9,6 +9,8 @@ position or mask moves logits by O(1)).
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -137,18 +139,28 @@ def test_prompt_longer_than_cache_is_a_context_length_error():
 
 
 def test_unknown_architecture_lists_supported_ones():
-    with pytest.raises(UnsupportedError, match=r"'mamba'.*supported: gemma3, llama"):
+    with pytest.raises(UnsupportedError, match=r"'mamba'.*supported: gemma2, gemma3, granite, llama.*qwen3") as e:
         family_for("mamba")
+    assert "Closest" not in str(e.value)  # nothing is like it: no suggestion rather than a wrong one
+
+
+@pytest.mark.parametrize(
+    ("name", "suggested"),
+    [("qwen3moe", "qwen3 (the dense"), ("olmo", "olmo2"), ("gemma", "gemma2 / gemma3"), ("qwen", "qwen2 / qwen3")],
+)
+def test_unknown_architecture_names_its_closest_family(name, suggested):
+    with pytest.raises(UnsupportedError, match=r"Closest supported family: " + re.escape(suggested)):
+        family_for(name)
 
 
 def test_unused_tensor_is_refused(tmp_path):
-    """A tensor the decoder ignores (here a q bias, as in Qwen 2) must stop the load, not be dropped."""
+    """A tensor the decoder ignores (here GPT-OSS's attention sinks) must stop the load, not be dropped."""
     from gguf import GGUFWriter
 
     from pellucid.model.loader import load_model
 
     config = tiny_config("llama")
-    tensors = random_weights(config) | {"blk.0.attn_q.bias": torch.zeros(64)}
+    tensors = random_weights(config) | {"blk.0.attn_sinks.weight": torch.zeros(4)}
     path = tmp_path / "tiny.gguf"
     writer = GGUFWriter(str(path), "llama")
     writer.add_block_count(config.n_layers)
@@ -164,7 +176,7 @@ def test_unused_tensor_is_refused(tmp_path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    with pytest.raises(UnsupportedError, match=r"blk\.0\.attn_q\.bias"):
+    with pytest.raises(UnsupportedError, match=r"blk\.0\.attn_sinks\.weight"):
         load_model(path, device="cpu")
 
 

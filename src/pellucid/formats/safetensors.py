@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from pellucid.errors import ModelFileError, UnsupportedError
@@ -176,6 +178,7 @@ class HFFolder:
         self.headers: dict[Path, SafetensorsHeader] = {f: read_safetensors_header(f) for f in self.files}
         self.tensors: dict[str, SafetensorInfo] = _collect_tensors(self.path, self.headers)
         self._handles: dict[Path, Any] = {}
+        self._maps: dict[Path, np.ndarray] = {}
 
     @property
     def tokenizer_json(self) -> Path | None:
@@ -202,6 +205,17 @@ class HFFolder:
         converted = stored.to(device=device, dtype=dtype)
         return converted.clone() if converted.data_ptr() == stored.data_ptr() else converted
 
+    def raw(self, name: str) -> np.ndarray:
+        """The tensor's bytes as a uint8 numpy view into the memory-mapped file (no copy; copy-on-write, so
+        the file is never modified). The mapping lives as long as a view of it does."""
+        info = self._info(name)
+        if self._handles is None:
+            raise ValueError(f"{self.path.name} is closed; open it again to read tensors")
+        if info.file not in self._maps:
+            with open(info.file, "rb") as f:
+                self._maps[info.file] = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY), np.uint8)
+        return self._maps[info.file][info.offset : info.offset + info.n_bytes]
+
     def _info(self, name: str) -> SafetensorInfo:
         try:
             return self.tensors[name]
@@ -223,6 +237,7 @@ class HFFolder:
 
     def close(self) -> None:
         self._handles = None  # the library unmaps a file when its handle is dropped
+        self._maps = {}  # ours are unmapped when the last tensor viewing them is gone
 
     def __enter__(self) -> HFFolder:
         return self

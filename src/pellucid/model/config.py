@@ -3,8 +3,8 @@
 Everything the engine, `inspect` and the memory planner need to know about a model's architecture is
 here, read once from GGUF metadata (`{arch}.block_count`, `{arch}.attention.head_count`, ...) or, for
 Hugging Face folders, from config.json. Family-specific facts that files do not state (Gemma 3's
-local RoPE base, its every-sixth-layer global attention) are filled in from `ARCH_DEFAULTS`, so there is
-one place to read what pellucid assumes about a family.
+local RoPE base, its every-sixth-layer global attention, OLMo 2's norm placement) are filled in from the
+family's file (model/families/), so there is one place to read what pellucid assumes about a family.
 """
 
 from __future__ import annotations
@@ -15,38 +15,28 @@ from typing import Any
 
 from pellucid.errors import UnsupportedError
 
-# Facts a family's GGUF files leave implicit. Keys mirror ModelConfig fields.
-# `rope_style` is llama.cpp's rope type for the architecture: its HF->GGUF converter permutes llama's Q/K rows
-# so that the "interleaved" form (rotate pairs 2i, 2i+1; GGML_ROPE_TYPE_NORM) applies to the stored weights,
-# while most newer families keep HF's "neox" form (rotate dim i with dim i + d/2).
-ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
-    "llama": {"activation": "silu", "rope_style": "interleaved"},
-    "mistral": {"activation": "silu", "rope_style": "interleaved"},
-    "qwen2": {"activation": "silu", "rope_style": "neox"},
-    "qwen3": {"activation": "silu", "qk_norm": True, "rope_style": "neox"},
-    "gemma3": {
-        "activation": "gelu_tanh",
-        "rope_style": "neox",
-        "embedding_scale_by_sqrt_hidden": True,
-        "post_norms": True,
-        "qk_norm": True,
-        "rope_theta_local": 10_000.0,  # local (sliding-window) layers use their own, shorter RoPE base
-        "sliding_window_every": 6,  # every 6th layer is global; the other five use the sliding window
-    },
-}
-
 
 @dataclass
 class RopeScaling:
-    kind: str  # "linear", "yarn", "llama3", ...
+    """How a model stretches RoPE past the context it was trained on.
+
+    kind "linear": positions divided by `factor`. "llama3": low frequencies divided by `factor`, high ones
+    kept, a smooth ramp between (`extra`: low_freq_factor, high_freq_factor); GGUF files carry the result as
+    `rope_freqs.weight`. "longrope" (Phi-3): per-frequency divisors, `short_factors` up to
+    `original_context_length` and `long_factors` beyond it (GGUF: rope_factors_short/long tensors).
+    """
+
+    kind: str
     factor: float = 1.0
     original_context_length: int | None = None
     extra: dict[str, float] = field(default_factory=dict)
+    short_factors: tuple[float, ...] | None = None
+    long_factors: tuple[float, ...] | None = None
 
 
 @dataclass
 class ModelConfig:
-    architecture: str
+    architecture: str  # the GGUF architecture name, or config.json's model_type for HF folders
     n_layers: int
     hidden_size: int
     n_heads: int
@@ -61,20 +51,38 @@ class ModelConfig:
     rope_dim: int  # how many of each head's dims are rotated (== head_dim unless partial rotary)
     rope_style: str = "neox"  # "neox" (rotate-half, HF) or "interleaved" (adjacent pairs, llama GGUF files)
     rope_scaling: RopeScaling | None = None
+    rope_attention_factor: float = 1.0  # cos and sin are multiplied by it (Phi-3 LongRoPE's "mscale")
     rope_theta_local: float | None = None  # RoPE base for sliding-window layers, where it differs
+    # False for layers that apply no RoPE at all (SmolLM3: every fourth); empty = every layer rotates
+    rope_layers: list[bool] = field(default_factory=list)
     sliding_window: int | None = None
     # True for layers that attend within the sliding window only; empty = every layer is global
     sliding_layers: list[bool] = field(default_factory=list)
-    attn_logit_softcap: float | None = None
-    final_logit_softcap: float | None = None
+    attn_logit_softcap: float | None = None  # scores become cap * tanh(scores / cap) (Gemma 2)
+    final_logit_softcap: float | None = None  # the same on the output logits
     query_scale: float | None = None  # multiplier on q·k; None = 1/sqrt(head_dim)
     activation: str = "silu"  # "silu" (SwiGLU) or "gelu_tanh" (GeGLU)
-    embedding_scale_by_sqrt_hidden: bool = False
-    post_norms: bool = False  # extra RMSNorm after attention and after the FFN (Gemma 2/3)
-    qk_norm: bool = False  # RMSNorm on each query and key head before RoPE
+    embedding_scale_by_sqrt_hidden: bool = False  # Gemma
+    embedding_multiplier: float | None = None  # Granite: embeddings times this constant
+    residual_multiplier: float | None = None  # Granite: each branch's output times this before the residual add
+    logits_divisor: float | None = None  # Granite's logits_scaling: logits divided by it
+    pre_norms: bool = True  # RMSNorm before attention and before the FFN (every family but OLMo 2)
+    post_norms: bool = False  # RMSNorm after attention and after the FFN, before the residual add (Gemma, OLMo 2)
+    norm_weight_offset: float = 0.0  # norms multiply by (offset + w): 1 for Gemma's HF checkpoints
+    # RMSNorm on queries and keys before RoPE: "" none, "head" over each head (Qwen 3, Gemma 3),
+    # "projection" over the whole q / k projection, all heads at once (OLMo 2)
+    qk_norm: str = ""
     tie_embeddings: bool = True  # no separate output matrix: logits use the token embedding
     n_experts: int = 0
     n_experts_used: int = 0
+
+    def __post_init__(self):
+        if self.qk_norm is True:  # older callers said qk_norm=True for the per-head kind
+            self.qk_norm = "head"
+        elif self.qk_norm is False or self.qk_norm is None:
+            self.qk_norm = ""
+        if self.qk_norm not in ("", "head", "projection"):
+            raise ValueError(f"qk_norm must be '', 'head' or 'projection', not {self.qk_norm!r}")
 
     @property
     def gqa_ratio(self) -> int:
@@ -95,8 +103,22 @@ class ModelConfig:
         return total
 
 
+def sliding_pattern(n_layers: int, every: int) -> list[bool]:
+    """Every `every`-th layer global, the others sliding (Gemma 2: 2, Gemma 3: 6), as llama.cpp's swa pattern."""
+    return [(i + 1) % every != 0 for i in range(n_layers)]
+
+
+# -- from a GGUF file -------------------------------------------------------------------------------------
+
+
 def config_from_gguf(metadata: dict[str, Any], tensor_names: set[str] | None = None) -> ModelConfig:
-    """Build a ModelConfig from GGUF metadata (and tensor names, to tell tied from untied embeddings)."""
+    """Build a ModelConfig from GGUF metadata (and tensor names, to tell tied from untied embeddings).
+
+    Keys are llama.cpp's (`{arch}.block_count`, ...); what a family's files leave implicit (its activation,
+    norm placement, RoPE pairing) comes from the family's `gguf_defaults` (model/families/).
+    """
+    from pellucid.model.families import known_family
+
     arch = metadata.get("general.architecture")
     if not arch:
         raise UnsupportedError("the GGUF file has no general.architecture key; it is not a model file")
@@ -104,7 +126,8 @@ def config_from_gguf(metadata: dict[str, Any], tensor_names: set[str] | None = N
     def get(suffix: str, default: Any = None) -> Any:
         return metadata.get(f"{arch}.{suffix}", default)
 
-    defaults = ARCH_DEFAULTS.get(arch, {})
+    family = known_family(arch)
+    defaults = dict(family.defaults, **family.gguf_defaults) if family is not None else {}
     n_layers = _required(get("block_count"), arch, "block_count")
     hidden = _required(get("embedding_length"), arch, "embedding_length")
     n_heads = _per_layer_scalar(_required(get("attention.head_count"), arch, "attention.head_count"))
@@ -114,7 +137,7 @@ def config_from_gguf(metadata: dict[str, Any], tensor_names: set[str] | None = N
     tokens = metadata.get("tokenizer.ggml.tokens")
     vocab_size = get("vocab_size") or (len(tokens) if tokens is not None else 0)
 
-    sliding_window = get("attention.sliding_window")
+    sliding_window = get("attention.sliding_window") or None  # Phi-3 files write 0 for "none"
     sliding_layers: list[bool] = []
     pattern = get("attention.sliding_window_pattern")
     if sliding_window and pattern is not None and not isinstance(pattern, int):
@@ -122,7 +145,9 @@ def config_from_gguf(metadata: dict[str, Any], tensor_names: set[str] | None = N
     elif sliding_window:
         every = int(pattern) if isinstance(pattern, int) else defaults.get("sliding_window_every")
         if every:
-            sliding_layers = [(i + 1) % every != 0 for i in range(n_layers)]
+            sliding_layers = sliding_pattern(n_layers, every)
+        elif defaults.get("ignores_sliding_window"):
+            sliding_window = None  # llama.cpp runs these families with global attention (see the family file)
         else:
             sliding_layers = [True] * n_layers  # Mistral-style: every layer uses the window
 
@@ -134,14 +159,19 @@ def config_from_gguf(metadata: dict[str, Any], tensor_names: set[str] | None = N
             factor=float(get("rope.scaling.factor", 1.0)),
             original_context_length=get("rope.scaling.original_context_length"),
         )
+    elif tensor_names and "rope_factors_long.weight" in tensor_names:
+        # Phi-3 LongRoPE: the factors are tensors; the converter writes no scaling type for them
+        rope_scaling = RopeScaling(kind="longrope", original_context_length=get("rope.scaling.original_context_length"))
 
-    query_scale = get("attention.scale")
-    if query_scale is None and arch == "gemma3":
-        # Gemma 3 scales queries by 1/sqrt(query_pre_attn_scalar), which the converter stores as key_length.
+    query_scale = get("attention.scale") or None  # Granite writes 0.0 for "the default"
+    if query_scale is None and defaults.get("query_scale_from_key_length"):
+        # Gemma scales queries by 1/sqrt(query_pre_attn_scalar), which the converter stores as key_length.
         query_scale = 1.0 / math.sqrt(head_dim)
 
-    tie = tensor_names is None or "output.weight" not in tensor_names
-    return ModelConfig(
+    no_rope_every = defaults.get("no_rope_every")
+    if get("attention.temperature_scale"):
+        raise UnsupportedError(f"this {arch} model scales attention by position (Llama 4 style), not supported yet")
+    fields = dict(
         architecture=arch,
         n_layers=n_layers,
         hidden_size=hidden,
@@ -157,20 +187,153 @@ def config_from_gguf(metadata: dict[str, Any], tensor_names: set[str] | None = N
         rope_dim=get("rope.dimension_count") or head_dim,
         rope_style=defaults.get("rope_style", "neox"),
         rope_scaling=rope_scaling,
+        rope_attention_factor=float(get("rope.scaling.attn_factor", 1.0)),
         rope_theta_local=get("rope.freq_base_swa") or defaults.get("rope_theta_local"),
+        rope_layers=sliding_pattern(n_layers, no_rope_every) if no_rope_every else [],
         sliding_window=sliding_window,
         sliding_layers=sliding_layers,
-        attn_logit_softcap=get("attn_logit_softcapping"),
-        final_logit_softcap=get("final_logit_softcapping"),
+        attn_logit_softcap=get("attn_logit_softcapping") or None,
+        final_logit_softcap=get("final_logit_softcapping") or None,
         query_scale=query_scale,
         activation=defaults.get("activation", "silu"),
         embedding_scale_by_sqrt_hidden=defaults.get("embedding_scale_by_sqrt_hidden", False),
+        embedding_multiplier=get("embedding_scale") or None,
+        residual_multiplier=get("residual_scale") or None,
+        logits_divisor=get("logit_scale") or None,
+        pre_norms=defaults.get("pre_norms", True),
         post_norms=defaults.get("post_norms", False),
-        qk_norm=defaults.get("qk_norm", False),
-        tie_embeddings=tie,
+        qk_norm=defaults.get("qk_norm", ""),
+        tie_embeddings=tensor_names is None or "output.weight" not in tensor_names,
         n_experts=get("expert_count", 0) or 0,
         n_experts_used=get("expert_used_count", 0) or 0,
     )
+    if family is not None and family.gguf_config is not None:
+        fields.update(family.gguf_config(get, fields))
+    return ModelConfig(**fields)
+
+
+# -- from a Hugging Face config.json ----------------------------------------------------------------------
+
+
+def config_from_hf(config: dict[str, Any], tensor_names: set[str] | None = None) -> ModelConfig:
+    """Build a ModelConfig from a Hugging Face config.json (as transformers 4.x or 5.x writes it).
+
+    The keys shared by the decoder families are read here; what is particular to one family (Gemma's
+    soft-caps, Granite's multipliers, SmolLM3's RoPE-free layers) comes from its `hf_config` hook.
+    """
+    from pellucid.model.families import known_family
+
+    text = config.get("text_config") or config  # multimodal wrappers keep the decoder's keys in text_config
+    model_type = text.get("model_type") or config.get("model_type") or "?"
+    family = known_family(model_type)
+    defaults = family.defaults if family is not None else {}
+
+    def need(key: str) -> Any:
+        if text.get(key) is None:
+            raise UnsupportedError(f"config.json lacks {key!r}; cannot build a {model_type} model from it")
+        return text[key]
+
+    hidden, n_layers, n_heads = need("hidden_size"), need("num_hidden_layers"), need("num_attention_heads")
+    head_dim = text.get("head_dim") or hidden // n_heads
+    rope = hf_rope_parameters(text)
+    partial = float(rope.get("partial_rotary_factor", text.get("partial_rotary_factor", 1.0)))
+    sliding_window = text.get("sliding_window") if text.get("use_sliding_window", True) else None
+    layer_types = text.get("layer_types")
+    if not sliding_window:
+        sliding_layers: list[bool] = []
+    elif layer_types:
+        sliding_layers = [t == "sliding_attention" for t in layer_types]
+    elif defaults.get("sliding_window_every"):
+        sliding_layers = sliding_pattern(n_layers, defaults["sliding_window_every"])
+    else:
+        sliding_layers = [True] * n_layers
+    if sliding_layers and not any(sliding_layers):
+        sliding_window, sliding_layers = None, []
+    fields = dict(
+        architecture=model_type,
+        n_layers=n_layers,
+        hidden_size=hidden,
+        n_heads=n_heads,
+        n_kv_heads=text.get("num_key_value_heads") or n_heads,
+        head_dim=head_dim,
+        value_head_dim=head_dim,
+        ffn_size=need("intermediate_size"),
+        vocab_size=need("vocab_size"),
+        context_length=text.get("max_position_embeddings") or 2048,
+        norm_eps=float(text.get("rms_norm_eps") or text.get("layer_norm_eps") or 1e-6),
+        rope_theta=float(rope.get("rope_theta", 10_000.0)),
+        rope_dim=int(head_dim * partial),
+        rope_style="neox",  # HF checkpoints rotate halves (rotate_half); only llama.cpp's converter permutes
+        rope_scaling=_hf_rope_scaling(rope, text),
+        sliding_window=sliding_window,
+        sliding_layers=sliding_layers,
+        activation=_HF_ACTIVATIONS.get(text.get("hidden_act") or text.get("hidden_activation") or "silu", "?"),
+        embedding_scale_by_sqrt_hidden=defaults.get("embedding_scale_by_sqrt_hidden", False),
+        pre_norms=defaults.get("pre_norms", True),
+        post_norms=defaults.get("post_norms", False),
+        norm_weight_offset=defaults.get("hf_norm_weight_offset", 0.0),
+        qk_norm=defaults.get("qk_norm", ""),
+        tie_embeddings=bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", True)))
+        or (tensor_names is not None and not any(n.endswith("lm_head.weight") for n in tensor_names)),
+    )
+    if fields["rope_scaling"] is not None and fields["rope_scaling"].kind == "longrope":
+        fields["rope_attention_factor"] = _longrope_attention_factor(
+            rope, fields["context_length"], fields["rope_scaling"]
+        )
+    if family is not None and family.hf_config is not None:
+        fields.update(family.hf_config(text, fields))
+    return ModelConfig(**fields)
+
+
+def _longrope_attention_factor(rope: dict[str, Any], context_length: int, scaling: RopeScaling) -> float:
+    """Phi-3's cos/sin multiplier: sqrt(1 + ln(s) / ln(original)) for a stretch s = context / original."""
+    if rope.get("attention_factor") is not None:
+        return float(rope["attention_factor"])
+    original = scaling.original_context_length
+    stretch = context_length / original
+    return math.sqrt(1 + math.log(stretch) / math.log(original)) if stretch > 1 else 1.0
+
+
+_HF_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
+
+
+def hf_rope_parameters(text: dict[str, Any], layer_type: str = "full_attention") -> dict[str, Any]:
+    """RoPE settings as one dict, whichever way config.json spells them.
+
+    transformers 4 writes `rope_theta` and an optional `rope_scaling` dict at the top level; transformers 5
+    writes `rope_parameters` (rope_theta inside), or one such dict per layer type (Gemma 3).
+    """
+    params = dict(text.get("rope_scaling") or {})
+    if "rope_theta" in text:
+        params.setdefault("rope_theta", text["rope_theta"])
+    given = text.get("rope_parameters")
+    if isinstance(given, dict):
+        if layer_type in given and isinstance(given[layer_type], dict):
+            given = given[layer_type]
+        params.update(given)
+    if "type" in params and "rope_type" not in params:
+        params["rope_type"] = params["type"]
+    return params
+
+
+def _hf_rope_scaling(rope: dict[str, Any], text: dict[str, Any]) -> RopeScaling | None:
+    kind = rope.get("rope_type") or "default"
+    original = rope.get("original_max_position_embeddings", text.get("original_max_position_embeddings"))
+    if kind == "default":
+        return None
+    if kind == "linear":
+        return RopeScaling(kind="linear", factor=float(rope["factor"]))
+    if kind == "llama3":
+        extra = {k: float(rope[k]) for k in ("low_freq_factor", "high_freq_factor")}
+        return RopeScaling(kind="llama3", factor=float(rope["factor"]), original_context_length=original, extra=extra)
+    if kind == "longrope":
+        return RopeScaling(
+            kind="longrope",
+            original_context_length=original,
+            short_factors=tuple(float(x) for x in rope["short_factor"]),
+            long_factors=tuple(float(x) for x in rope["long_factor"]),
+        )
+    return RopeScaling(kind=kind, factor=float(rope.get("factor", 1.0)), original_context_length=original)
 
 
 def _required(value: Any, arch: str, suffix: str) -> Any:

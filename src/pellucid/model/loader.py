@@ -1,81 +1,137 @@
 """From a model file to a ready `Transformer`: read the config, pick the family, build each layer from its weights.
 
-`load_model` is the entry point. Layers are built directly from named tensors (`Weights`), never
-created empty and filled later, and every projection goes through `make_linear`.
+`load_model` is the entry point, for GGUF files and Hugging Face folders alike: each format gives a
+`ModelConfig` (model/config.py), a family (its tensor names: model/families/) and a `Weights` (the file's
+tensors by name), and `build_transformer` wires the same blocks from them. Layers are built directly from
+named tensors, never created empty and filled later, and every projection goes through `make_linear`.
 
 Quantized (and float16/bfloat16) matrices stay packed: `make_linear` wraps the file's bytes, memory-mapped
 and mostly not even copied, in a `QuantizedLinear` whose kernels read them directly (quant/kernels.py), and
 the token embedding becomes a `QuantizedEmbedding` that unpacks only the rows it is asked for. So loading
-reads little more than the headers, and memory holds the file's 4-8 bits per weight rather than float32.
-Float32 matrices, norms and other vectors are copied as dense tensors in the requested dtype (activations:
-float32 by default).
+reads little more than the headers, and memory holds the file's 4-16 bits per weight rather than float32.
+`quantize="q8_0" | "q4_0" | "q4_k"` packs float matrices into that block format at load instead (a bfloat16
+HF folder then runs through the same kernels as a quantized GGUF file). Float32 matrices, norms and other
+vectors are copied as dense tensors in the requested dtype (activations: float32 by default).
 
-Any tensor in the file that the model did not use is an error: it means the file needs a feature we do not
-implement (biases, a different layout), and running without it would produce wrong text silently.
+Every tensor's shape is checked against the config before it is used, and any tensor in the file that the
+model did not use is an error: it means the file needs a feature we do not implement (a different layout,
+an extra bias), and running without it would produce wrong text silently.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from pellucid.device import pick_device
-from pellucid.errors import UnsupportedError
+from pellucid.errors import ModelFileError, UnsupportedError
 from pellucid.formats.gguf import GGUFFile
-from pellucid.model.config import ModelConfig, config_from_gguf
-from pellucid.model.families import Family, TensorNames, family_for
+from pellucid.model.config import ModelConfig, config_from_gguf, config_from_hf
+from pellucid.model.families import Family, TensorNames, family_for, family_for_hf
 from pellucid.model.layers import Attention, Block, Embedding, GatedMLP, Linear, RMSNorm, RotaryEmbedding, frozen
+from pellucid.model.layers.rope import llama3_freq_factors
 from pellucid.model.transformer import Transformer
 from pellucid.quant.linear import QuantizedEmbedding, QuantizedLinear
 from pellucid.quant.packed import PackedWeight, pack
 from pellucid.quant.types import GGMLType
 
+# --quantize names -> the block format float matrices are packed into at load
+QUANTIZE_TYPES = {"q8_0": GGMLType.Q8_0, "q4_0": GGMLType.Q4_0, "q4_k": GGMLType.Q4_K}
+_FLOAT_TYPES = {GGMLType.F32, GGMLType.F16, GGMLType.BF16}
+_SAFETENSORS_TYPES = {"F32": GGMLType.F32, "F16": GGMLType.F16, "BF16": GGMLType.BF16}
+
 
 class Weights:
     """A model file's tensors by name, dense (dequantized to `dtype` on `device`) or packed, with a record of use.
 
-    `pack(name)` (GGUF files) gives the matrix in its file format, or None where the file stores it as float32;
-    asking twice returns the same object, which is how a tied output head shares the embedding.
+    `packed(name)` gives a matrix as the kernels read it (the file's block format, or `quantize`'s), or None
+    where it stays a dense float32 matrix; asking twice returns the same object, which is how a tied output
+    head shares the embedding. `shape(name)` is the stored shape, (out_features, in_features) for a matrix.
     """
 
     def __init__(
         self,
         load: Callable[[str], torch.Tensor],
-        names: Iterable[str],
+        shapes: dict[str, tuple[int, ...]],
         *,
         device,
         dtype,
         pack: Callable[[str], PackedWeight | None] | None = None,
+        source: str = "the model file",
     ):
         self._load = load
         self._pack = pack
-        self.names = set(names)
+        self.shapes = shapes
+        self.names = set(shapes)
         self.device = torch.device(device)
         self.dtype = dtype
+        self.source = source  # named in errors
         self.used: set[str] = set()
         self._loaded: dict[str, nn.Parameter] = {}
         self._packed: dict[str, PackedWeight | None] = {}
 
     @classmethod
-    def from_gguf(cls, gguf: GGUFFile, *, device, dtype) -> Weights:
+    def from_gguf(cls, gguf: GGUFFile, *, device, dtype, quantize: GGMLType | None = None) -> Weights:
         def pack_matrix(name: str) -> PackedWeight | None:
             info = gguf.tensors[name]
-            if len(info.shape) != 2 or info.ggml_type == GGMLType.F32:
+            if len(info.shape) != 2:
+                return None
+            if quantize is not None and info.ggml_type in _FLOAT_TYPES:
+                return _quantized(gguf.tensor(name), quantize, info.ggml_type, gguf.raw(name))
+            if info.ggml_type == GGMLType.F32:
                 return None
             return pack(gguf.raw(name), info.ggml_type, info.shape)
 
-        return cls(gguf.tensor, gguf.tensors, device=device, dtype=dtype, pack=pack_matrix)
+        shapes = {name: info.shape for name, info in gguf.tensors.items()}
+        return cls(gguf.tensor, shapes, device=device, dtype=dtype, pack=pack_matrix, source=gguf.path.name)
+
+    @classmethod
+    def from_hf(cls, folder, *, device, dtype, quantize: GGMLType | None = None) -> Weights:
+        """The tensors of an open `formats.safetensors.HFFolder`; float16/bfloat16 matrices stay packed as stored
+        (memory-mapped), float32 ones become dense, and `quantize` packs all of them into its block format."""
+
+        def pack_matrix(name: str) -> PackedWeight | None:
+            info = folder.tensors[name]
+            stored = _SAFETENSORS_TYPES.get(info.dtype)
+            if len(info.shape) != 2 or stored is None:
+                return None
+            if quantize is not None:
+                return _quantized(folder.tensor(name, torch.float32), quantize, stored, folder.raw(name))
+            if stored == GGMLType.F32:
+                return None
+            return pack(folder.raw(name), stored, info.shape)
+
+        shapes = {name: info.shape for name, info in folder.tensors.items()}
+        return cls(folder.tensor, shapes, device=device, dtype=dtype, pack=pack_matrix, source=folder.path.name)
 
     @classmethod
     def from_dict(cls, tensors: dict[str, torch.Tensor], *, device="cpu", dtype=torch.float32) -> Weights:
-        return cls(tensors.__getitem__, tensors, device=device, dtype=dtype)
+        shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+        return cls(tensors.__getitem__, shapes, device=device, dtype=dtype, source="the weights")
 
     def has(self, name: str) -> bool:
         return name in self.names
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if name not in self.shapes:
+            raise ModelFileError(
+                f"{self.source} has no tensor {name!r}, which this model needs; the file is incomplete or "
+                f"was converted for another architecture"
+            )
+        return tuple(self.shapes[name])
+
+    def expect(self, name: str, shape: tuple[int, ...], why: str) -> None:
+        """Check a tensor's shape against what the config implies, before anything is built from it."""
+        if self.shape(name) != tuple(shape):
+            raise ModelFileError(
+                f"{self.source}: tensor {name!r} has shape {self.shape(name)}, but the model's configuration "
+                f"({why}) needs {tuple(shape)}. The metadata and the weights disagree: the file is damaged or "
+                f"was edited; re-download or re-convert it."
+            )
 
     def tensor(self, name: str, dtype: torch.dtype | None = None) -> nn.Parameter:
         """The named tensor on the target device, in `dtype` (default: the model's).
@@ -85,6 +141,7 @@ class Weights:
         dtype = dtype or self.dtype
         key = f"{name}:{dtype}"
         if key not in self._loaded:
+            self.shape(name)  # a clear error for a missing tensor
             self._loaded[key] = frozen(self._load(name).to(device=self.device, dtype=dtype))
             self.used.add(name)
         return self._loaded[key]
@@ -93,6 +150,7 @@ class Weights:
         if self._pack is None:
             return None
         if name not in self._packed:
+            self.shape(name)
             self._packed[name] = self._pack(name)
             self.used.add(name)
         return self._packed[name]
@@ -101,10 +159,32 @@ class Weights:
         return sorted(self.names - self.used)
 
 
-def make_linear(weights: Weights, name: str) -> nn.Module:
-    """The projection stored as `name` (out_features, in_features). Every linear layer is built here."""
+def _quantized(matrix: torch.Tensor, target: GGMLType, stored: GGMLType, raw) -> PackedWeight | None:
+    """`matrix` packed into `target`; a matrix whose rows do not split into the format's blocks stays as it was
+    stored (packed float16/bfloat16, or dense float32), as llama.cpp's quantizer falls back for such tensors."""
+    from pellucid.quant.quantize import quantize_to_packed
+
+    try:
+        return quantize_to_packed(matrix.float(), target)
+    except UnsupportedError:
+        return None if stored == GGMLType.F32 else pack(raw, stored, tuple(matrix.shape))
+
+
+def make_linear(weights: Weights, name: str, rows: tuple[int, int] | None = None) -> nn.Module:
+    """The projection stored as `name` (out_features, in_features), or rows start..end of it (one part of a
+    fused matrix), with the bias stored beside it if there is one. Every linear layer is built here."""
     packed = weights.packed(name)
-    return QuantizedLinear(packed) if packed is not None else Linear(weights.tensor(name))
+    bias_name = name.removesuffix(".weight") + ".bias"
+    bias = weights.tensor(bias_name, torch.float32) if weights.has(bias_name) else None
+    if rows is not None:
+        start, end = rows
+        bias = frozen(bias[start:end]) if bias is not None else None
+        if packed is not None:
+            return QuantizedLinear(packed.row_slice(start, end), bias)
+        return Linear(weights.tensor(name)[start:end], bias)
+    if packed is not None:
+        return QuantizedLinear(packed, bias)
+    return Linear(weights.tensor(name), bias.to(weights.dtype) if bias is not None else None)
 
 
 def make_embedding(weights: Weights, name: str) -> nn.Module:
@@ -113,67 +193,151 @@ def make_embedding(weights: Weights, name: str) -> nn.Module:
     return QuantizedEmbedding(packed, weights.dtype) if packed is not None else Embedding(weights.tensor(name))
 
 
-def load_model(model, *, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32) -> Transformer:
-    """Load a GGUF model (a ResolvedModel, a path, or an open GGUFFile) ready for `forward`."""
+# -- loading a file ---------------------------------------------------------------------------------------
+
+
+def load_model(
+    model,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    quantize: str | None = None,
+) -> Transformer:
+    """Load a model ready for `forward`: a GGUF file or a Hugging Face folder (a ResolvedModel, a path, or an
+    open GGUFFile). `quantize` ("q8_0", "q4_0", "q4_k") packs the file's float matrices at load."""
     started = time.perf_counter()
-    gguf, opened_here = _open(model)
-    try:
-        family = family_for(gguf.architecture or "(none: general.architecture is missing)")
-        if dtype == torch.float16 and not family.float16_ok:
-            raise UnsupportedError(
-                f"{family.name} models overflow float16 (activations exceed 65504); use bfloat16 or float32"
-            )
-        config = config_from_gguf(gguf.metadata, set(gguf.tensors))
-        target = pick_device(device)
-        weights = Weights.from_gguf(gguf, device=target, dtype=dtype)
-        transformer = build_transformer(config, weights, family.gguf_names)
-        _refuse_unused(weights, family, gguf.path.name)
-    finally:
-        if opened_here:
-            gguf.close()
+    target_type = _quantize_type(quantize)
+    path = getattr(model, "path", model)  # a store.ResolvedModel carries .path
+    if not isinstance(model, GGUFFile) and (getattr(model, "kind", None) == "hf" or os.path.isdir(path)):
+        transformer = _load_hf(path, pick_device(device), dtype, target_type)
+    else:
+        transformer = _load_gguf(model, pick_device(device), dtype, target_type)
     transformer.eval()
     transformer.load_seconds = time.perf_counter() - started
     return transformer
 
 
-def _open(model) -> tuple[GGUFFile, bool]:
-    if isinstance(model, GGUFFile):
-        return model, False
-    path = getattr(model, "path", model)  # a store.ResolvedModel carries .path
-    kind = getattr(model, "kind", "gguf")
-    if kind != "gguf" or os.path.isdir(path):
+def _quantize_type(quantize: str | None) -> GGMLType | None:
+    if quantize is None:
+        return None
+    if quantize.lower() not in QUANTIZE_TYPES:
+        raise UnsupportedError(f"--quantize takes {', '.join(QUANTIZE_TYPES)}, not {quantize!r}")
+    return QUANTIZE_TYPES[quantize.lower()]
+
+
+def _load_gguf(model, device, dtype, quantize) -> Transformer:
+    gguf, opened_here = (
+        (model, False) if isinstance(model, GGUFFile) else (GGUFFile(getattr(model, "path", model)), True)
+    )
+    try:
+        family = family_for(gguf.architecture or "(none: general.architecture is missing)")
+        _check_dtype(family, dtype)
+        config = config_from_gguf(gguf.metadata, set(gguf.tensors))
+        weights = Weights.from_gguf(gguf, device=device, dtype=dtype, quantize=quantize)
+        transformer = build_transformer(config, weights, family.gguf_names)
+        _refuse_unused(weights, family, gguf.path.name)
+    finally:
+        if opened_here:
+            gguf.close()
+    return transformer
+
+
+def _load_hf(path, device, dtype, quantize) -> Transformer:
+    from pellucid.formats.safetensors import HFFolder
+
+    with HFFolder(path) as folder:
+        text = folder.config.get("text_config") or folder.config
+        family = family_for_hf(text.get("model_type") or folder.model_type or "(none: config.json has no model_type)")
+        _check_dtype(family, dtype)
+        config = config_from_hf(folder.config, set(folder.tensors))
+        weights = Weights.from_hf(folder, device=device, dtype=dtype, quantize=quantize)
+        names = family.hf_names
+        if config.tie_embeddings and weights.has(names.output):
+            weights.used.add(names.output)  # transformers ignores lm_head when the config ties it, and so do we
+        transformer = build_transformer(config, weights, names)
+        _refuse_unused(weights, family, folder.path.name)
+    return transformer
+
+
+def _check_dtype(family: Family, dtype: torch.dtype) -> None:
+    if dtype == torch.float16 and not family.float16_ok:
         raise UnsupportedError(
-            f"{path} is a Hugging Face folder; the transformer engine loads GGUF files only for now. "
-            f"Use a .gguf release of the model."
+            f"{family.name} models overflow float16 (activations exceed 65504); use bfloat16 or float32"
         )
-    return GGUFFile(path), True
+
+
+# -- wiring the model -------------------------------------------------------------------------------------
 
 
 def build_transformer(config: ModelConfig, weights: Weights, names: TensorNames) -> Transformer:
     """Wire a Transformer from `weights`, following `config` for every architectural switch."""
     _check_supported(config)
+    if not config.vocab_size:  # a file with no vocabulary in its metadata: the embedding's rows say it
+        config.vocab_size = weights.shape(names.embed)[0]
+    vocab, hidden = config.vocab_size, config.hidden_size
+    weights.expect(names.embed, (vocab, hidden), f"vocab_size {vocab:,} x hidden size {hidden:,}")
     blocks = [_build_block(config, weights, names, i) for i in range(config.n_layers)]
     embedding = make_embedding(weights, names.embed)
     output_name = names.embed if config.tie_embeddings else names.output
-    freq_factors = weights.tensor(names.rope_freqs, torch.float32) if weights.has(names.rope_freqs) else None
-    linear_scale = config.rope_scaling.factor if config.rope_scaling is not None else 1.0
-    rope = RotaryEmbedding(
-        config.rope_dim, config.rope_theta, config.rope_style, linear_scale=linear_scale, freq_factors=freq_factors
-    )
-    rope_local = None
-    if config.rope_theta_local is not None and config.rope_theta_local != config.rope_theta:
-        # Local (sliding-window) layers: their own base, and no long-context scaling (as in llama.cpp).
-        rope_local = RotaryEmbedding(config.rope_dim, config.rope_theta_local, config.rope_style)
+    weights.expect(output_name, (vocab, hidden), f"vocab_size {vocab:,} x hidden size {hidden:,}")
+    for name in names.ignored:
+        weights.used.update(name.format(i=i) for i in range(config.n_layers) if weights.has(name.format(i=i)))
+    rope, rope_local = _build_ropes(config, weights, names)
     return Transformer(
         config,
         embedding=embedding,
         blocks=blocks,
-        final_norm=_norm(weights, names.output_norm, config),
+        final_norm=_norm(weights, names.output_norm, config, hidden),
         output=make_linear(weights, output_name),
         rope=rope,
         rope_local=rope_local,
         dtype=weights.dtype,
     ).to(weights.device)
+
+
+def _build_ropes(config: ModelConfig, weights: Weights, names: TensorNames):
+    """The global layers' RoPE and, where local (sliding-window) layers use another base, theirs."""
+    scaling = config.rope_scaling
+    pairs = config.rope_dim // 2
+    factors = long_factors = None
+    if names.rope_freqs and weights.has(names.rope_freqs):  # GGUF: llama 3's divisors, computed by the converter
+        weights.expect(names.rope_freqs, (pairs,), f"rope_dim {config.rope_dim} / 2")
+        factors = weights.tensor(names.rope_freqs, torch.float32)
+    elif scaling is not None and scaling.kind == "llama3":
+        factors = llama3_freq_factors(
+            config.rope_dim,
+            config.rope_theta,
+            scaling.factor,
+            scaling.extra["low_freq_factor"],
+            scaling.extra["high_freq_factor"],
+            scaling.original_context_length,
+        )
+    elif scaling is not None and scaling.kind == "longrope":
+        if scaling.short_factors is not None:  # config.json lists them
+            factors, long_factors = torch.tensor(scaling.short_factors), torch.tensor(scaling.long_factors)
+        else:  # GGUF stores them as two tensors
+            for name in (names.rope_factors_short, names.rope_factors_long):
+                weights.expect(name, (pairs,), f"rope_dim {config.rope_dim} / 2")
+            factors = weights.tensor(names.rope_factors_short, torch.float32)
+            long_factors = weights.tensor(names.rope_factors_long, torch.float32)
+        if len(factors) != pairs or len(long_factors) != pairs:
+            raise ModelFileError(f"LongRoPE needs {pairs} short and long factors (rope_dim {config.rope_dim} / 2)")
+    linear_scale = scaling.factor if scaling is not None and scaling.kind == "linear" else 1.0
+    rope = RotaryEmbedding(
+        config.rope_dim,
+        config.rope_theta,
+        config.rope_style,
+        linear_scale=linear_scale,
+        freq_factors=factors,
+        long_freq_factors=long_factors,
+        original_context=scaling.original_context_length if scaling is not None else None,
+        attention_factor=config.rope_attention_factor,
+    )
+    rope_local = None
+    if config.rope_theta_local is not None and config.rope_theta_local != config.rope_theta:
+        # Local (sliding-window) layers: their own base, and no long-context scaling (as in llama.cpp).
+        rope_local = RotaryEmbedding(config.rope_dim, config.rope_theta_local, config.rope_style)
+    return rope, rope_local
 
 
 def _build_block(config: ModelConfig, weights: Weights, names: TensorNames, i: int) -> Block:
@@ -182,11 +346,27 @@ def _build_block(config: ModelConfig, weights: Weights, names: TensorNames, i: i
             raise UnsupportedError(f"{config.architecture} needs a tensor pellucid has no name for")
         return template.format(i=i)
 
+    hidden, q_out = config.hidden_size, config.n_heads * config.head_dim
+    kv_out, v_out = config.n_kv_heads * config.head_dim, config.n_kv_heads * config.value_head_dim
+    heads = f"{config.n_heads} heads, {config.n_kv_heads} KV heads of {config.head_dim}"
+    if names.qkv and weights.has(name(names.qkv)):  # fused (Phi-3): rows of q, then k, then v
+        weights.expect(name(names.qkv), (q_out + kv_out + v_out, hidden), heads)
+        q, k, v = (
+            make_linear(weights, name(names.qkv), rows)
+            for rows in ((0, q_out), (q_out, q_out + kv_out), (q_out + kv_out, q_out + kv_out + v_out))
+        )
+    else:
+        weights.expect(name(names.q), (q_out, hidden), heads)
+        weights.expect(name(names.k), (kv_out, hidden), heads)
+        weights.expect(name(names.v), (v_out, hidden), heads)
+        q, k, v = (make_linear(weights, name(n)) for n in (names.q, names.k, names.v))
+    weights.expect(name(names.o), (hidden, config.n_heads * config.value_head_dim), heads)
     sliding = bool(config.sliding_layers) and config.sliding_layers[i]
+    over_heads = config.qk_norm == "projection"
     attention = Attention(
-        make_linear(weights, name(names.q)),
-        make_linear(weights, name(names.k)),
-        make_linear(weights, name(names.v)),
+        q,
+        k,
+        v,
         make_linear(weights, name(names.o)),
         n_heads=config.n_heads,
         n_kv_heads=config.n_kv_heads,
@@ -194,28 +374,48 @@ def _build_block(config: ModelConfig, weights: Weights, names: TensorNames, i: i
         value_head_dim=config.value_head_dim,
         query_scale=config.query_scale,
         window=config.sliding_window if sliding else None,
-        q_norm=_norm(weights, name(names.q_norm), config) if config.qk_norm else None,
-        k_norm=_norm(weights, name(names.k_norm), config) if config.qk_norm else None,
-    )
-    mlp = GatedMLP(
-        make_linear(weights, name(names.gate)),
-        make_linear(weights, name(names.up)),
-        make_linear(weights, name(names.down)),
-        config.activation,
+        q_norm=_norm(weights, name(names.q_norm), config, q_out if over_heads else config.head_dim)
+        if config.qk_norm
+        else None,
+        k_norm=_norm(weights, name(names.k_norm), config, kv_out if over_heads else config.head_dim)
+        if config.qk_norm
+        else None,
+        qk_norm_over_heads=over_heads,
+        softcap=config.attn_logit_softcap,
+        use_rope=not config.rope_layers or config.rope_layers[i],
     )
     return Block(
-        _norm(weights, name(names.attn_norm), config),
+        _norm(weights, name(names.attn_norm), config, hidden) if config.pre_norms else None,
         attention,
-        _norm(weights, name(names.ffn_norm), config),
-        mlp,
+        _norm(weights, name(names.ffn_norm), config, hidden) if config.pre_norms else None,
+        _build_mlp(config, weights, names, name),
         sliding=sliding,
-        post_attn_norm=_norm(weights, name(names.post_attn_norm), config) if config.post_norms else None,
-        post_ffn_norm=_norm(weights, name(names.post_ffn_norm), config) if config.post_norms else None,
+        post_attn_norm=_norm(weights, name(names.post_attn_norm), config, hidden) if config.post_norms else None,
+        post_ffn_norm=_norm(weights, name(names.post_ffn_norm), config, hidden) if config.post_norms else None,
+        residual_multiplier=config.residual_multiplier,
     )
 
 
-def _norm(weights: Weights, name: str, config: ModelConfig) -> RMSNorm:
-    return RMSNorm(weights.tensor(name, torch.float32), config.norm_eps)
+def _build_mlp(config: ModelConfig, weights: Weights, names: TensorNames, name) -> GatedMLP:
+    hidden, ffn = config.hidden_size, config.ffn_size
+    why = f"hidden size {hidden:,}, FFN size {ffn:,}"
+    if names.gate_up and weights.has(name(names.gate_up)):  # fused (Phi-3): rows of gate, then up
+        weights.expect(name(names.gate_up), (2 * ffn, hidden), why)
+        gate, up = (
+            make_linear(weights, name(names.gate_up), (0, ffn)),
+            make_linear(weights, name(names.gate_up), (ffn, 2 * ffn)),
+        )
+    else:
+        weights.expect(name(names.gate), (ffn, hidden), why)
+        weights.expect(name(names.up), (ffn, hidden), why)
+        gate, up = make_linear(weights, name(names.gate)), make_linear(weights, name(names.up))
+    weights.expect(name(names.down), (hidden, ffn), why)
+    return GatedMLP(gate, up, make_linear(weights, name(names.down)), config.activation)
+
+
+def _norm(weights: Weights, name: str, config: ModelConfig, size: int) -> RMSNorm:
+    weights.expect(name, (size,), f"a norm over {size:,} values")
+    return RMSNorm(weights.tensor(name, torch.float32), config.norm_eps, offset=config.norm_weight_offset)
 
 
 def _check_supported(config: ModelConfig) -> None:
@@ -223,12 +423,12 @@ def _check_supported(config: ModelConfig) -> None:
     problems = []
     if config.n_experts:
         problems.append(f"mixture-of-experts layers ({config.n_experts} experts)")
-    if config.attn_logit_softcap or config.final_logit_softcap:
-        problems.append("logit soft-capping (Gemma 2)")
-    if config.rope_scaling is not None and config.rope_scaling.kind != "linear":
+    if config.rope_scaling is not None and config.rope_scaling.kind not in ("linear", "llama3", "longrope"):
         problems.append(f"{config.rope_scaling.kind!r} RoPE scaling")
     if config.activation not in ("silu", "gelu_tanh"):
         problems.append(f"the {config.activation!r} activation")
+    if config.n_heads % config.n_kv_heads:
+        problems.append(f"{config.n_heads} query heads that do not split into {config.n_kv_heads} KV groups")
     if problems:
         raise UnsupportedError(
             f"this {config.architecture} model uses {', '.join(problems)}, which pellucid does not run yet"

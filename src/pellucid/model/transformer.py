@@ -45,6 +45,8 @@ class Transformer(nn.Module):
         # Gemma multiplies embeddings by sqrt(hidden). llama.cpp applies it as an f32 scalar (sqrtf(n_embd));
         # HF first rounds it to the weight dtype (25.25 in bf16 instead of 25.298). We follow llama.cpp.
         self.embed_scale = math.sqrt(config.hidden_size) if config.embedding_scale_by_sqrt_hidden else None
+        if config.embedding_multiplier is not None:  # Granite: a constant from the file instead
+            self.embed_scale = config.embedding_multiplier
         self.dtype = dtype
         self.load_seconds: float | None = None  # set by load_model
 
@@ -119,7 +121,20 @@ class Transformer(nn.Module):
         return self.logits(self.final_norm(x))[:, 0]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.output(hidden).float()
+        """Float32 logits from final-normed hidden states, with Granite's divisor and Gemma 2's soft-cap."""
+        logits = self.output(hidden).float()
+        if self.config.logits_divisor is not None:
+            logits = logits / self.config.logits_divisor
+        if self.config.final_logit_softcap is not None:
+            cap = self.config.final_logit_softcap
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def use_context(self, n_ctx: int) -> None:
+        """Tell the model the context it will run with. Only LongRoPE (Phi-3) depends on it: past the original
+        context it switches to its long-context RoPE factors, for every position (as llama.cpp does)."""
+        self.rope.use_context(n_ctx)
+        self.rope_local.use_context(n_ctx)
 
     def make_cache(self, batch_size: int = 1, capacity: int | None = None, dtype: torch.dtype | None = None):
         """A KV cache for this model on its device (in its dtype unless `dtype` says otherwise)."""

@@ -15,11 +15,12 @@ from pellucid.quant.packed import PackedWeight
 
 
 class QuantizedLinear(nn.Module):
-    """y = x @ W.T with W packed; same `forward(x)` as the dense `Linear`."""
+    """y = x @ W.T (+ b) with W packed; same `forward(x)` as the dense `Linear`. The bias stays float32."""
 
-    def __init__(self, packed: PackedWeight):
+    def __init__(self, packed: PackedWeight, bias: torch.Tensor | None = None):
         super().__init__()
         self.packed = packed
+        self.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
 
     @property
     def in_features(self) -> int:
@@ -30,7 +31,8 @@ class QuantizedLinear(nn.Module):
         return self.packed.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return kernels.matmul(x, self.packed)
+        y = kernels.matmul(x, self.packed)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
 class QuantizedEmbedding(nn.Module):

@@ -79,6 +79,17 @@ class PackedWeight(nn.Module):
             return self.weights(**{k: v[rows] for k, v in self.fields().items()})
         return self.weights(**{k: v.index_select(0, rows) for k, v in self.fields().items()})
 
+    def row_slice(self, start: int, end: int) -> PackedWeight:
+        """Rows start..end as a matrix of the same format, viewing the same bytes (no copy).
+
+        Rows are independent in every block format (blocks run along K), so a fused projection such as
+        Phi-3's qkv splits into its parts this way.
+        """
+        part = object.__new__(type(self))
+        PackedWeight.__init__(part, (end - start, self.shape[1]), {k: v[start:end] for k, v in self.fields().items()})
+        part.ggml_type = self.ggml_type
+        return part
+
     @staticmethod
     def x_layout(fields: dict[str, torch.Tensor]) -> tuple[int, ...]:
         raise NotImplementedError

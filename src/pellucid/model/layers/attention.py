@@ -31,7 +31,15 @@ def attention_mask(q_len: int, k_len: int, window: int | None, device: torch.dev
 
 
 class Attention(nn.Module):
-    """Multi-head attention with grouped KV heads, RoPE, optional per-head QK-norm and a sliding window."""
+    """Multi-head attention with grouped KV heads, RoPE, and the variants families use.
+
+    - `q_norm`/`k_norm`: RMSNorm on queries and keys before RoPE, over each head (`qk_norm_over_heads`
+      False: Qwen 3, Gemma 3) or over the whole projection (True: OLMo 2).
+    - `window`: attend only to the last `window` positions (a sliding-window layer).
+    - `softcap`: scores become softcap * tanh(scores / softcap) before the mask and softmax (Gemma 2).
+    - `use_rope=False`: a layer that sees positions only through the causal mask (SmolLM3's every fourth).
+    Projections may carry biases (Qwen 2's q/k/v); that is the projection's business (`layers.linear`).
+    """
 
     def __init__(
         self,
@@ -48,24 +56,33 @@ class Attention(nn.Module):
         window: int | None = None,
         q_norm: nn.Module | None = None,
         k_norm: nn.Module | None = None,
+        qk_norm_over_heads: bool = False,
+        softcap: float | None = None,
+        use_rope: bool = True,
     ):
         super().__init__()
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = q_proj, k_proj, v_proj, o_proj
         self.q_norm, self.k_norm = q_norm, k_norm
+        self.qk_norm_over_heads = qk_norm_over_heads
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.head_dim, self.value_head_dim = head_dim, value_head_dim
         self.scale = query_scale if query_scale is not None else 1.0 / math.sqrt(head_dim)
         self.window = window
+        self.softcap = softcap
+        self.use_rope = use_rope
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding, cos: torch.Tensor, sin: torch.Tensor, cache=None):
         B, T, _ = x.shape
         q, k, v = project(x, self.q_proj, self.k_proj, self.v_proj)
+        if self.q_norm is not None and self.qk_norm_over_heads:  # OLMo 2: over all heads at once
+            q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(B, T, self.n_heads, self.head_dim)
         k = k.view(B, T, self.n_kv_heads, self.head_dim)
         v = v.view(B, T, self.n_kv_heads, self.value_head_dim)
-        if self.q_norm is not None:  # Gemma 3 / Qwen 3: RMSNorm over each head's dims, before RoPE
+        if self.q_norm is not None and not self.qk_norm_over_heads:  # Gemma 3 / Qwen 3: over each head's dims
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rope.apply(q, cos, sin), rope.apply(k, cos, sin)
+        if self.use_rope:
+            q, k = rope.apply(q, cos, sin), rope.apply(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
         if isinstance(cache, list):  # Transformer.decode_batch: one layer cache per sequence, each at its offset
             out = torch.cat(
@@ -85,6 +102,9 @@ class Attention(nn.Module):
         gqa = self.n_kv_heads != self.n_heads
         if T == 1 and torch.compiler.is_compiling():
             return self._attend_one(q, k, v, visible)
+        if self.softcap is not None:  # SDPA has no soft-cap: the same steps written out
+            mask = visible if visible is not None else attention_mask(T, S, self.window, q.device)
+            return self._attend_explicit(q, k, v, mask)
         if visible is not None:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=self.scale, enable_gqa=gqa)
         if T == S and (self.window is None or self.window >= S):
@@ -104,8 +124,24 @@ class Attention(nn.Module):
         group = self.n_heads // self.n_kv_heads
         qg = q.float().view(B, self.n_kv_heads, group, 1, self.head_dim)
         scores = (qg * k.float().unsqueeze(2)).sum(-1) * self.scale  # (B, Hkv, group, S)
+        if self.softcap is not None:
+            scores = torch.tanh(scores / self.softcap) * self.softcap
         if visible is not None:
             scores = scores.masked_fill(~visible.view(1, 1, 1, S), float("-inf"))
         weights = torch.softmax(scores, dim=-1)
         out = (weights.unsqueeze(-1) * v.float().unsqueeze(2)).sum(-2)  # (B, Hkv, group, Dv)
         return out.view(B, self.n_heads, 1, self.value_head_dim).to(q.dtype)
+
+    def _attend_explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible) -> torch.Tensor:
+        """Attention as matmuls, softmax and the soft-cap, in float32; `visible` (T, S) or None (see everything)."""
+        B, T, S = q.shape[0], q.shape[2], k.shape[2]
+        group = self.n_heads // self.n_kv_heads
+        qg = q.float().view(B, self.n_kv_heads, group * T, self.head_dim)  # a KV head's queries, group-major
+        scores = (qg @ k.float().transpose(-1, -2)) * self.scale  # (B, Hkv, group * T, S)
+        scores = torch.tanh(scores / self.softcap) * self.softcap
+        scores = scores.view(B, self.n_kv_heads, group, T, S)
+        if visible is not None:
+            scores = scores.masked_fill(~visible, float("-inf"))
+        weights = torch.softmax(scores, dim=-1).view(B, self.n_kv_heads, group * T, S)
+        out = weights @ v.float()  # (B, Hkv, group * T, Dv)
+        return out.view(B, self.n_heads, T, self.value_head_dim).to(q.dtype)

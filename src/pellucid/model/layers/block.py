@@ -10,34 +10,41 @@ from pellucid.model.layers.rope import RotaryEmbedding
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(x)).
+    """Residual block: x + branch(x) for attention, then for the feed-forward, where each branch is
 
-    Gemma 2/3 also normalise each branch's output before adding it back (`post_attn_norm`,
-    `post_ffn_norm`); those are None elsewhere.
+        [pre-norm] -> attention / mlp -> [post-norm] -> [x residual_multiplier]
+
+    Most families normalise before the branch only (llama); Gemma 2/3 on both sides; OLMo 2 after it only.
+    Absent norms are None. Granite scales each branch's output by `residual_multiplier` before the add.
     """
 
     def __init__(
         self,
-        attn_norm: nn.Module,
+        attn_norm: nn.Module | None,
         attn: Attention,
-        ffn_norm: nn.Module,
+        ffn_norm: nn.Module | None,
         mlp: nn.Module,
         *,
         sliding: bool = False,
         post_attn_norm: nn.Module | None = None,
         post_ffn_norm: nn.Module | None = None,
+        residual_multiplier: float | None = None,
     ):
         super().__init__()
         self.attn_norm, self.attn, self.ffn_norm, self.mlp = attn_norm, attn, ffn_norm, mlp
         self.post_attn_norm, self.post_ffn_norm = post_attn_norm, post_ffn_norm
+        self.residual_multiplier = residual_multiplier
         self.sliding = sliding  # a local (sliding-window) layer: it uses the local RoPE base
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding, cos: torch.Tensor, sin: torch.Tensor, cache=None):
-        h = self.attn(self.attn_norm(x), rope, cos, sin, cache)
-        if self.post_attn_norm is not None:
-            h = self.post_attn_norm(h)
-        x = x + h
-        h = self.mlp(self.ffn_norm(x))
-        if self.post_ffn_norm is not None:
-            h = self.post_ffn_norm(h)
-        return x + h
+        h = self.attn(self.attn_norm(x) if self.attn_norm is not None else x, rope, cos, sin, cache)
+        x = x + self._branch_out(h, self.post_attn_norm)
+        h = self.mlp(self.ffn_norm(x) if self.ffn_norm is not None else x)
+        return x + self._branch_out(h, self.post_ffn_norm)
+
+    def _branch_out(self, h: torch.Tensor, post_norm: nn.Module | None) -> torch.Tensor:
+        if post_norm is not None:
+            h = post_norm(h)
+        if self.residual_multiplier is not None:
+            h = h * self.residual_multiplier
+        return h

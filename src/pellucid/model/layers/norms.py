@@ -11,13 +11,14 @@ from pellucid.model.layers.linear import frozen
 class RMSNorm(nn.Module):
     """x / rms(x) * w, computed in float32 whatever the model dtype (as llama.cpp and HF do).
 
-    The weight is used as stored: Gemma's "(1 + w)" is already folded into its GGUF norm weights by the
-    converter, so no family needs an offset here.
+    Gemma multiplies by (1 + w): its HF checkpoints store w and are built with `offset=1` (added once here, in
+    float32, as transformers does it); llama.cpp's converter has already added the 1 to GGUF norm weights.
     """
 
-    def __init__(self, weight: torch.Tensor, eps: float):
+    def __init__(self, weight: torch.Tensor, eps: float, offset: float = 0.0):
         super().__init__()
-        self.weight = frozen(weight if weight.dtype == torch.float32 else weight.float())
+        weight = weight if weight.dtype == torch.float32 else weight.float()
+        self.weight = frozen(weight + offset if offset else weight)
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

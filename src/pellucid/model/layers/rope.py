@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -16,8 +18,10 @@ class RotaryEmbedding(nn.Module):
     stay byte-for-byte the file's blocks (packed-quantized layers can use them as they are), and the
     arithmetic is the one llama.cpp does. Only the first `rope_dim` dims of a head rotate (partial rotary).
 
-    `freq_factors` (llama 3's long-context scaling, stored in GGUF as `rope_freqs.weight`) divide each
-    pair's frequency, as ggml_rope_ext does.
+    `freq_factors` divide each pair's frequency, as ggml_rope_ext does: llama 3's long-context scaling (GGUF
+    `rope_freqs.weight`, or `llama3_freq_factors` from config.json), or LongRoPE's (Phi-3) short factors. A
+    LongRoPE model also has `long_freq_factors`, used instead when the model runs with a context longer than
+    `original_context` (`use_context`), and an `attention_factor` that multiplies cos and sin.
     """
 
     def __init__(
@@ -28,22 +32,41 @@ class RotaryEmbedding(nn.Module):
         *,
         linear_scale: float = 1.0,
         freq_factors: torch.Tensor | None = None,
+        long_freq_factors: torch.Tensor | None = None,
+        original_context: int | None = None,
+        attention_factor: float = 1.0,
     ):
         super().__init__()
         if style not in ("neox", "interleaved"):
             raise ValueError(f"unknown RoPE style {style!r}; expected 'neox' or 'interleaved'")
-        inv_freq = 1.0 / (theta ** (torch.arange(0, rope_dim, 2, dtype=torch.float32) / rope_dim))
-        inv_freq = inv_freq / linear_scale
-        if freq_factors is not None:
-            inv_freq = inv_freq / freq_factors.float().to(inv_freq.device)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)  # (rope_dim/2,)
+        base = 1.0 / (theta ** (torch.arange(0, rope_dim, 2, dtype=torch.float32) / rope_dim)) / linear_scale
+        self._base_inv_freq = base
+        self._short = freq_factors.float() if freq_factors is not None else None
+        self._long = long_freq_factors.float() if long_freq_factors is not None else None
+        self.original_context = original_context
+        self.register_buffer("inv_freq", self._with_factors(self._short), persistent=False)  # (rope_dim/2,)
+        self.attention_factor = attention_factor
         self.rope_dim = rope_dim
         self.interleaved = style == "interleaved"
+
+    def _with_factors(self, factors: torch.Tensor | None) -> torch.Tensor:
+        return self._base_inv_freq if factors is None else self._base_inv_freq / factors.to(self._base_inv_freq.device)
+
+    def use_context(self, n_ctx: int) -> None:
+        """Pick LongRoPE's factors for a model run with an `n_ctx`-token context (llama.cpp's rule: long
+        factors when n_ctx exceeds the original context). A no-op for every other RoPE."""
+        if self._long is None:
+            return
+        factors = self._long if n_ctx > self.original_context else self._short
+        self.inv_freq = self._with_factors(factors).to(self.inv_freq.device)
 
     def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin of every (position, pair) angle, shaped (T, 1, rope_dim/2) to broadcast over heads."""
         angles = positions.float()[:, None] * self.inv_freq[None, :]
-        return angles.cos()[:, None, :], angles.sin()[:, None, :]
+        cos, sin = angles.cos()[:, None, :], angles.sin()[:, None, :]
+        if self.attention_factor != 1.0:
+            cos, sin = cos * self.attention_factor, sin * self.attention_factor
+        return cos, sin
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Rotate x (B, T, heads, D) in float32; dims past rope_dim pass through unchanged."""
@@ -56,3 +79,21 @@ class RotaryEmbedding(nn.Module):
             x1, x2 = rot.chunk(2, dim=-1)
             rot = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
         return torch.cat((rot.to(x.dtype), rest), dim=-1) if rest.shape[-1] else rot.to(x.dtype)
+
+
+def llama3_freq_factors(
+    rope_dim: int, theta: float, factor: float, low_freq_factor: float, high_freq_factor: float, original_context: int
+) -> torch.Tensor:
+    """Llama 3.1's per-frequency divisors (what llama.cpp's converter writes as `rope_freqs.weight`).
+
+    Wavelengths shorter than original_context / high_freq_factor keep their frequency (divisor 1), those
+    longer than original_context / low_freq_factor are divided by `factor`, and the ones between move
+    smoothly from one to the other.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, rope_dim, 2, dtype=torch.float64) / rope_dim))
+    wavelength = 2 * math.pi / inv_freq
+    smooth = (original_context / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    ramp = 1.0 / ((1 - smooth) / factor + smooth)
+    divisors = torch.where(wavelength > original_context / low_freq_factor, torch.full_like(ramp, factor), ramp)
+    divisors = torch.where(wavelength < original_context / high_freq_factor, torch.ones_like(ramp), divisors)
+    return divisors.float()
