@@ -136,7 +136,7 @@ class Attention(nn.Module):
         """Attention as matmuls, softmax and the soft-cap, in float32; `visible` (T, S) or None (see everything)."""
         B, T, S = q.shape[0], q.shape[2], k.shape[2]
         group = self.n_heads // self.n_kv_heads
-        qg = q.float().view(B, self.n_kv_heads, group * T, self.head_dim)  # a KV head's queries, group-major
+        qg = q.float().reshape(B, self.n_kv_heads, group * T, self.head_dim)  # a KV head's queries, group-major
         scores = (qg @ k.float().transpose(-1, -2)) * self.scale  # (B, Hkv, group * T, S)
         scores = torch.tanh(scores / self.softcap) * self.softcap
         scores = scores.view(B, self.n_kv_heads, group, T, S)
