@@ -37,13 +37,21 @@ _SAMPLING_FIELDS = {f.name for f in fields(SamplingParams)}
 class LLM:
     """A loaded model with its tokenizer and chat template, ready to generate."""
 
-    def __init__(self, resolved: ResolvedModel, *, device=None, ctx: int | None = None, dtype=torch.float32):
+    def __init__(
+        self,
+        resolved: ResolvedModel,
+        *,
+        device=None,
+        ctx: int | None = None,
+        dtype=torch.float32,
+        quantize: str | None = None,
+    ):
         from pellucid.model import load_model
 
         started = time.perf_counter()
         self.resolved = resolved
         self.name = resolved.name
-        self.model = load_model(resolved, device=device, dtype=dtype)
+        self.model = load_model(resolved, device=device, dtype=dtype, quantize=quantize)
         self.config = self.model.config
         self.tokenizer = load_tokenizer(resolved)
         template = chat_template_for(resolved.path)
@@ -53,6 +61,7 @@ class LLM:
         self.ctx = min(limit, DEFAULT_CTX) if ctx is None else ctx
         if not 1 < self.ctx <= limit:
             raise PellucidError(f"--ctx must be between 2 and the model's context length {limit:,}, not {self.ctx:,}")
+        self.model.use_context(self.ctx)
         self._session: Session | None = None
         self.load_seconds = time.perf_counter() - started
 
@@ -147,10 +156,18 @@ class LLM:
         return Generation(chunks, prompt_ids, stats)
 
 
-def load(model: str | ResolvedModel | None = None, *, device=None, ctx: int | None = None, dtype=torch.float32) -> LLM:
-    """Load MODEL (a catalog or store name, a .gguf path; None = the default model), pulling it if needed."""
+def load(
+    model: str | ResolvedModel | None = None,
+    *,
+    device=None,
+    ctx: int | None = None,
+    dtype=torch.float32,
+    quantize: str | None = None,
+) -> LLM:
+    """Load MODEL (a catalog or store name, a .gguf path, a Hugging Face folder; None = the default model),
+    pulling it if needed. `quantize` ("q8_0", "q4_0", "q4_k") packs the file's float matrices at load."""
     resolved = model if isinstance(model, ResolvedModel) else resolve(model)
-    return LLM(resolved, device=device, ctx=ctx, dtype=dtype)
+    return LLM(resolved, device=device, ctx=ctx, dtype=dtype, quantize=quantize)
 
 
 __all__ = ["LLM", "NO_TEMPLATE_WARNING", "load"]

@@ -61,3 +61,11 @@ def command(commands, name: str, func: Callable[[argparse.Namespace], int], help
     p = commands.add_parser(name, help=help, description=func.__doc__, parents=[COMMON])
     p.set_defaults(func=func)
     return p
+
+
+def add_quantize_arg(p) -> None:
+    p.add_argument(
+        "--quantize",
+        choices=("q8_0", "q4_0", "q4_k"),
+        help="pack the model's float16/bfloat16/float32 matrices into this format at load (HF folders, f16 GGUFs)",
+    )

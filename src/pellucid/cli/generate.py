@@ -10,7 +10,7 @@ import sys
 import time
 
 from pellucid import store
-from pellucid.cli.common import add_model_arg, command, positive_int, print_json, stream_to_stdout
+from pellucid.cli.common import add_model_arg, add_quantize_arg, command, positive_int, print_json, stream_to_stdout
 from pellucid.errors import PellucidError
 
 # Sampling flags shared by run and chat: (flag, SamplingParams field, type, help). Defaults are llama.cpp's.
@@ -42,6 +42,7 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     model = p.add_argument_group("model")
     model.add_argument("--ctx", type=positive_int, help="context window in tokens (default: min(model's, 4096))")
     model.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: the best available)")
+    add_quantize_arg(model)
 
 
 def _sampling(args) -> dict:
@@ -51,7 +52,7 @@ def _sampling(args) -> dict:
 def _load(args):
     import pellucid
 
-    return pellucid.load(store.resolve(args.model), device=args.device, ctx=args.ctx)
+    return pellucid.load(store.resolve(args.model), device=args.device, ctx=args.ctx, quantize=args.quantize)
 
 
 def _warn_base_model(llm) -> None:
@@ -293,6 +294,7 @@ def _add_ppl(commands) -> None:
     p.add_argument("file", metavar="FILE", help="a UTF-8 text file")
     p.add_argument("--ctx", type=positive_int, default=512, help="window size in tokens (default 512)")
     p.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: the best available)")
+    add_quantize_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -312,9 +314,10 @@ def cmd_ppl(args) -> int:
     except UnicodeDecodeError as e:
         raise PellucidError(f"{args.file} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     resolved = store.resolve(args.model)
-    model = load_model(resolved, device=args.device)
+    model = load_model(resolved, device=args.device, quantize=args.quantize)
     if args.ctx > model.config.context_length:
         raise PellucidError(f"--ctx {args.ctx} exceeds the model's context length {model.config.context_length}")
+    model.use_context(args.ctx)
     tok = load_tokenizer(resolved)
     ids = tok.encode(text, add_special=True)
     n_windows = len(ids) // args.ctx

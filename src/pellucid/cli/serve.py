@@ -10,7 +10,7 @@ import sys
 import threading
 
 from pellucid import store
-from pellucid.cli.common import add_model_arg, command, positive_int
+from pellucid.cli.common import add_model_arg, add_quantize_arg, command, positive_int
 from pellucid.errors import PellucidError, UnsupportedError
 
 log = logging.getLogger("pellucid.server")
@@ -60,6 +60,7 @@ def _add_serve(commands) -> None:
     )
     eng.add_argument("--embed", metavar="MODEL", help="also serve this embedding model on /v1/embeddings")
     eng.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: the best available)")
+    add_quantize_arg(eng)
 
 
 def _off_the_main_thread(fn):
@@ -144,7 +145,7 @@ def _load_models(args):
     resolved = store.resolve(args.model)
     llm = embedder = None
     try:
-        llm = pellucid.load(resolved, device=args.device, ctx=args.ctx)
+        llm = pellucid.load(resolved, device=args.device, ctx=args.ctx, quantize=args.quantize)
     except UnsupportedError as e:
         embedder = _try_embedder(resolved, args.device)  # e.g. `pellucid serve minilm-l6`
         if embedder is None:
