@@ -2,12 +2,17 @@
 
 A chat model ships its own prompt format as a Jinja template: GGUF metadata `tokenizer.chat_template` (named
 variants under `tokenizer.chat_template.<name>`), or in a Hugging Face folder `chat_template.jinja` or
-tokenizer_config.json's `chat_template`. We render it the way transformers' `apply_chat_template` does:
-Jinja2's ImmutableSandboxedEnvironment with trim_blocks/lstrip_blocks, the loopcontrols extension, the
-variables `messages`, `tools`, `documents`, `add_generation_prompt`, `bos_token`, `eos_token`, and the helpers
-`raise_exception`, `strftime_now` and a `tojson` filter that writes JSON like `json.dumps` (non-ASCII kept,
-`indent` honoured, no HTML escaping). Like llama.cpp we also pass `date_string` (today, "26 Jul 2024" style),
-which Llama 3.x templates print.
+tokenizer_config.json's `chat_template`. We render it the way transformers' `apply_chat_template` does, byte
+for byte (tests/test_chat_template_families.py checks the real templates of the dense families against it):
+Jinja2's ImmutableSandboxedEnvironment with trim_blocks/lstrip_blocks, the loopcontrols extension and the
+`{% generation %}` tag, the variables `messages`, `tools`, `documents`, `add_generation_prompt`, `bos_token`,
+`eos_token`, and the helpers `raise_exception`, `strftime_now`, a `namespace()` that refuses "_" names and a
+`tojson` filter that writes JSON like `json.dumps` (non-ASCII kept, `indent`/`sort_keys`/`separators`
+honoured, no HTML escaping). Messages reach the template as transformers passes them: keys whose value is
+None are dropped, and a message's reasoning (`reasoning_content`, `thinking` or `reasoning`) is given under
+both `reasoning_content` and `thinking`. One deliberate difference: like llama.cpp we also pass `date_string`
+(today, "26 Jul 2024" style), which Llama 3.x templates print; transformers leaves Llama 3.1 at its fallback
+"26 Jul 2024" (pass `date_string` to get that).
 
 A template is code from the internet, so rendering is bounded, not just sandboxed. The sandbox already blocks
 `__class__`-style attribute access (we fail loudly instead of printing nothing) and mutation of lists/dicts.
@@ -64,6 +69,8 @@ MIN_JINJA_VERSION = (3, 1, 6)  # older versions have known sandbox escapes (CVE-
 MAX_INT_BITS = 4096  # integers a template computes with; chat templates count messages, not RSA moduli
 MAX_DATA_DEPTH = 64  # nesting of the messages/tools data we pass in
 MAX_TOJSON_INDENT = 32
+REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")  # a message's reasoning, first one present wins
+TOOL_RESULT_ROLES = ("tool", "ipython", "tool_results")  # roles whose content may be a dict (a tool's result)
 
 
 @dataclass(frozen=True)
@@ -295,11 +302,25 @@ def _validate_messages(messages: Any) -> list[dict]:
                     raise TemplateError(
                         f"{where}['content'][{j}] must be a content part dict with a 'type', got {part!r:.80}"
                     )
+        elif isinstance(content, Mapping) and role in TOOL_RESULT_ROLES:
+            pass  # a tool's result as data: Llama 3.x templates write it with tojson, Mistral's read `.content`
         elif content is not None and not isinstance(content, str):
             raise TemplateError(
                 f"{where}['content'] must be a string or a list of content parts, got {type(content).__name__}"
             )
-    return _plain_data(list(messages), "messages")
+    return [_as_transformers_passes_it(m) for m in _plain_data(list(messages), "messages")]
+
+
+def _as_transformers_passes_it(message: dict) -> dict:
+    """The message as apply_chat_template hands it to the template: keys whose value is None dropped (an OpenAI
+    client's `"content": null` beside tool calls is *missing*, which templates test with `is defined`), and the
+    reasoning, under whichever of REASONING_FIELDS it came, copied to both `thinking` (gpt-oss) and
+    `reasoning_content` (Qwen3, DeepSeek), in transformers' key order (templates may iterate a message)."""
+    message = {key: value for key, value in message.items() if value is not None}
+    reasoning = next((message[key] for key in REASONING_FIELDS if key in message), None)
+    if reasoning is not None:
+        message = {"thinking": reasoning, **message, "reasoning_content": reasoning}
+    return message
 
 
 def _validate_tools(tools: Any) -> list[dict] | None:
@@ -319,10 +340,13 @@ def _plain_data(value: Any, where: str, depth: int = 0) -> Any:
     for base, plain in ((str, str.__str__), (int, int.__int__), (float, float.__float__)):
         if isinstance(value, base):  # subclasses (enums, numpy float64) are reduced to the plain value
             return plain(value)
-    if isinstance(value, Mapping):
-        return {str(k): _plain_data(v, f"{where}[{k!r}]", depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain_data(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, Mapping):  # keys stay what they were (an int key prints as 1, not '1'), as in transformers
+        return {
+            _plain_data(k, where, depth + 1): _plain_data(v, f"{where}[{k!r}]", depth + 1) for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):  # a tuple stays a tuple: it prints as (1, 2)
+        items = [_plain_data(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
     raise TemplateError(f"{where} has type {type(value).__name__}; chat template inputs must be JSON-like data")
 
 
@@ -559,13 +583,39 @@ class _GuardedEnvironment(ImmutableSandboxedEnvironment):
 
 class _GenerationTag(Extension):
     """`{% generation %}...{% endgeneration %}` marks assistant text for training masks in transformers; when
-    rendering a prompt it is transparent."""
+    rendering a prompt it prints its body. Like transformers we run the body as a `{% call %}` block, so a
+    `{% set %}` inside it stays inside it."""
 
     tags = {"generation"}
 
-    def parse(self, parser: Any) -> list[nodes.Node]:
-        next(parser.stream)
-        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+    def parse(self, parser: Any) -> nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+    def _body(self, caller: Any) -> str:
+        return caller()
+
+
+class _Namespace(Namespace):
+    """transformers' `namespace()`: a name starting with "_" is refused (the sandbox hides such attributes, so a
+    template that stores one is broken or probing)."""
+
+    def __init__(*args: Any, **kwargs: Any) -> None:  # Namespace's signature trick: `namespace(self=...)` works
+        self, args = args[0], args[1:]
+        attrs = dict(*args, **kwargs)
+        for name in attrs:
+            _check_namespace_name(name)
+        Namespace.__init__(self, attrs)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        _check_namespace_name(name)
+        Namespace.__setitem__(self, name, value)
+
+
+def _check_namespace_name(name: Any) -> None:
+    if isinstance(name, str) and name.startswith("_"):
+        raise jinja_errors.SecurityError(f"a namespace attribute may not start with '_' (got {name!r})")
 
 
 class _Guards(NodeTransformer):
@@ -754,7 +804,7 @@ def _environment() -> _GuardedEnvironment:
         env.filters["pellucid_loop"] = _loop_guard
         env.filters["pellucid_concat"] = _concat_guard
         env.globals.pop("lipsum", None)  # lipsum(n=10**9): a text generator templates never need
-        env.globals.update(range=_bounded_range, raise_exception=_raise_exception)
+        env.globals.update(range=_bounded_range, raise_exception=_raise_exception, namespace=_Namespace)
         _ENVIRONMENT = env
     return _ENVIRONMENT
 
