@@ -1,9 +1,13 @@
-"""GGUF tokenizers (SmolLM2: byte-level BPE, Gemma 3: SentencePiece) against llama.cpp's reference.json.
+"""GGUF tokenizers (SmolLM2: byte-level BPE, Gemma 3: SentencePiece) against llama.cpp's reference.json, and
+the end-of-generation tokens of each dense family on small vocabularies written here.
 
 Every comparison with llama.cpp is exact (token ids are integers; decoded text is compared as strings).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -195,3 +199,214 @@ def test_unsupported_tokenizer_model_and_missing_vocab_are_errors(smollm2_path, 
             GGUFTokenizer.from_gguf(gguf)
     with pytest.raises(ModelFileError, match="no such file"):
         load_tokenizer(tmp_path / "missing.gguf")
+
+
+# -- end of generation: llama.cpp's EOG set on a small vocabulary of each family ---------------------------------
+# llama_vocab::impl::load (src/llama-vocab.cpp) ends generation on the EOS/EOT/EOM ids of the metadata, on the
+# fill-in-the-middle pad/repo/separator tokens, and on tokens by their text (<|eot_id|>, <|im_end|>, ...), except
+# gpt-oss's <|end|> (which closes a message, not the reply) and a </s> that is ordinary text (Gemma 4). Each
+# vocabulary below holds a family's special tokens around three ordinary ones; `eog` is what llama.cpp answers
+# for it (llama_vocab_is_eog, llama-cpp-python 0.3.36; re-check with `python tests/test_tokenizer_gguf.py PY`
+# where PY is a Python with llama-cpp-python).
+
+BPE_BASE = ["a", "b", "ab"]  # byte-level BPE: three ordinary tokens and the merge "a b"
+SPM_BASE = ["<unk>", "<0x0A>", "▁a", "a"]  # SentencePiece: the unknown token, a byte token and two pieces
+
+
+@dataclass(frozen=True)
+class FamilyVocab:
+    model: str  # tokenizer.ggml.model: "gpt2" (byte-level BPE) or "llama" (SentencePiece)
+    pre: str  # tokenizer.ggml.pre (BPE only)
+    specials: tuple[str, ...]  # control tokens, after the base tokens
+    ids: dict[str, str]  # tokenizer.ggml.<key>_token_id, given by token text
+    eog: frozenset[str]  # the tokens llama.cpp ends generation on
+    name: str = ""  # general.name (llama.cpp applies Phi-3's whitespace rules by name)
+    mistyped: tuple[str, ...] = ()  # specials the file types as normal text (a conversion bug llama.cpp repairs)
+
+    @property
+    def tokens(self) -> list[str]:
+        return (BPE_BASE if self.model == "gpt2" else SPM_BASE) + list(self.specials)
+
+
+LLAMA3_SPECIALS = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>")
+FAMILY_VOCABS = {
+    "llama-3.1-instruct": FamilyVocab(
+        "gpt2",
+        "llama-bpe",
+        (*LLAMA3_SPECIALS, "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"),
+        {"bos": "<|begin_of_text|>", "eos": "<|eot_id|>"},
+        frozenset({"<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"}),
+    ),
+    "qwen2.5-instruct": FamilyVocab(
+        "gpt2",
+        "qwen2",
+        ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
+         "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>", "<tool_call>", "</tool_call>"),
+        {"bos": "<|endoftext|>", "eos": "<|im_end|>", "padding": "<|endoftext|>"},
+        # the fill-in-the-middle pad, repo and file-separator tokens end generation too
+        frozenset({"<|endoftext|>", "<|im_end|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"}),
+    ),
+    "smollm3": FamilyVocab(
+        "gpt2",
+        "llama-bpe",
+        (*LLAMA3_SPECIALS, "<|im_start|>", "<|im_end|>", "<think>", "</think>"),
+        {"bos": "<|begin_of_text|>", "eos": "<|im_end|>"},
+        frozenset({"<|end_of_text|>", "<|im_end|>"}),
+        mistyped=("<|end_of_text|>",),
+    ),
+    "gemma-2-it": FamilyVocab(
+        "llama",
+        "",
+        ("<pad>", "<eos>", "<bos>", "<mask>", "<start_of_turn>", "<end_of_turn>"),
+        {"bos": "<bos>", "eos": "<eos>", "unknown": "<unk>", "padding": "<pad>"},
+        frozenset({"<eos>", "<end_of_turn>"}),
+    ),
+    "phi-3.5-mini-instruct": FamilyVocab(
+        "llama",
+        "",
+        ("<s>", "</s>", "<|endoftext|>", "<|assistant|>", "<|end|>", "<|user|>", "<|system|>"),
+        {"bos": "<s>", "eos": "<|endoftext|>"},
+        frozenset({"</s>", "<|endoftext|>", "<|end|>"}),
+        name="Phi 3.5 Mini Instruct",
+    ),
+    "granite-3.3-instruct": FamilyVocab(
+        "gpt2",
+        "refact",
+        ("<|end_of_text|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<filename>",
+         "<reponame>", "<|start_of_role|>", "<|end_of_role|>", "<|tool_call|>"),
+        {"bos": "<|end_of_text|>", "eos": "<|end_of_text|>"},
+        frozenset({"<|end_of_text|>", "<fim_pad>", "<reponame>"}),
+    ),
+    "gpt-oss": FamilyVocab(
+        "gpt2",
+        "gpt-4o",
+        ("<|startoftext|>", "<|endoftext|>", "<|return|>", "<|constrain|>", "<|channel|>", "<|start|>", "<|end|>",
+         "<|message|>", "<|call|>"),
+        {"bos": "<|startoftext|>", "eos": "<|return|>", "padding": "<|endoftext|>"},
+        frozenset({"<|endoftext|>", "<|return|>", "<|call|>"}),  # not <|end|>: the reply goes on after it
+    ),
+    "deepseek-r1": FamilyVocab(
+        "gpt2",
+        "deepseek-v3",
+        ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>", "<think>", "</think>",
+         "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"),
+        {"bos": "<｜begin▁of▁sentence｜>", "eos": "<｜end▁of▁sentence｜>"},
+        frozenset({"<｜end▁of▁sentence｜>"}),
+    ),
+    "mistral-v3": FamilyVocab(
+        "llama",
+        "",
+        ("<s>", "</s>", "[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]"),
+        {"bos": "<s>", "eos": "</s>"},
+        frozenset({"</s>"}),
+    ),
+    "mistral-nemo": FamilyVocab(
+        "gpt2",
+        "tekken",
+        ("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[TOOL_CALLS]"),
+        {"bos": "<s>", "eos": "</s>", "unknown": "<unk>"},
+        frozenset({"</s>"}),
+    ),
+    # ids named only by metadata: whatever their text, EOS, EOT and EOM end generation
+    "metadata-ids": FamilyVocab(
+        "gpt2",
+        "llama-bpe",
+        ("<|bos|>", "<|stop|>", "<|turn_done|>", "<|msg_done|>"),
+        {"bos": "<|bos|>", "eos": "<|stop|>", "eot": "<|turn_done|>", "eom": "<|msg_done|>"},
+        frozenset({"<|stop|>", "<|turn_done|>", "<|msg_done|>"}),
+    ),
+    # Gemma 4: its </s> is ordinary text, so it does not end generation
+    "gemma-4-like": FamilyVocab(
+        "llama",
+        "",
+        ("<pad>", "<eos>", "<bos>", "</s>", "<|turn>", "<turn|>", "<|tool_response>"),
+        {"bos": "<bos>", "eos": "<eos>", "padding": "<pad>"},
+        frozenset({"<eos>", "<turn|>", "<|tool_response>"}),
+    ),
+}  # fmt: skip
+
+
+def write_vocab_gguf(path: Path, vocab: FamilyVocab) -> Path:
+    """A GGUF file holding only `vocab` (and the few hyper-parameters llama.cpp reads before it)."""
+    from gguf import GGUFWriter, TokenType
+
+    tokens = vocab.tokens
+    types = [
+        TokenType.CONTROL
+        if t in vocab.specials and t not in vocab.mistyped
+        else TokenType.UNKNOWN
+        if t == "<unk>"
+        else TokenType.BYTE
+        if t.startswith("<0x")
+        else TokenType.NORMAL
+        for t in tokens
+    ]
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_context_length(64)
+    writer.add_embedding_length(8)
+    writer.add_block_count(1)
+    writer.add_feed_forward_length(16)
+    writer.add_head_count(1)
+    writer.add_layer_norm_rms_eps(1e-5)
+    if vocab.name:
+        writer.add_name(vocab.name)
+    writer.add_tokenizer_model(vocab.model)
+    if vocab.model == "gpt2":
+        writer.add_tokenizer_pre(vocab.pre)
+        writer.add_token_merges(["a b"])
+    else:
+        writer.add_token_scores([0.0] * len(tokens))
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    for key, text in vocab.ids.items():
+        writer.add_uint32(f"tokenizer.ggml.{key}_token_id", tokens.index(text))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_VOCABS))
+def test_end_of_generation_tokens_follow_llamacpp(family, tmp_path):
+    vocab = FAMILY_VOCABS[family]
+    tok = load_tokenizer(write_vocab_gguf(tmp_path / f"{family}.gguf", vocab))
+    assert {tok.piece(i) for i in tok.eot_ids} == vocab.eog
+    # they are control tokens (llama.cpp makes them so even when the file says otherwise), so they never show in
+    # streamed text
+    assert all(tok.is_special(i) for i in tok.eot_ids)
+    if family == "gpt-oss":  # <|end|> is rendered as text, like <|channel|> and <|message|>
+        assert not tok.is_special(tok.token_to_id("<|end|>"))
+
+
+def _llama_cpp_eog(python: str) -> None:
+    """Print, for each vocabulary above, the tokens llama.cpp ends generation on (run by `python` with
+    llama-cpp-python), next to what FAMILY_VOCABS says."""
+    import json
+    import subprocess
+    import tempfile
+
+    script = (
+        "import json, sys, llama_cpp\n"
+        "out = {}\n"
+        "for path in sys.argv[1:]:\n"
+        "    params = llama_cpp.llama_model_default_params(); params.vocab_only = True\n"
+        "    model = llama_cpp.llama_model_load_from_file(path.encode(), params)\n"
+        "    vocab = llama_cpp.llama_model_get_vocab(model)\n"
+        "    n = llama_cpp.llama_vocab_n_tokens(vocab)\n"
+        "    out[path] = [i for i in range(n) if llama_cpp.llama_vocab_is_eog(vocab, i)]\n"
+        "print(json.dumps(out))\n"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {name: str(write_vocab_gguf(Path(tmp) / f"{name}.gguf", v)) for name, v in FAMILY_VOCABS.items()}
+        run = subprocess.run([python, "-c", script, *paths.values()], capture_output=True, text=True, check=True)
+    eog = json.loads(run.stdout.strip().splitlines()[-1])
+    for name, vocab in FAMILY_VOCABS.items():
+        got = {vocab.tokens[i] for i in eog[paths[name]]}
+        print(f"{'ok' if got == vocab.eog else 'DIFFERENT':9} {name}: llama.cpp {sorted(got)}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    _llama_cpp_eog(sys.argv[1])

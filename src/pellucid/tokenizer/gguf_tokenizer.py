@@ -100,8 +100,11 @@ class GGUFTokenizer:
         return self.vocab.token_to_id.get(text)
 
     def is_special(self, id: int) -> bool:
-        """True for tokens that are not text: control (BOS, <|im_end|>), unknown, unused, undefined."""
-        return not (int(self.vocab.attrs[self._checked(id)]) & _TEXT_ATTRS)
+        """True for tokens that are not text: control (BOS, <|im_end|>), unknown, unused, undefined. A token the
+        file types as text but llama.cpp forces to control (an end-of-turn token typed NORMAL by a conversion
+        bug) is special: like any control token it is hidden from decoded text."""
+        attrs = int(self.vocab.attrs[self._checked(id)])
+        return bool(attrs & _HIDDEN_ATTRS) or not (attrs & _TEXT_ATTRS)
 
     def token_bytes(self, id: int) -> bytes:
         """The bytes this token adds to decoded text when special tokens are shown (llama.cpp's piece)."""
