@@ -6,6 +6,8 @@ the interface (special-token facts, parse_special, no padding/truncation), which
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from pellucid.errors import ModelFileError
@@ -94,3 +96,75 @@ def test_folder_without_tokenizer_json_is_an_error(tmp_path):
     (tmp_path / "vocab.txt").write_text("[PAD]\n")
     with pytest.raises(ModelFileError, match=r"tokenizer\.json"):
         load_tokenizer(tmp_path)
+
+
+# -- end of generation -------------------------------------------------------------------------------------------
+# transformers and vLLM stop on the tokenizer's EOS and on generation_config.json's `eos_token_id` (config.json's
+# when there is no generation config); pellucid also stops on the special tokens llama.cpp ends generation on by
+# their text, minus llama.cpp's exceptions. Small folders: a word-level tokenizer with each family's tokens.
+
+LLAMA31 = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>",
+           "<|eot_id|>", "<|python_tag|>"]  # fmt: skip
+GPT_OSS = ["<|startoftext|>", "<|endoftext|>", "<|return|>", "<|constrain|>", "<|channel|>", "<|start|>", "<|end|>",
+           "<|message|>", "<|call|>"]  # fmt: skip
+GEMMA3 = ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"]
+PHI35 = ["<s>", "</s>", "<|endoftext|>", "<|assistant|>", "<|end|>", "<|user|>"]
+QWEN25 = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|fim_pad|>"]
+CUSTOM = ["<|bos|>", "<|stop|>", "<|done|>", "<|im_end|>"]
+
+
+def write_hf_folder(folder, specials, eos, *, text_tokens=(), generation_eos=None, config_eos=None):
+    """A tokenizer.json (word-level) with `specials` as special added tokens and `text_tokens` as normal added
+    tokens, a tokenizer_config.json naming `eos`, and the eos_token_id of generation_config.json / config.json
+    (given by token text; None leaves the file out)."""
+    from tokenizers import AddedToken
+    from tokenizers import Tokenizer as HFLibTokenizer
+    from tokenizers.models import WordLevel
+
+    tok = HFLibTokenizer(WordLevel({"<unk>": 0, "hello": 1}, unk_token="<unk>"))
+    tok.add_special_tokens([AddedToken(t, special=True) for t in specials])
+    tok.add_tokens([AddedToken(t, special=False) for t in text_tokens])
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": eos}))
+    for name, value in (("generation_config.json", generation_eos), ("config.json", config_eos)):
+        if value is not None:
+            ids = [tok.token_to_id(t) for t in value] if isinstance(value, list) else tok.token_to_id(value)
+            (folder / name).write_text(json.dumps({"eos_token_id": ids}))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "specials, eos, kwargs, expected",
+    [
+        pytest.param(
+            LLAMA31, "<|eot_id|>", {"generation_eos": ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"]},
+            {"<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"}, id="llama-3.1",
+        ),
+        pytest.param(LLAMA31, "<|eot_id|>", {}, {"<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"}, id="llama-3.1-bare"),
+        pytest.param(
+            GPT_OSS, "<|return|>", {"generation_eos": ["<|return|>", "<|endoftext|>", "<|call|>"]},
+            {"<|return|>", "<|endoftext|>", "<|call|>"}, id="gpt-oss",  # not <|end|>: the reply goes on after it
+        ),
+        pytest.param(GPT_OSS, "<|return|>", {}, {"<|return|>", "<|endoftext|>", "<|call|>"}, id="gpt-oss-bare"),
+        pytest.param(
+            GEMMA3, "<eos>", {"text_tokens": ["</s>"], "generation_eos": ["<eos>", "<end_of_turn>"]},
+            {"<eos>", "<end_of_turn>"}, id="gemma-3",  # its "</s>" is a normal token: an HTML tag
+        ),
+        pytest.param(
+            PHI35, "<|endoftext|>", {"config_eos": "<|endoftext|>"}, {"</s>", "<|endoftext|>", "<|end|>"}, id="phi-3.5"
+        ),
+        pytest.param(
+            QWEN25, "<|im_end|>", {"generation_eos": ["<|im_end|>", "<|endoftext|>"]},
+            {"<|im_end|>", "<|endoftext|>"}, id="qwen-2.5",
+        ),
+        pytest.param(CUSTOM, "<|stop|>", {"config_eos": "<|done|>"}, {"<|stop|>", "<|done|>", "<|im_end|>"},
+                     id="config-json"),
+        pytest.param(
+            CUSTOM, "<|stop|>", {"config_eos": "<|done|>", "generation_eos": "<|bos|>"},
+            {"<|stop|>", "<|bos|>", "<|im_end|>"}, id="generation-config-wins",
+        ),
+    ],
+)  # fmt: skip
+def test_end_of_generation_tokens(tmp_path, specials, eos, kwargs, expected):
+    tok = load_tokenizer(write_hf_folder(tmp_path, specials, eos, **kwargs))
+    assert {tok.piece(i) for i in tok.eot_ids} == expected

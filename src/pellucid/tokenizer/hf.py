@@ -15,7 +15,7 @@ from pathlib import Path
 from pellucid.errors import ModelFileError
 from pellucid.tokenizer.bpe import unicode_to_byte
 from pellucid.tokenizer.stream import DiffStreamDecoder
-from pellucid.tokenizer.vocab import EOG_TEXTS
+from pellucid.tokenizer.vocab import EOG_TEXTS, false_eog
 
 TOKENIZER_JSON = "tokenizer.json"
 
@@ -53,7 +53,7 @@ class HFTokenizer:
         self.bos_id = _first(self._id_of(config.get("bos_token")), self._id_of(config.get("cls_token")))
         self.eos_id = _first(self._id_of(config.get("eos_token")), self._id_of(config.get("sep_token")))
         self.add_bos, self.add_eos = self._template_adds(spec.get("post_processor"), config)
-        self.eot_ids = frozenset(self._eot_ids(config))
+        self.eot_ids = frozenset(self._eot_ids())
 
     def __repr__(self) -> str:
         return f"HFTokenizer(kind={self.kind!r}, vocab_size={self.vocab_size}, folder={str(self.folder)!r})"
@@ -72,14 +72,20 @@ class HFTokenizer:
         add_eos = bool(config.get("add_eos_token", add_eos))
         return add_bos, add_eos
 
-    def _eot_ids(self, config: dict) -> set[int]:
-        ids = {self.eos_id} if self.eos_id is not None else set()
-        ids.update(i for t in EOG_TEXTS if (i := self._tok.token_to_id(t)) is not None)
-        generation = _read_json(self.folder / "generation_config.json").get("eos_token_id")
-        for i in generation if isinstance(generation, list) else [generation]:
-            if isinstance(i, int):
-                ids.add(i)
-        return ids
+    def _eot_ids(self) -> set[int]:
+        """What ends generation: what transformers and vLLM stop on (the tokenizer's EOS and the generation
+        config's `eos_token_id`, an int or a list: Llama 3.1 lists <|end_of_text|>, <|eom_id|>, <|eot_id|>), plus
+        the special tokens llama.cpp stops on by their text (<|im_end|>, <end_of_turn>, <|end|>...), so a folder
+        without a generation config still stops at the end of a turn. Only *special* tokens count by text: a
+        normal token spelled "</s>" (an HTML tag in Gemma's vocabulary) is text. llama.cpp's exceptions apply
+        (gpt-oss's <|end|> ends a message, not the reply)."""
+        declared = {self.eos_id} if self.eos_id is not None else set()
+        declared.update(i for i in _generation_eos_ids(self.folder) if 0 <= i < self.vocab_size)
+        special_texts = {self._tok.id_to_token(i): i for i in self._special_ids}
+        by_text = {t: special_texts[t] for t in EOG_TEXTS if t in special_texts}
+        for text in false_eog(by_text | {self.piece(i): i for i in declared}):
+            by_text.pop(text, None)
+        return declared | set(by_text.values())
 
     # -- the Tokenizer interface ------------------------------------------------------------------------
     def encode(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
@@ -147,6 +153,14 @@ def _template_single(post) -> list:
         if single := _template_single(inner):
             return single
     return []
+
+
+def _generation_eos_ids(folder: Path) -> list[int]:
+    """`eos_token_id` of generation_config.json, or of config.json when there is none (as transformers does)."""
+    generation = folder / "generation_config.json"
+    value = _read_json(generation if generation.is_file() else folder / "config.json").get("eos_token_id")
+    values = value if isinstance(value, list) else [value]
+    return [i for i in values if isinstance(i, int) and not isinstance(i, bool)]
 
 
 def _read_config(folder: Path) -> dict:

@@ -303,17 +303,28 @@ def _apply_text_fixups(vocab: Vocab) -> None:
 
 
 def _drop_false_eog(vocab: Vocab, eog: set[int]) -> None:
-    """llama.cpp's two exceptions to end-of-generation-by-text (gpt-oss's <|end|>, Gemma 4's </s>)."""
+    """Drop the tokens false_eog names from `eog` and type them as text, as llama.cpp does."""
     by_text = {vocab.tokens[i]: i for i in eog}
-    if "<|end|>" in by_text and (
-        ("<|return|>" in by_text and ("<|call|>" in by_text or "<|calls|>" in by_text))
-        or (("<|call|>" in by_text or "<|calls|>" in by_text) and "<|flush|>" in by_text)
-    ):
-        eog.discard(by_text["<|end|>"])
-        vocab.attrs[by_text["<|end|>"]] = int(Attr.USER_DEFINED)
-    if "</s>" in by_text and ("<|tool_response>" in by_text or "<|plamo:eos|>" in by_text):
-        eog.discard(by_text["</s>"])
-        vocab.attrs[by_text["</s>"]] = int(Attr.NORMAL)
+    for text in false_eog(by_text):
+        eog.discard(by_text[text])
+        vocab.attrs[by_text[text]] = int(Attr.USER_DEFINED if text == "<|end|>" else Attr.NORMAL)
+
+
+def false_eog(eog_texts) -> set[str]:
+    """llama.cpp's two exceptions to ending generation by token text: of the end-of-generation token texts
+    `eog_texts`, the ones that do not end generation after all.
+
+    - gpt-oss (and Solar Open): "<|end|>" closes one message of a reply (the analysis channel), after which the
+      model goes on; the reply ends at "<|return|>" or "<|call|>" ("<|flush|>"/"<|calls|>" for Solar Open).
+    - Gemma 4 (and PLaMo): "</s>" is ordinary text (an HTML tag), not the end of a sequence.
+    """
+    calls = "<|call|>" in eog_texts or "<|calls|>" in eog_texts
+    out = set()
+    if "<|end|>" in eog_texts and calls and ("<|return|>" in eog_texts or "<|flush|>" in eog_texts):
+        out.add("<|end|>")
+    if "</s>" in eog_texts and ("<|tool_response>" in eog_texts or "<|plamo:eos|>" in eog_texts):
+        out.add("</s>")
+    return out
 
 
 def _apply_strip_rules(vocab: Vocab, meta: dict) -> None:
