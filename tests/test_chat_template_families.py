@@ -6,7 +6,7 @@ tokenizer object that carries the model's BOS/EOS (transformers hands the templa
 and drops message keys whose value is None, before rendering). Both sides get the same clock, so templates
 that print today's date (`strftime_now`) render the same text.
 
-Every template renders every conversation in CONVERSATIONS, with and without the generation prompt, with
+Every template renders every conversation of `conversations()`, with and without the generation prompt, with
 tool-call arguments in the shape that template reads (a dict, or the JSON string that some templates
 concatenate), and once more for each set of variables its clients pass (FAMILIES: enable_thinking,
 builtin_tools, reasoning_effort, documents...). A conversation a template refuses (Gemma 2 has no system
@@ -48,71 +48,6 @@ class Family:
     variants: dict[str, dict] = field(default_factory=dict)  # more variable sets, each rendered too
     always_tools: bool = False  # the template is a tool-use template: every conversation comes with tools
 
-
-LLAMA3 = ("<|begin_of_text|>", "<|eot_id|>")
-DEEPSEEK = ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>")
-QWEN_EOS = "<|im_end|>"
-LLAMA31_VARIANTS = {
-    "builtin_tools": {"builtin_tools": ["brave_search", "wolfram_alpha"]},
-    "tools_in_system": {"tools_in_user_message": False},
-}
-GRANITE_DOCUMENTS = [
-    {"doc_id": 1, "title": "Weather", "text": "Zürich is mild in spring."},
-    {"doc_id": "2", "title": "Climate", "text": "Average March high: 11 °C."},
-]
-
-FAMILIES = {
-    "HuggingFaceTB-SmolLM3-3B": Family(None, QWEN_EOS, variants={"no_think": {"enable_thinking": False}}),
-    "Mistral-Small-3.2-24B-Instruct-2506": Family("<s>", "</s>"),
-    "NousResearch-Hermes-3-Llama-3.1-8B-tool_use": Family("<|begin_of_text|>", QWEN_EOS, always_tools=True),
-    "Qwen-QwQ-32B": Family(None, QWEN_EOS, call_content=""),
-    "Qwen-Qwen2.5-7B-Instruct": Family(None, QWEN_EOS),
-    "Qwen-Qwen3-0.6B": Family(None, QWEN_EOS, call_content="", variants={"no_think": {"enable_thinking": False}}),
-    "Qwen3-Coder": Family(None, QWEN_EOS),
-    "deepseek-ai-DeepSeek-R1-Distill-Llama-8B": Family(*DEEPSEEK, arguments="string", call_content=""),
-    "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B": Family(*DEEPSEEK, call_content=""),
-    "deepseek-ai-DeepSeek-V3.1": Family(*DEEPSEEK, variants={"thinking": {"thinking": True}}),
-    "fireworks-ai-llama-3-firefunction-v2": Family(
-        *LLAMA3,
-        # its server passes the tools as a JSON string and the time as text (the template reads both)
-        variables={"functions": "see TOOLS", "datetime": "2025-03-04 15:30"},
-    ),
-    "google-gemma-2-2b-it": Family("<bos>", "<eos>"),
-    "ibm-granite-granite-3.3-2B-Instruct": Family(
-        "<|end_of_text|>",
-        "<|end_of_text|>",
-        call_content="",
-        variants={
-            "thinking": {"thinking": True},
-            "documents": {"documents": GRANITE_DOCUMENTS, "controls": {"citations": True, "hallucinations": True}},
-        },
-    ),
-    "meetkai-functionary-medium-v3.2": Family(*LLAMA3, arguments="string"),
-    # Llama 3.1/3.3 print "26 Jul 2024" when no date_string is given; pellucid passes today's date then (see
-    # test_llama31_date_defaults_to_today), so clients that want transformers' text pass it
-    "meta-llama-Llama-3.1-8B-Instruct": Family(
-        *LLAMA3, variables={"date_string": "26 Jul 2024"}, variants=LLAMA31_VARIANTS
-    ),
-    "meta-llama-Llama-3.2-3B-Instruct": Family(*LLAMA3, variants={"tools_in_system": {"tools_in_user_message": False}}),
-    "meta-llama-Llama-3.3-70B-Instruct": Family(
-        *LLAMA3, variables={"date_string": "26 Jul 2024"}, variants=LLAMA31_VARIANTS
-    ),
-    "microsoft-Phi-3.5-mini-instruct": Family("<s>", "<|endoftext|>", call_content=""),
-    "mistralai-Mistral-Nemo-Instruct-2407": Family("<s>", "</s>"),
-    "moonshotai-Kimi-K2": Family("[BOS]", "[EOS]"),
-    "openai-gpt-oss-120b": Family(
-        "<|startoftext|>",
-        "<|return|>",
-        variants={
-            "high_effort": {
-                "reasoning_effort": "high",
-                "builtin_tools": ["browser", "python"],
-                "model_identity": "You are a test model.",
-            }
-        },
-    ),
-    "unsloth-mistral-Devstral-Small-2507": Family("<s>", "</s>", call_content=""),
-}
 
 # Tools with the schema features the templates translate (enums, defaults, limits, examples, nested objects,
 # arrays, type unions, oneOf), so their TypeScript/XML/JSON renderings are exercised.
@@ -156,9 +91,71 @@ TOOLS = [
         },
     },
 ]
-FAMILIES["fireworks-ai-llama-3-firefunction-v2"].variables["functions"] = json.dumps(
-    [t["function"] for t in TOOLS], indent=2
-)
+LLAMA3 = ("<|begin_of_text|>", "<|eot_id|>")
+DEEPSEEK = ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>")
+QWEN_EOS = "<|im_end|>"
+LLAMA31_VARIANTS = {
+    "builtin_tools": {"builtin_tools": ["brave_search", "wolfram_alpha"]},
+    "tools_in_system": {"tools_in_user_message": False},
+}
+GRANITE_DOCUMENTS = [
+    {"doc_id": 1, "title": "Weather", "text": "Zürich is mild in spring."},
+    {"doc_id": "2", "title": "Climate", "text": "Average March high: 11 °C."},
+]
+
+FAMILIES = {
+    "HuggingFaceTB-SmolLM3-3B": Family(None, QWEN_EOS, variants={"no_think": {"enable_thinking": False}}),
+    "Mistral-Small-3.2-24B-Instruct-2506": Family("<s>", "</s>"),
+    "NousResearch-Hermes-3-Llama-3.1-8B-tool_use": Family("<|begin_of_text|>", QWEN_EOS, always_tools=True),
+    "Qwen-QwQ-32B": Family(None, QWEN_EOS, call_content=""),
+    "Qwen-Qwen2.5-7B-Instruct": Family(None, QWEN_EOS),
+    "Qwen-Qwen3-0.6B": Family(None, QWEN_EOS, call_content="", variants={"no_think": {"enable_thinking": False}}),
+    "Qwen3-Coder": Family(None, QWEN_EOS),
+    "deepseek-ai-DeepSeek-R1-Distill-Llama-8B": Family(*DEEPSEEK, arguments="string", call_content=""),
+    "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B": Family(*DEEPSEEK, call_content=""),
+    "deepseek-ai-DeepSeek-V3.1": Family(*DEEPSEEK, variants={"thinking": {"thinking": True}}),
+    "fireworks-ai-llama-3-firefunction-v2": Family(
+        *LLAMA3,
+        # its server passes the tools as a JSON string and the time as text (the template reads both)
+        variables={"functions": json.dumps([t["function"] for t in TOOLS], indent=2), "datetime": "2025-03-04 15:30"},
+    ),
+    "google-gemma-2-2b-it": Family("<bos>", "<eos>"),
+    "ibm-granite-granite-3.3-2B-Instruct": Family(
+        "<|end_of_text|>",
+        "<|end_of_text|>",
+        call_content="",
+        variants={
+            "thinking": {"thinking": True},
+            "documents": {"documents": GRANITE_DOCUMENTS, "controls": {"citations": True, "hallucinations": True}},
+        },
+    ),
+    "meetkai-functionary-medium-v3.2": Family(*LLAMA3, arguments="string"),
+    # Llama 3.1/3.3 print "26 Jul 2024" when no date_string is given; pellucid passes today's date then (see
+    # test_llama31_date_defaults_to_today), so clients that want transformers' text pass it
+    "meta-llama-Llama-3.1-8B-Instruct": Family(
+        *LLAMA3, variables={"date_string": "26 Jul 2024"}, variants=LLAMA31_VARIANTS
+    ),
+    "meta-llama-Llama-3.2-3B-Instruct": Family(*LLAMA3, variants={"tools_in_system": {"tools_in_user_message": False}}),
+    "meta-llama-Llama-3.3-70B-Instruct": Family(
+        *LLAMA3, variables={"date_string": "26 Jul 2024"}, variants=LLAMA31_VARIANTS
+    ),
+    "microsoft-Phi-3.5-mini-instruct": Family("<s>", "<|endoftext|>", call_content=""),
+    "mistralai-Mistral-Nemo-Instruct-2407": Family("<s>", "</s>"),
+    "moonshotai-Kimi-K2": Family("[BOS]", "[EOS]"),
+    "openai-gpt-oss-120b": Family(
+        "<|startoftext|>",
+        "<|return|>",
+        variants={
+            "high_effort": {
+                "reasoning_effort": "high",
+                "builtin_tools": ["browser", "python"],
+                "model_identity": "You are a test model.",
+            }
+        },
+    ),
+    "unsloth-mistral-Devstral-Small-2507": Family("<s>", "</s>", call_content=""),
+}
+
 WEATHER_ARGS = {"city": "Zürich", "days": 2}
 SEARCH_ARGS = {"query": "kv cache", "tags": ["engine", "memory"], "filters": {"lang": "en"}}
 
@@ -376,6 +373,18 @@ def test_family_template_matches_transformers(stem, variant, name, add_generatio
         return
     assert (stem, name) not in REFUSALS, "transformers renders a conversation listed in REFUSALS"
     assert render_pellucid(stem, messages, add_generation_prompt, variables) == expected
+
+
+def test_reasoning_reaches_the_templates_that_print_it():
+    """The comparisons above are not vacuous for reasoning: each spelling of it reaches the template that reads
+    the other one (Qwen3 reads `reasoning_content`, gpt-oss `thinking`)."""
+    qwen3 = "Qwen-Qwen3-0.6B"
+    reasoning = conversations(FAMILIES[qwen3])["reasoning"]  # the last assistant turn gives `thinking`
+    assert "<think>\n3+3=6.\n</think>\n\n6" in render_pellucid(qwen3, reasoning, False, {})
+    gpt_oss = "openai-gpt-oss-120b"
+    tools = conversations(FAMILIES[gpt_oss])["tools"]  # the tool call gives `reasoning_content`
+    analysis = "<|channel|>analysis<|message|>The user wants the weather; call get_weather.<|end|>"
+    assert analysis in render_pellucid(gpt_oss, tools, True, {})
 
 
 # --- the Jinja environment itself, feature by feature --------------------------------------------------------
