@@ -97,6 +97,7 @@ QWEN_EOS = "<|im_end|>"
 LLAMA31_VARIANTS = {
     "builtin_tools": {"builtin_tools": ["brave_search", "wolfram_alpha"]},
     "tools_in_system": {"tools_in_user_message": False},
+    "custom_tools": {"custom_tools": TOOLS[:1]},
 }
 GRANITE_DOCUMENTS = [
     {"doc_id": 1, "title": "Weather", "text": "Zürich is mild in spring."},
@@ -107,12 +108,14 @@ FAMILIES = {
     "HuggingFaceTB-SmolLM3-3B": Family(None, QWEN_EOS, variants={"no_think": {"enable_thinking": False}}),
     "Mistral-Small-3.2-24B-Instruct-2506": Family("<s>", "</s>"),
     "NousResearch-Hermes-3-Llama-3.1-8B-tool_use": Family("<|begin_of_text|>", QWEN_EOS, always_tools=True),
-    "Qwen-QwQ-32B": Family(None, QWEN_EOS, call_content=""),
+    "Qwen-QwQ-32B": Family(None, QWEN_EOS, call_content="", variants={"think": {"enable_thinking": True}}),
     "Qwen-Qwen2.5-7B-Instruct": Family(None, QWEN_EOS),
     "Qwen-Qwen3-0.6B": Family(None, QWEN_EOS, call_content="", variants={"no_think": {"enable_thinking": False}}),
     "Qwen3-Coder": Family(None, QWEN_EOS),
     "deepseek-ai-DeepSeek-R1-Distill-Llama-8B": Family(*DEEPSEEK, arguments="string", call_content=""),
-    "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B": Family(*DEEPSEEK, call_content=""),
+    "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B": Family(
+        *DEEPSEEK, call_content="", variants={"think": {"enable_thinking": True}}
+    ),
     "deepseek-ai-DeepSeek-V3.1": Family(*DEEPSEEK, variants={"thinking": {"thinking": True}}),
     "fireworks-ai-llama-3-firefunction-v2": Family(
         *LLAMA3,
