@@ -104,9 +104,20 @@ def _round(value: float | None, digits: int) -> float | None:
 
 
 def run_bench(
-    model_name: str, path: str | Path, *, pp: int, tg: int, reps: int, threads: int, compare: list[str], log=None
+    model_name: str,
+    path: str | Path,
+    *,
+    pp: int,
+    tg: int,
+    reps: int,
+    threads: int,
+    compare: list[str],
+    log=None,
+    quantize: str | None = None,
 ) -> BenchReport:
-    """Measure pellucid and each peer in `compare` on the GGUF at `path`; peers not installed are skipped."""
+    """Measure pellucid and each peer in `compare` on the GGUF file or HF folder at `path`; peers that are not
+    installed, or cannot read the format, are skipped. `quantize` is pellucid's --quantize (peers run the file
+    as it is)."""
     from pellucid.errors import PellucidError
 
     unknown = [p for p in compare if p not in PEERS]
@@ -114,12 +125,14 @@ def run_bench(
         raise PellucidError(f"unknown peer {', '.join(unknown)}; --compare takes {', '.join(PEERS)}")
     log = log or (lambda line: None)
     log(f"pellucid: pp{pp} tg{tg} x{reps} on {threads} threads ...")
-    ours = _spawn(sys.executable, "pellucid", path, pp, tg, reps, threads)
+    ours = _spawn(sys.executable, "pellucid", path, pp, tg, reps, threads, quantize=quantize)
     if ours.skipped:
         raise PellucidError(f"the pellucid benchmark failed: {ours.skipped}")
     peers = []
     for name in compare:
         python, why_not = peer_python(name)
+        if name == "llama.cpp" and Path(path).is_dir():
+            python, why_not = None, "llama.cpp reads GGUF files; convert the folder with its convert_hf_to_gguf.py"
         if python is None:
             log(f"{name}: skipped ({why_not})")
             peers.append(Measurement(name, skipped=why_not))
@@ -151,14 +164,16 @@ def peer_python(name: str) -> tuple[str | None, str]:
     return sys.executable, ""
 
 
-def _spawn(python: str, engine: str, path, pp: int, tg: int, reps: int, threads: int) -> Measurement:
+def _spawn(
+    python: str, engine: str, path, pp: int, tg: int, reps: int, threads: int, quantize: str | None = None
+) -> Measurement:
     """Run one engine's worker in a fresh process; its last stdout line is the JSON of its Measurement."""
     # Run by path through runpy rather than `python bench.py`, which would put src/pellucid/ first on sys.path,
     # where our inspect.py would shadow the standard library's.
     runner = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__main__')"
     script = str(Path(__file__).resolve())
     cmd = [python, "-c", runner, script, "--worker", engine, str(path), str(pp), str(tg), str(reps)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), BENCH_THREADS=str(threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), BENCH_THREADS=str(threads), BENCH_QUANTIZE=quantize or "")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
@@ -204,7 +219,7 @@ def _worker_pellucid(path: str, pp: int, tg: int, reps: int, threads: int) -> di
 
     torch.set_num_threads(threads)
     started = time.perf_counter()
-    model = load_model(path, device="cpu")
+    model = load_model(path, device="cpu", quantize=os.environ.get("BENCH_QUANTIZE") or None)
     load_s = time.perf_counter() - started
     cache = model.make_cache(capacity=max(pp, tg) + 1)
     prompt = torch.tensor([_prompt(model.config.vocab_size, pp)])
@@ -260,7 +275,10 @@ def _worker_transformers(path: str, pp: int, tg: int, reps: int, threads: int) -
 
     torch.set_num_threads(threads)
     started = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name)
+    if Path(path).is_dir():  # an HF folder: transformers' own format
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name)
     model.eval()
     load_s = time.perf_counter() - started
     prompt = torch.tensor([_prompt(model.config.vocab_size, pp)])

@@ -21,8 +21,8 @@ from pellucid import memory
 from pellucid.formats.gguf import GGUFFile
 from pellucid.formats.naming import parse_gguf_name
 from pellucid.memory import Footprint, TensorSize, format_bytes
-from pellucid.model.config import ModelConfig, config_from_gguf
-from pellucid.quant.types import FILE_TYPE_NAMES
+from pellucid.model.config import ModelConfig, config_from_gguf, config_from_hf
+from pellucid.quant.types import FILE_TYPE_NAMES, GGMLType
 from pellucid.store import ResolvedModel
 
 if TYPE_CHECKING:  # imported where used: it brings torch (2 s), which a GGUF header never needs
@@ -172,24 +172,41 @@ class ModelReport:
 # -- building it ----------------------------------------------------------------------------------------
 
 
-def inspect_model(model: ResolvedModel) -> ModelReport:
-    return _inspect_gguf(model.path) if model.kind == "gguf" else _inspect_hf(model.path)
+def inspect_model(model: ResolvedModel, quantize: str | None = None) -> ModelReport:
+    """The report on `model`; with `quantize` ("q8_0", "q4_0", "q4_k") its memory math counts the float
+    matrices packed into that format at load, as `--quantize` runs them."""
+    if model.kind == "gguf":
+        return _inspect_gguf(model.path, quantize)
+    return _inspect_hf(model.path, quantize)
 
 
-def footprint(model: ResolvedModel) -> Footprint:
+def footprint(model: ResolvedModel, quantize: str | None = None) -> Footprint:
     """What the memory planner needs: the model's shape, its tensors and the size of its metadata."""
     if model.kind == "gguf":
         with GGUFFile(model.path) as g:
-            return _gguf_footprint(g)
+            return _at_load(_gguf_footprint(g), quantize)
     from pellucid.formats.safetensors import HFFolder
 
     with HFFolder(model.path) as folder:
-        return _hf_footprint(folder)
+        return _at_load(_hf_footprint(folder), quantize)
+
+
+def _at_load(fp: Footprint, quantize: str | None) -> Footprint:
+    if quantize is None:
+        return fp
+    from pellucid.model.loader import QUANTIZE_TYPES
+
+    return memory.quantized_at_load(fp, QUANTIZE_TYPES[quantize])
 
 
 def _gguf_footprint(g: GGUFFile) -> Footprint:
     config = config_from_gguf(g.metadata, set(g.tensors))
-    tensors = tuple(TensorSize(t.name, t.shape, t.n_bytes, ggml_type=t.ggml_type) for t in g.tensors.values())
+    # llama.cpp's converter stores RoPE frequency factors as tensors; they are constants (buffers in HF), not
+    # parameters, so they are left out of the parameter count, as transformers' num_parameters() does.
+    tensors = tuple(
+        TensorSize(t.name, t.shape, t.n_bytes, is_parameter=not t.name.startswith("rope_"), ggml_type=t.ggml_type)
+        for t in g.tensors.values()
+    )
     return Footprint(config, tensors, metadata_bytes=g.header_size, file_precision=_gguf_precision(g))
 
 
@@ -200,9 +217,9 @@ def _gguf_precision(g: GGUFFile) -> str:
     return _dominant_type(_quant_shares((t.ggml_type.name, t.n_elements, t.n_bytes) for t in g.tensors.values()))
 
 
-def _inspect_gguf(path: Path) -> ModelReport:
+def _inspect_gguf(path: Path, quantize: str | None = None) -> ModelReport:
     with GGUFFile(path) as g:
-        fp = _gguf_footprint(g)
+        fp = _at_load(_gguf_footprint(g), quantize)
         md = g.metadata
         identity = Identity(
             name=md.get("general.name"),
@@ -358,26 +375,39 @@ def _chat_note(template: str | None, identity: Identity) -> str:
 
 def _hf_footprint(folder: HFFolder) -> Footprint:
     tensors = tuple(
-        TensorSize(t.name, t.shape, t.n_bytes, is_parameter=t.dtype.startswith(("F", "BF")))  # not I64 buffers
+        TensorSize(
+            t.name,
+            t.shape,
+            t.n_bytes,
+            is_parameter=t.dtype.startswith(("F", "BF")),  # not I64 buffers
+            ggml_type=GGMLType[t.dtype] if t.dtype in ("F32", "F16", "BF16") else None,
+        )
         for t in folder.tensors.values()
     )
     side_files = [folder.path / n for n in ("tokenizer.json", "tokenizer_config.json", "config.json")]
     headers = sum(h.data_offset for h in folder.headers.values())
     metadata = headers + sum(p.stat().st_size for p in side_files if p.is_file())
-    return Footprint(
-        hf_config(folder.config), tensors, metadata_bytes=metadata, file_precision=_dominant_type(_hf_quant(folder))
-    )
+    config = hf_config(folder.config, set(folder.tensors))
+    return Footprint(config, tensors, metadata_bytes=metadata, file_precision=_dominant_type(_hf_quant(folder)))
 
 
 def _hf_quant(folder: HFFolder) -> list[QuantShare]:
     return _quant_shares((t.dtype, t.n_elements, t.n_bytes) for t in folder.tensors.values())
 
 
-def hf_config(cfg: dict[str, Any]) -> ModelConfig:
-    """ModelConfig from a config.json, as far as `inspect` and `fit` need it.
+def hf_config(cfg: dict[str, Any], tensor_names: set[str] | None = None) -> ModelConfig:
+    """ModelConfig from a config.json, as far as `inspect` and `fit` need it: the engine's own reading
+    (model.config.config_from_hf) for the decoder families pellucid runs, else the keys BERT- and Llama-style
+    configs share (an encoder, or a decoder family pellucid can describe but not run)."""
+    from pellucid.errors import PellucidError
+    from pellucid.model.families import known_family
 
-    HOOK: pellucid.model.config is the place for this (its docstring promises config.json); until it has
-    a config_from_hf, this reads the keys BERT- and Llama-style configs share."""
+    model_type = (cfg.get("text_config") or cfg).get("model_type")
+    if model_type and known_family(model_type) is not None:
+        try:
+            return config_from_hf(cfg, tensor_names)
+        except (PellucidError, KeyError, TypeError, ValueError, ZeroDivisionError):
+            pass  # a config the engine would refuse still gets described as far as its keys allow
     n_heads = cfg.get("num_attention_heads", 1)
     hidden = cfg.get("hidden_size", 0)
     head_dim = cfg.get("head_dim") or hidden // max(n_heads, 1)
@@ -404,11 +434,11 @@ def hf_config(cfg: dict[str, Any]) -> ModelConfig:
     )
 
 
-def _inspect_hf(path: Path) -> ModelReport:
+def _inspect_hf(path: Path, quantize: str | None = None) -> ModelReport:
     from pellucid.formats.safetensors import HFFolder
 
     with HFFolder(path) as folder:
-        fp = _hf_footprint(folder)
+        fp = _at_load(_hf_footprint(folder), quantize)
         identity = Identity(
             name=path.name,
             basename=folder.config.get("_name_or_path") or None,

@@ -140,6 +140,20 @@ class Footprint:
         return sum(t.n_elements for t in self.tensors if t.is_parameter)
 
 
+def quantized_at_load(fp: Footprint, target: GGMLType) -> Footprint:
+    """The model as `--quantize` holds it: float matrices whose rows split into `target`'s blocks packed into
+    it (as model/loader.py does), the rest as stored."""
+    floats = (GGMLType.F32, GGMLType.F16, GGMLType.BF16, None)
+    block = BLOCK_LAYOUT[target]
+    tensors = tuple(
+        dataclasses.replace(t, ggml_type=target, n_bytes=t.n_elements // block.block_size * block.type_size)
+        if len(t.shape) == 2 and t.is_parameter and t.ggml_type in floats and t.shape[1] % block.block_size == 0
+        else t
+        for t in fp.tensors
+    )
+    return dataclasses.replace(fp, tensors=tensors, file_precision=f"{target.name} at load")
+
+
 def requantized_type(shape: tuple[int, ...], target: GGMLType) -> GGMLType:
     """The type a tensor gets when a file is re-quantized to `target` (llama.cpp's rules, simplified)."""
     if len(shape) < 2:

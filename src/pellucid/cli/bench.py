@@ -5,8 +5,7 @@ from __future__ import annotations
 import sys
 
 from pellucid import store
-from pellucid.cli.common import add_model_arg, command, positive_int, print_json
-from pellucid.errors import PellucidError
+from pellucid.cli.common import add_model_arg, add_quantize_arg, command, positive_int, print_json
 
 
 def _add_bench(commands) -> None:
@@ -22,6 +21,7 @@ def _add_bench(commands) -> None:
         default="",
         help="comma-separated peers to run on the same file: llama.cpp, transformers",
     )
+    add_quantize_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
 
 
@@ -33,13 +33,19 @@ def cmd_bench(args) -> int:
     from pellucid.device import physical_cores
 
     resolved = store.resolve(args.model)
-    if resolved.kind != "gguf":
-        raise PellucidError(f"pellucid bench measures GGUF models; {resolved.name} is a {resolved.kind} folder")
     threads = args.threads or physical_cores()
     compare = [p.strip() for p in args.compare.split(",") if p.strip()]
     log = (lambda line: print(line, file=sys.stderr)) if not args.json else None
     report = run_bench(
-        resolved.name, resolved.path, pp=args.pp, tg=args.tg, reps=args.reps, threads=threads, compare=compare, log=log
+        resolved.name,
+        resolved.path,
+        pp=args.pp,
+        tg=args.tg,
+        reps=args.reps,
+        threads=threads,
+        compare=compare,
+        log=log,
+        quantize=args.quantize,
     )
     if args.json:
         print_json(report.as_dict())

@@ -6,7 +6,7 @@ import json
 import sys
 
 from pellucid import store
-from pellucid.cli.common import add_model_arg, command, positive_int, print_json, table
+from pellucid.cli.common import add_model_arg, add_quantize_arg, command, positive_int, print_json, table
 
 # -- pull, list, rm -------------------------------------------------------------------------------------
 
@@ -101,6 +101,7 @@ def _summary_line(summary: dict) -> str:
 def _add_inspect(commands) -> None:
     p = command(commands, "inspect", cmd_inspect, "what is in a model file, and will it fit")
     add_model_arg(p)
+    add_quantize_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -108,7 +109,7 @@ def cmd_inspect(args) -> int:
     """Architecture, size, quantization, tokenizer, file layout and memory math of a model, from its headers."""
     from pellucid.inspect import inspect_model, render_text, report_json
 
-    report = inspect_model(store.resolve(args.model))
+    report = inspect_model(store.resolve(args.model), args.quantize)
     if args.json:
         print_json(report_json(report))
     else:
@@ -199,6 +200,7 @@ def _add_fit(commands) -> None:
         default="f32",
         help="precision of the KV cache (default: f32, what pellucid's engine keeps; f16/q8_0 as llama.cpp can)",
     )
+    add_quantize_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -212,7 +214,7 @@ def cmd_fit(args) -> int:
         [memory.Budget("--memory", "cpu", memory.parse_size(args.memory))] if args.memory else memory.detect_budgets()
     )
     model = store.resolve(args.model)
-    fp = footprint(model)
+    fp = footprint(model, args.quantize)
     plan = memory.plan_fit(fp, model.name, args.ctx or fp.config.context_length, budgets, args.kv_type)
     if args.json:
         print_json(memory.plan_json(plan))
