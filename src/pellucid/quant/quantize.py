@@ -188,8 +188,8 @@ def _q8_0(x: torch.Tensor) -> torch.Tensor:
     # block_q8_0 { f16 d; i8 qs[32]; }  d = amax / 127, q = roundf(x / d)
     d = x.abs().amax(dim=1) / 127.0
     inv_d = torch.where(d != 0, _div(1.0, d), 0.0)  # the quants use 1/d, not the float16-rounded d
-    qs = _roundf(x * inv_d.unsqueeze(1)).to(torch.int8)
-    return torch.cat((_half_bytes(d), qs.view(torch.uint8)), dim=1)
+    qs = _c_byte(_roundf(x * inv_d.unsqueeze(1)))  # the int8_t's byte
+    return torch.cat((_half_bytes(d), qs.to(torch.uint8)), dim=1)
 
 
 def _q4_0(x: torch.Tensor) -> torch.Tensor:
@@ -220,17 +220,32 @@ def _q5_1(x: torch.Tensor) -> torch.Tensor:
     # block_q5_1 { f16 d; f16 m; u8 qh[4]; u8 qs[16]; }  as Q4_1 with d = (max - min) / 31
     lo, hi = _first_min_max(x)
     d = (hi - lo) / 31.0
-    q = _truncated_levels(x - lo.unsqueeze(1), d, offset=0.5, top=31)
+    q = _truncated_levels(x - lo.unsqueeze(1), d, offset=0.5, top=None)
     return torch.cat((_half_bytes(d), _half_bytes(lo), _fifth_bits(q), _nibbles(q & 15)), dim=1)
 
 
-def _truncated_levels(x: torch.Tensor, d: torch.Tensor, offset: float, top: int) -> torch.Tensor:
-    """MIN(top, (int8_t)(x * id + offset)) with id = d ? 1.0f/d : 0.0f, as int32 (n, 32).
+def _truncated_levels(x: torch.Tensor, d: torch.Tensor, offset: float, top: int | None) -> torch.Tensor:
+    """MIN(top, (int8_t)(x * id + offset)) with id = d ? 1.0f/d : 0.0f, as uint8_t: int64 (n, 32) in 0..255.
 
-    The C converts to int8_t (truncation); x * id + offset is in [0, top + 1.5] here, so trunc is that cast.
+    x * id + offset lies in [0, top + 1.5] unless 1/d overflowed (d subnormal): then it is +-inf or NaN and
+    x86-64 converts it to 0 (see `_c_byte`). `top=None`: the C's `(uint8_t)(...)` without a MIN (Q5_1).
     """
     inv_d = torch.where(d != 0, _div(1.0, d), 0.0).unsqueeze(1)
-    return torch.trunc(x * inv_d + offset).clamp(max=top).to(torch.int32)
+    q = _c_byte(x * inv_d + offset)
+    if top is None:
+        return q
+    return torch.where(q >= 128, q - 256, q).clamp_(max=top) & 255  # MIN compares the int8_t
+
+
+def _c_byte(v: torch.Tensor) -> torch.Tensor:
+    """A float's conversion to int8_t / uint8_t as x86-64 builds of the C do it: truncate to int32 (cvttss2si
+    gives INT_MIN for NaN and out-of-range values, so 0 here) and keep the low byte; int64 in 0..255.
+
+    In C an out-of-range conversion is undefined; it happens only for blocks of float32 subnormals, and there
+    an ARM build of llama.cpp writes other bytes (its conversion saturates).
+    """
+    t = torch.where(v.abs() < 2.0**31, torch.trunc(v), -(2.0**31))  # NaN fails the comparison
+    return t.to(torch.int64) & 255
 
 
 def _nibbles(q: torch.Tensor) -> torch.Tensor:
