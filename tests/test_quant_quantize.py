@@ -29,7 +29,6 @@ from pellucid.quant.dequant import dequantize
 from pellucid.quant.packed import PackedWeight
 from pellucid.quant.quantize import QUANTIZERS, quantize, quantize_to_packed
 from pellucid.quant.types import BLOCK_LAYOUT, GGMLType
-from test_quant_kernels import check_product
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "quantize"
 _spec = importlib.util.spec_from_file_location("make_reference", FIXTURES / "make_reference.py")
@@ -112,9 +111,10 @@ def test_round_trip_error(ggml_type):
     assert rms > ROUND_TRIP_RMS[ggml_type] / 2  # not suspiciously exact either: the bound is the format's
 
 
-@pytest.mark.parametrize("ggml_type", [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_K, GGMLType.Q6_K], ids=NAME)
+@pytest.mark.parametrize("ggml_type", TYPES, ids=NAME)
 def test_packed_product(ggml_type, monkeypatch):
-    """`quantize_to_packed` gives a PackedWeight whose products are x @ dequantize(bytes).T.
+    """`quantize_to_packed` gives a PackedWeight whose products are x @ dequantize(bytes).T, within
+    test_quant_kernels.py's tolerance (1e-5 of sum |x| |w|: float32 rounding in another summation order).
 
     The kernels run eagerly (the same expressions; test_quant_kernels.py checks the compiled ones), so that
     this test does not spend ~5 s per format compiling them."""
@@ -123,7 +123,11 @@ def test_packed_product(ggml_type, monkeypatch):
     w = torch.randn(24, 512, generator=torch.Generator().manual_seed(1)) * 0.02
     packed = quantize_to_packed(w, ggml_type)
     assert isinstance(packed, PackedWeight) and packed.shape == (24, 512) and packed.ggml_type == ggml_type
-    check_product(quantize(w, ggml_type), ggml_type, (24, 512), m=1)
+    w_q = dequantize(quantize(w, ggml_type), ggml_type, (24, 512)).double()
+    for m in (1, kernels.GEMV_MAX_ROWS + 1):  # the packed product and the unpack + GEMM one
+        x = torch.randn(m, 512, generator=torch.Generator().manual_seed(m))
+        y = kernels.matmul(x, packed).double()
+        assert ((y - x.double() @ w_q.T).abs() <= 1e-5 * (x.double().abs() @ w_q.abs().T)).all()
 
 
 def test_float16_and_bfloat16_inputs_quantize_as_their_float32_values():

@@ -36,7 +36,7 @@ from pellucid.quant.packed import PackedWeight, pack
 from pellucid.quant.types import BLOCK_LAYOUT, GGMLType
 
 QK_K = 256  # weights per K-quant super-block
-GROUP_MAX_EPS = 1e-15  # ggml-quants.c: a group whose largest |x| is below this is all zero
+GROUP_MAX_EPS = float(np.float32(1e-15))  # ggml-quants.c's 1e-15f: a group whose largest |x| is below it is zero
 
 # Weights quantized per step: the temporaries of one step (a dozen float32 copies of it) stay in cache.
 # Measured on a 2-core EPYC, 2048 x 8192 Q4_K: 64K weights per step takes 3.2 s, 256K 2.6 s, 1M 2.9 s.
@@ -121,7 +121,7 @@ def _check_finite(chunk: torch.Tensor, first_weight: int, k: int) -> None:
 def _nearest_int(v: torch.Tensor) -> torch.Tensor:
     """ggml's nearest_int: add 1.5 * 2^23 in float32 and read the integer off the mantissa (int32).
 
-    Round half to even for |v| < 2^22; the same bits as the C for any finite v.
+    Round half to even for |v| < 2^22; beyond (and for inf and NaN) the same garbage as the C.
     """
     return ((v + 12582912.0).view(torch.int32) & 0x7FFFFF) - 0x400000
 
@@ -185,7 +185,7 @@ def _half_bytes(v: torch.Tensor) -> torch.Tensor:
 
 
 def _q8_0(x: torch.Tensor) -> torch.Tensor:
-    # block_q8_0 { f16 d; i8 qs[32]; }  d = amax / 127, q = roundf(x / d)
+    # block_q8_0 { f16 d; i8 qs[32]; }  d = amax / 127, q = roundf(x * (1 / d))
     d = x.abs().amax(dim=1) / 127.0
     inv_d = torch.where(d != 0, _div(1.0, d), 0.0)  # the quants use 1/d, not the float16-rounded d
     qs = _c_byte(_roundf(x * inv_d.unsqueeze(1)))  # the int8_t's byte
@@ -193,7 +193,7 @@ def _q8_0(x: torch.Tensor) -> torch.Tensor:
 
 
 def _q4_0(x: torch.Tensor) -> torch.Tensor:
-    # block_q4_0 { f16 d; u8 qs[16]; }  d = (the value of largest |x|) / -8, q = (int8_t)(x / d + 8.5f)
+    # block_q4_0 { f16 d; u8 qs[16]; }  d = (the value of largest |x|) / -8, q = (int8_t)(x * (1 / d) + 8.5f)
     _, signed_max = _first_absmax(x, dim=1)
     d = signed_max / -8.0
     q = _truncated_levels(x, d, offset=8.5, top=15)
@@ -201,7 +201,7 @@ def _q4_0(x: torch.Tensor) -> torch.Tensor:
 
 
 def _q4_1(x: torch.Tensor) -> torch.Tensor:
-    # block_q4_1 { f16 d; f16 m; u8 qs[16]; }  d = (max - min) / 15, m = min, q = (int8_t)((x - min) / d + 0.5f)
+    # block_q4_1 { f16 d; f16 m; u8 qs[16]; }  d = (max - min) / 15, m = min, q = (int8_t)((x - m) * (1 / d) + .5f)
     lo, hi = _first_min_max(x)
     d = (hi - lo) / 15.0
     q = _truncated_levels(x - lo.unsqueeze(1), d, offset=0.5, top=15)
@@ -374,7 +374,7 @@ def _from_groups(levels: torch.Tensor, n_blocks: int) -> torch.Tensor:
     return levels.t().reshape(n_blocks, -1, levels.shape[0])
 
 
-def _qkx_blocks(x: torch.Tensor, nmax: int, rmin: float, rdelta: float, nstep: int) -> torch.Tensor:
+def _qkx_blocks(x: torch.Tensor, nmax: int, rmin: float, rdelta: float, nstep: int):
     """The shared body of quantize_row_q4_K_ref / q5_K_ref: (n_blocks, 256) -> d, dmin, scales[12], L.
 
     Each group of 32 is fitted by `_make_qkx2_quants` under weights av_x + |x| (av_x: the group's RMS); the
