@@ -147,8 +147,10 @@ def test_chunks_do_not_change_the_bytes(monkeypatch):
 
 
 def test_rows_not_whole_blocks_are_refused_with_what_to_do():
-    with pytest.raises(UnsupportedError, match="2880 weights.*blocks of 256.*original precision"):
+    with pytest.raises(UnsupportedError, match="2880 weights.*blocks of 256.*original precision.*Q5_0"):
         quantize(torch.zeros(4, 2880), GGMLType.Q4_K)
+    with pytest.raises(UnsupportedError, match="original precision$"):
+        quantize(torch.zeros(4, 200), GGMLType.Q6_K)  # not whole 32-weight blocks either: llama.cpp uses F16
     with pytest.raises(UnsupportedError, match="blocks of 32"):
         quantize(torch.zeros(4, 48), GGMLType.Q8_0)
     assert quantize(torch.zeros(4, 2880), GGMLType.Q8_0).shape == (4, 2880 // 32 * 34)  # 2880 = 90 x 32

@@ -35,12 +35,15 @@ from pellucid.errors import ModelFileError, UnsupportedError
 from pellucid.quant.packed import PackedWeight, pack
 from pellucid.quant.types import BLOCK_LAYOUT, GGMLType
 
-QK_K = 256  # weights per K-quant super-block
 GROUP_MAX_EPS = float(np.float32(1e-15))  # ggml-quants.c's 1e-15f: a group whose largest |x| is below it is zero
 
 # Weights quantized per step: the temporaries of one step (a dozen float32 copies of it) stay in cache.
 # Measured on a 2-core EPYC, 2048 x 8192 Q4_K: 64K weights per step takes 3.2 s, 256K 2.6 s, 1M 2.9 s.
 CHUNK_WEIGHTS = 1 << 18
+
+# What llama-quantize uses for a matrix whose rows are not whole 256-weight blocks (tensor_type_fallback in
+# llama-quant.cpp), and F16 where rows are not whole 32-weight blocks either.
+LLAMA_CPP_FALLBACK = {GGMLType.Q4_K: GGMLType.Q5_0, GGMLType.Q5_K: GGMLType.Q5_1, GGMLType.Q6_K: GGMLType.Q8_0}
 
 Quantizer = Callable[[torch.Tensor], torch.Tensor]  # (n_blocks, block_size) f32 -> (n_blocks, type_size) u8
 
@@ -57,9 +60,9 @@ def quantize(weights: torch.Tensor, ggml_type: GGMLType | int) -> torch.Tensor:
     or bfloat16 (converted to float32 exactly first, as llama.cpp does) on any device; the bytes land there.
 
     Raises `UnsupportedError` for a type without a quantizer here and for K not a multiple of the type's
-    block size: a loader should catch it and keep that matrix in its original dtype (llama.cpp falls back
-    to another type there; e.g. Q8_0 or F16 for a 2880-wide matrix under Q4_K). Raises `ModelFileError` if
-    a weight is NaN or infinite (llama.cpp would write garbage blocks).
+    block size: a loader should catch it and keep that matrix in its original dtype (llama-quantize falls
+    back to `LLAMA_CPP_FALLBACK[type]`, whose blocks are 32 weights, and to F16 when K is not a multiple of
+    32 either). Raises `ModelFileError` if a weight is NaN or infinite (llama.cpp would write garbage).
 
     Speed on a 2-core EPYC (torch 2.13 CPU), 2048 x 8192 float32: Q8_0 0.08 s, Q4_0 0.12 s, Q5_0 0.14 s,
     Q4_K 2.6 s, Q5_K 2.0 s, Q6_K 1.4 s; llama.cpp's C on one core: Q4_K 1.2 s.
@@ -73,10 +76,11 @@ def quantize(weights: torch.Tensor, ggml_type: GGMLType | int) -> torch.Tensor:
     n, k = weights.shape
     layout = BLOCK_LAYOUT[ggml_type]
     if k % layout.block_size:
+        fallback = LLAMA_CPP_FALLBACK.get(ggml_type)
+        instead = f", or quantize it to {fallback.name} as llama-quantize does" if fallback and k % 32 == 0 else ""
         raise UnsupportedError(
             f"cannot quantize a {n} x {k} matrix to {ggml_type.name}: its rows ({k} weights) are not whole "
-            f"blocks of {layout.block_size}; keep this matrix in its original precision, or pick a type with "
-            f"{'32' if layout.block_size == QK_K else 'smaller'}-weight blocks (e.g. Q8_0)"
+            f"blocks of {layout.block_size}; keep it in its original precision{instead}"
         )
     blocks = weights.reshape(-1, layout.block_size)
     out = torch.empty((blocks.shape[0], layout.type_size), dtype=torch.uint8, device=weights.device)
