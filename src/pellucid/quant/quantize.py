@@ -21,7 +21,7 @@ Bit-exactness means doing what the C does, in float32, in the same order:
   scales are measured from the new min; the search below does the same.
 
 Everything is vectorized over all blocks of a chunk of rows (the per-block loops of 16-32 become vectorized
-ops over the blocks), so the code runs on any device. Speed on a 2-core EPYC, 2048 x 8192: see `quantize`.
+ops over the blocks), so the code runs on any device. Speed (1.4x llama.cpp's C for Q4_K): see `quantize`.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from pellucid.quant.types import BLOCK_LAYOUT, GGMLType
 
 GROUP_MAX_EPS = float(np.float32(1e-15))  # ggml-quants.c's 1e-15f: a group whose largest |x| is below it is zero
 
-# Weights quantized per step: the temporaries of one step (a dozen float32 copies of it) stay in cache.
-# Measured on a 2-core EPYC, 2048 x 8192 Q4_K: 64K weights per step takes 3.2 s, 256K 2.6 s, 1M 2.9 s.
+# Weights quantized per step. Small steps pay the per-op overhead of the K-quant searches' thousands of small
+# ops; large ones spill their temporaries (a dozen float32 copies of the step) out of cache. One thread of a
+# 2-core EPYC, 2048 x 8192 Q4_K: 64K weights per step 2.6 s, 128K 1.9 s, 256K 1.8 s, 512K 2.0 s, 1M 2.7 s.
 CHUNK_WEIGHTS = 1 << 18
 
 # What llama-quantize uses for a matrix whose rows are not whole 256-weight blocks (tensor_type_fallback in
@@ -64,8 +65,10 @@ def quantize(weights: torch.Tensor, ggml_type: GGMLType | int) -> torch.Tensor:
     back to `LLAMA_CPP_FALLBACK[type]`, whose blocks are 32 weights, and to F16 when K is not a multiple of
     32 either). Raises `ModelFileError` if a weight is NaN or infinite (llama.cpp would write garbage).
 
-    Speed on a 2-core EPYC (torch 2.13 CPU), 2048 x 8192 float32: Q8_0 0.08 s, Q4_0 0.12 s, Q5_0 0.14 s,
-    Q4_K 2.6 s, Q5_K 2.0 s, Q6_K 1.4 s; llama.cpp's C on one core: Q4_K 1.2 s.
+    Speed, 2048 x 8192 float32 on one thread of a 2-core EPYC (torch 2.13): Q8_0 0.22 s, Q4_0 0.20 s, Q4_1
+    0.27 s, Q5_0 0.25 s, Q5_1 0.27 s, Q4_K 1.5 s, Q5_K 1.2 s, Q6_K 0.9 s (llama.cpp's C: 0.06, 0.02, 0.02,
+    0.03, 0.03, 1.1, 0.9, 0.5 s). Two threads: Q4_K 1.2 s, if nothing else runs; on cores busy with other
+    work torch's threads stall each other at every op (Q6_K took 5 s), and `torch.set_num_threads(1)` wins.
     """
     ggml_type = _check_type(ggml_type)
     if weights.dim() != 2 or not weights.is_floating_point():
