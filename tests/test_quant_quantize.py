@@ -73,9 +73,9 @@ def test_matches_llama_cpp(ggml_type, case):
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("ggml_type", LEGACY, ids=NAME)
 def test_matches_gguf_py(ggml_type, case):
-    # gguf-py takes the first element as the max of an all-zero block, llama.cpp +0.0: with a -0.0 there,
-    # Q4_0's and Q5_0's d differ in the sign bit. Adding 0.0 makes every zero +0.0 (llama.cpp's bytes for the
-    # signed zeros are checked above).
+    # Where a block's largest |x| (Q4_0, Q5_0) or its min (Q4_1, Q5_1) is a zero, gguf-py and llama.cpp pick
+    # zeros of different signs (llama.cpp: +0.0, or the first zero), and d or m differs in the sign bit. Adding
+    # 0.0 makes every zero +0.0 (llama.cpp's bytes for the signed zeros are checked above).
     x = case_matrix(case) + np.float32(0.0)
     with np.errstate(all="ignore"):  # the subnormal blocks overflow 1 / d (to inf, as in the C)
         expected = gguf_quantize(x, GGMLQuantizationType(int(ggml_type)))
