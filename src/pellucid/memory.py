@@ -141,16 +141,21 @@ class Footprint:
 
 
 def quantized_at_load(fp: Footprint, target: GGMLType) -> Footprint:
-    """The model as `--quantize` holds it: float matrices whose rows split into `target`'s blocks packed into
-    it (as model/loader.py does), the rest as stored."""
-    floats = (GGMLType.F32, GGMLType.F16, GGMLType.BF16, None)
-    block = BLOCK_LAYOUT[target]
-    tensors = tuple(
-        dataclasses.replace(t, ggml_type=target, n_bytes=t.n_elements // block.block_size * block.type_size)
-        if len(t.shape) == 2 and t.is_parameter and t.ggml_type in floats and t.shape[1] % block.block_size == 0
-        else t
-        for t in fp.tensors
-    )
+    """The model as `--quantize` holds it: float matrices packed into `target` (or llama-quantize's fallback
+    for rows that are not whole blocks), as model/loader.py does; the rest as stored."""
+    from pellucid.quant.quantize import type_for_rows
+
+    def at_load(t: TensorSize) -> TensorSize:
+        floats = (GGMLType.F32, GGMLType.F16, GGMLType.BF16, None)
+        if len(t.shape) != 2 or not t.is_parameter or t.ggml_type not in floats:
+            return t
+        chosen = type_for_rows(target, t.shape[1])
+        if chosen is None:
+            return t
+        block = BLOCK_LAYOUT[chosen]
+        return dataclasses.replace(t, ggml_type=chosen, n_bytes=t.n_elements // block.block_size * block.type_size)
+
+    tensors = tuple(at_load(t) for t in fp.tensors)
     return dataclasses.replace(fp, tensors=tensors, file_precision=f"{target.name} at load")
 
 

@@ -160,14 +160,14 @@ class Weights:
 
 
 def _quantized(matrix: torch.Tensor, target: GGMLType, stored: GGMLType, raw) -> PackedWeight | None:
-    """`matrix` packed into `target`; a matrix whose rows do not split into the format's blocks stays as it was
-    stored (packed float16/bfloat16, or dense float32), as llama.cpp's quantizer falls back for such tensors."""
-    from pellucid.quant.quantize import quantize_to_packed
+    """`matrix` packed into `target`. Rows that do not split into its blocks get llama-quantize's fallback
+    (Q4_K -> Q5_0), or, when those do not fit either, stay as stored (packed float16/bfloat16, dense float32)."""
+    from pellucid.quant.quantize import quantize_to_packed, type_for_rows
 
-    try:
-        return quantize_to_packed(matrix.float(), target)
-    except UnsupportedError:
-        return None if stored == GGMLType.F32 else pack(raw, stored, tuple(matrix.shape))
+    chosen = type_for_rows(target, matrix.shape[1])
+    if chosen is not None:
+        return quantize_to_packed(matrix.float(), chosen)
+    return None if stored == GGMLType.F32 else pack(raw, stored, tuple(matrix.shape))
 
 
 def make_linear(weights: Weights, name: str, rows: tuple[int, int] | None = None) -> nn.Module:

@@ -46,6 +46,16 @@ CHUNK_WEIGHTS = 1 << 18
 # llama-quant.cpp), and F16 where rows are not whole 32-weight blocks either.
 LLAMA_CPP_FALLBACK = {GGMLType.Q4_K: GGMLType.Q5_0, GGMLType.Q5_K: GGMLType.Q5_1, GGMLType.Q6_K: GGMLType.Q8_0}
 
+
+def type_for_rows(target: GGMLType, k: int) -> GGMLType | None:
+    """The type a matrix with rows of `k` weights gets when `target` is asked for: `target` itself, else
+    llama-quantize's fallback when its blocks fit, else None (keep the matrix in its original precision)."""
+    for candidate in (target, LLAMA_CPP_FALLBACK.get(target)):
+        if candidate is not None and k % BLOCK_LAYOUT[candidate].block_size == 0:
+            return candidate
+    return None
+
+
 Quantizer = Callable[[torch.Tensor], torch.Tensor]  # (n_blocks, block_size) f32 -> (n_blocks, type_size) u8
 
 
