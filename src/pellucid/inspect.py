@@ -542,7 +542,7 @@ def _notes(r: ModelReport) -> list[str]:
     elif not r.tokenizer.chat_template:
         notes.append(r.tokenizer.chat_note)
     if c.rope_scaling is not None:
-        notes.append(f"RoPE is scaled ({c.rope_scaling.kind} x{c.rope_scaling.factor:g}) to reach its context length")
+        notes.append(f"RoPE is stretched to reach its context length ({_scaling_text(c.rope_scaling)})")
     if r.memory.context_length and r.memory.context_length < KV_REFERENCE_CONTEXT and not r.encoder_only:
         notes.append(f"its context is {r.memory.context_length:,} tokens; the 4,096-token figures are beyond it")
     return notes
@@ -671,14 +671,19 @@ def _rope_text(c: ModelConfig) -> str:
         text += f" (sliding-window layers: {c.rope_theta_local:,.0f})"
     if c.rope_dim != c.head_dim:
         text += f", {c.rope_dim} of {c.head_dim} dims rotated"
-    if c.rope_scaling:
-        s = c.rope_scaling
-        text += f", scaling {s.kind} x{s.factor:g}"
-        if s.original_context_length:
-            text += f" from {s.original_context_length:,}"
-    else:
-        text += ", no scaling"
-    return text
+    return text + (f", {_scaling_text(c.rope_scaling)}" if c.rope_scaling else ", no scaling")
+
+
+def _scaling_text(s) -> str:
+    """How RoPE is stretched, in words: the kinds differ in what their numbers mean."""
+    original = f" (trained for {s.original_context_length:,} tokens)" if s.original_context_length else ""
+    if s.kind == "llama3":
+        if s.factor == 1.0:  # a GGUF file: the per-frequency divisors are a tensor (rope_freqs.weight)
+            return f"llama3 scaling, per-frequency divisors from the file{original}"
+        return f"llama3 scaling: low frequencies divided by {s.factor:g}{original}"
+    if s.kind == "longrope":
+        return f"LongRoPE: per-frequency factors, the long set beyond {s.original_context_length:,} tokens of context"
+    return f"{s.kind} scaling x{s.factor:g}{original}"
 
 
 def _window_text(c: ModelConfig) -> str:

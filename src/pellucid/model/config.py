@@ -162,6 +162,9 @@ def config_from_gguf(metadata: dict[str, Any], tensor_names: set[str] | None = N
     elif tensor_names and "rope_factors_long.weight" in tensor_names:
         # Phi-3 LongRoPE: the factors are tensors; the converter writes no scaling type for them
         rope_scaling = RopeScaling(kind="longrope", original_context_length=get("rope.scaling.original_context_length"))
+    elif tensor_names and "rope_freqs.weight" in tensor_names:
+        # Llama 3.1+: the converter stores the scaling's result (per-frequency divisors) as a tensor, no type
+        rope_scaling = RopeScaling(kind="llama3", original_context_length=get("rope.scaling.original_context_length"))
 
     query_scale = get("attention.scale") or None  # Granite writes 0.0 for "the default"
     if query_scale is None and defaults.get("query_scale_from_key_length"):
