@@ -130,7 +130,7 @@ def run_bench(
         raise PellucidError(f"the pellucid benchmark failed: {ours.skipped}")
     peers = []
     for name in compare:
-        python, why_not = peer_python(name)
+        python, why_not = peer_python(name, path)
         if name == "llama.cpp" and Path(path).is_dir():
             python, why_not = None, "llama.cpp reads GGUF files; convert the folder with its convert_hf_to_gguf.py"
         if python is None:
@@ -142,8 +142,8 @@ def run_bench(
     return BenchReport(model_name, str(path), pp, tg, reps, threads, ours, peers)
 
 
-def peer_python(name: str) -> tuple[str | None, str]:
-    """The interpreter that can run peer `name`, or (None, how to install it)."""
+def peer_python(name: str, path: str | Path | None = None) -> tuple[str | None, str]:
+    """The interpreter that can run peer `name` (on the model at `path`), or (None, how to install it)."""
     import importlib.util
 
     if name == "llama.cpp":
@@ -158,9 +158,11 @@ def peer_python(name: str) -> tuple[str | None, str]:
             "llama-cpp-python is not installed: `pip install llama-cpp-python` (it compiles llama.cpp, ~10 "
             f"minutes), or set {LLAMA_CPP_PYTHON_ENV}=/path/to/python of an environment that has it"
         )
-    missing = [m for m in ("transformers", "gguf", "accelerate") if importlib.util.find_spec(m) is None]
+    # transformers reads an HF folder as it is; a GGUF file it dequantizes with gguf-py, which needs accelerate
+    needed = ("transformers",) if path is not None and Path(path).is_dir() else ("transformers", "gguf", "accelerate")
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
     if missing:
-        return None, f"{' and '.join(missing)} not installed: `pip install transformers gguf accelerate`"
+        return None, f"{' and '.join(missing)} not installed: `pip install {' '.join(needed)}`"
     return sys.executable, ""
 
 
