@@ -20,6 +20,7 @@ an extra bias), and running without it would produce wrong text silently.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -251,12 +252,40 @@ def _load_hf(path, device, dtype, quantize) -> Transformer:
         _check_dtype(family, dtype)
         config = config_from_hf(folder.config, set(folder.tensors))
         weights = Weights.from_hf(folder, device=device, dtype=dtype, quantize=quantize)
-        names = family.hf_names
+        names = _decoder_names(family.hf_names, weights)
         if config.tie_embeddings and weights.has(names.output):
             weights.used.add(names.output)  # transformers ignores lm_head when the config ties it, and so do we
         transformer = build_transformer(config, weights, names)
         _refuse_unused(weights, family, folder.path.name)
     return transformer
+
+
+# Where multimodal checkpoints (Gemma 3 4B+, Mistral Small 3.1+) keep their text decoder, and their image parts
+_DECODER_PREFIXES = ("model.", "language_model.model.", "model.language_model.")
+_VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
+
+
+def _decoder_names(names: TensorNames, weights: Weights) -> TensorNames:
+    """The family's HF names, moved under the prefix where this folder keeps the decoder.
+
+    A multimodal checkpoint (Gemma3ForConditionalGeneration, Mistral3ForConditionalGeneration) holds the same
+    decoder as the text-only model, under `language_model.model.` (or `model.language_model.`), next to an image
+    encoder. pellucid runs the decoder on text, so the image encoder's tensors are left unread: without them the
+    text path is complete (they only turn images into token embeddings).
+    """
+    prefix = next((p for p in _DECODER_PREFIXES if weights.has(p + "embed_tokens.weight")), "model.")
+    if prefix == "model.":
+        return names
+    moved = {
+        f.name: prefix + value.removeprefix("model.")
+        for f in dataclasses.fields(names)
+        if isinstance(value := getattr(names, f.name), str) and value.startswith("model.")
+    }
+    moved["ignored"] = tuple(prefix + n.removeprefix("model.") for n in names.ignored)
+    if weights.has("language_model.lm_head.weight"):
+        moved["output"] = "language_model.lm_head.weight"
+    weights.used.update(n for n in weights.names if n.startswith(_VISION_PREFIXES))
+    return dataclasses.replace(names, **moved)
 
 
 def _check_dtype(family: Family, dtype: torch.dtype) -> None:

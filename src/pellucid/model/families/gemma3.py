@@ -12,7 +12,9 @@ Gemma's RMSNorm multiplies by (1 + w). The GGUF converter has already added the 
 weight (the fixtures confirm it), so GGUF norms use the weights as they are; an HF checkpoint stores w, so
 its norms get `norm_weight_offset = 1`.
 
-HF names: `Gemma3ForCausalLM` (model_type gemma3_text). In Gemma's HF naming `post_attention_layernorm` is
+HF names: `Gemma3ForCausalLM` (model_type gemma3_text); the 4B-27B checkpoints are
+`Gemma3ForConditionalGeneration`, the same decoder under `language_model.` beside an image encoder, whose text
+part runs (loader.py). In Gemma's HF naming `post_attention_layernorm` is
 the norm *after* attention, and `pre_feedforward_layernorm` the one before the FFN (llama's
 post_attention_layernorm).
 

@@ -7,7 +7,8 @@ low frequencies divided by the factor, high ones kept, a ramp between); llama.cp
 result as per-frequency divisors in `rope_freqs.weight`, config.json as `rope_scaling`. Mistral Nemo's
 heads are 128 wide although hidden / heads = 160 (`head_dim` in config.json, `attention.key_length` in GGUF).
 llama.cpp converts Mistral models to the `llama` architecture, or to `mistral3` for Mistral Small 3.x, the
-same graph (its optional attention-temperature scaling is refused by config.py).
+same graph (its optional attention-temperature scaling is refused by config.py); in HF form Mistral Small 3.1+
+is `Mistral3ForConditionalGeneration`, whose text decoder (model_type mistral) runs here.
 
 GGUF quirk: llama.cpp's converter permutes the rows of attn_q and attn_k within each head so that RoPE
 rotates *adjacent* pairs (GGML_ROPE_TYPE_NORM) instead of HF's first-half/second-half pairs. We keep the
