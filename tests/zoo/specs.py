@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-TEMPLATES = HERE / "chat_templates"  # the real chat templates, vendored (see tests/zoo/README.md)
+TEMPLATES = HERE.parent / "chat_templates" / "llamacpp"  # the real chat templates, vendored from llama.cpp
 REPO_TEMPLATES = HERE.parent / "chat_templates"  # tests/chat_templates, already in the repo
 
 # -- the corpus: BPE merges are learned from it, and the prompts are cut from it --------------------------------------
