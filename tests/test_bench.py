@@ -56,3 +56,12 @@ def test_table_shows_medians_ratios_and_skips():
     assert "110.0 ± 10.0" in text and "52.0 ± 5.0" in text  # median ± half the range
     assert "pellucid / llama.cpp: pp 2.00x, tg 1.30x" in text
     assert "transformers: skipped: transformers not installed" in text
+
+
+def test_prompts_fit_small_vocabularies():
+    """Random prompt ids stay away from special tokens at both ends, also in a 132-token vocabulary (the zoo's)."""
+    from pellucid.bench import _prompt
+
+    for vocab in (132, 49_152):
+        ids = _prompt(vocab, 200)
+        assert min(ids) >= min(100, vocab // 4) and max(ids) < vocab - min(100, vocab // 4)

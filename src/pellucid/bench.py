@@ -189,9 +189,11 @@ def _spawn(
 
 
 def _prompt(vocab_size: int, n: int, seed: int = 0) -> list[int]:
-    """Random token ids away from the special tokens at either end of most vocabularies."""
+    """Random token ids away from the special tokens at either end of most vocabularies (100 ids at each end,
+    or a quarter of a small vocabulary's)."""
     rng = random.Random(seed)
-    return [rng.randrange(100, vocab_size - 100) for _ in range(n)]
+    margin = min(100, vocab_size // 4)
+    return [rng.randrange(margin, vocab_size - margin) for _ in range(n)]
 
 
 def _peak_rss_mb() -> float:
