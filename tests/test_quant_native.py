@@ -3,8 +3,9 @@
 The kernels are checked against dequantize-then-matmul here, and the model in fast mode against llama.cpp's
 reference outputs.
 
-Oracle: x rounded exactly as the kernels round it (ggml's Q8 blocks: scale max|x|/127 per 32 values, round half
-to even), then a float64 product with `dequantize()`'s weights. Everything after the rounding is integer dot
+Oracle: x rounded exactly as the kernels round it (as llama.cpp does: for the 32-weight formats ggml's Q8 blocks,
+scale max|x|/127 per 32 values; for the K-quants ggml's Q8_K, one scale per 256 values that maps the value of
+largest magnitude to -127; round half to even), then a float64 product with `dequantize()`'s weights. Everything after the rounding is integer dot
 products and float32 scaling, so the tolerance is the float32 one of test_quant_kernels.py (1e-5 of the
 output's scale). A second check bounds what the rounding of x itself costs against the float32 product: the
 size of llama.cpp's error, ~1e-3 of the scale; a wrong nibble, scale or group order is ~1e-1.
@@ -39,8 +40,17 @@ def _native():
         )
 
 
-def rounded_like_the_kernels(x: torch.Tensor) -> torch.Tensor:
-    """x (M, K) after ggml's Q8 rounding per 32-block, as float64."""
+K_QUANTS = (GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K)
+
+
+def rounded_like_the_kernels(x: torch.Tensor, ggml_type: GGMLType) -> torch.Tensor:
+    """x (M, K) after the rounding the kernel for `ggml_type` applies, as float64."""
+    if ggml_type in K_QUANTS:  # ggml's quantize_row_q8_K_ref
+        blocks = x.reshape(x.shape[0], -1, 256)
+        largest = blocks.gather(-1, blocks.abs().argmax(-1, keepdim=True))  # signed; the first on ties
+        iscale = -127.0 / largest
+        q = torch.round(blocks * iscale).clamp(max=127)
+        return (q.double() * (1.0 / iscale).double()).reshape(x.shape)
     blocks = x.reshape(x.shape[0], -1, 32)
     d = blocks.abs().amax(-1, keepdim=True) / 127.0
     inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
@@ -56,8 +66,8 @@ def check(raws: list, m: int, seed: int = 0):
     with torch.inference_mode():
         y = native.gemv(x, [native.format_of(p) for p in packed])
     assert y.shape == (m, sum(p.shape[0] for p in packed)) and y.dtype == torch.float32
-    xq = rounded_like_the_kernels(x)
     for part, (raw, t, shape) in zip(y.split([p.shape[0] for p in packed], dim=1), raws):
+        xq = rounded_like_the_kernels(x, t)
         w = dequantize(raw, t, shape).reshape(shape).double()
         scale = x.double().abs() @ w.abs().T
         assert ((part.double() - xq @ w.T).abs() <= 1e-5 * scale + 1e-30).all(), t.name
@@ -107,7 +117,7 @@ def test_fast_mode_decode_products_are_the_kernels_and_prefill_is_bfloat16(fast)
     with torch.inference_mode():
         few, many = kernels.matmul(x[:2], packed), kernels.matmul(x, packed)
     scale = x.double().abs() @ w.abs().T
-    assert ((few.double() - rounded_like_the_kernels(x[:2]) @ w.T).abs() <= 1e-5 * scale[:2]).all()
+    assert ((few.double() - rounded_like_the_kernels(x[:2], t) @ w.T).abs() <= 1e-5 * scale[:2]).all()
     expected = x.bfloat16().double() @ w.bfloat16().double().T  # bf16 operands, float32 accumulation...
     tolerance = 1e-5 * scale + expected.abs() * 2**-8  # ...and a bf16 result (CPU GEMMs return their dtype)
     assert ((many.double() - expected).abs() <= tolerance).all()

@@ -11,7 +11,7 @@ runtime    a Python process after `import torch` (measured), or the CUDA context
 weights    every tensor at the chosen precision: the file's own, or converted to f32 / f16 / q8_0 / q4_0
            (1-D tensors such as norms stay f32, as llama.cpp's quantizer keeps them). pellucid's engine
            keeps the file's matrices packed (`ENGINE_WEIGHTS` = "file"), counted as its kernels hold them:
-           a few formats are re-laid-out at load (Q6_K as int8 + scales: 1.25 bytes per weight, not 0.82).
+           a few rarer formats are re-laid-out at load (Q3_K as int8 + scales: 1.1 bytes per weight, not 0.43).
 kv_cache   K and V for n_ctx tokens in every layer at --kv-type, allocated up front; sliding-window layers
            stop at the window. Encoder-only models (BERT) read their input in one pass and keep no cache.
 compute    the activations alive at once while prefilling the last PREFILL_BATCH tokens of the context,

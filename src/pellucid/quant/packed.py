@@ -2,11 +2,12 @@
 
 A GGUF matrix (out_features N, in_features K) is N rows of K / block_size blocks. `pack()` turns its bytes into
 a `PackedWeight`: the format's fields (4-bit nibbles, 8-bit values, float16 scales...) as tensors shaped
-(N, groups..., L). For the legacy formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) and the 4-bit part of Q4_K the
-fields are strided *views* of the file's bytes: loading copies nothing and the weights cost what they cost on
-disk. The formats with scattered bit fields (Q6_K, Q5_K, Q3_K, Q2_K, IQ4_NL, IQ4_XS) are re-laid-out once at
-load as int8 values plus a float32 scale (and min) per group of 16 or 32 (`Q8G`), which reproduces their
-dequantized weights exactly at 1.1-1.5 bytes per weight instead of the file's 0.4-0.8.
+(N, groups..., L). For the legacy formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) and the K-quants real files mostly use
+(Q4_K, Q5_K, Q6_K) the weight fields are strided *views* of the file's bytes: loading copies nothing and the
+weights cost what they cost on disk (Q4_K/Q5_K unpack their 6-bit scales at load: 16 bytes per 256 weights).
+The rarer formats (Q3_K, Q2_K, IQ4_NL, IQ4_XS) are re-laid-out once at load as int8 values plus a float32 scale
+(and min) per group of 16 or 32 (`Q8G`), which reproduces their dequantized weights exactly at 1.1-1.5 bytes
+per weight instead of the file's 0.4-0.6.
 
 Every format answers one question, `parts(fields)`: the weights as float32, grouped the way the kernels read
 them, i.e. a list of P tensors (N, *groups, L) such that `stack(parts, dim=-2).reshape(N, K)` is the matrix.
@@ -246,13 +247,88 @@ class Q4_K(PackedWeight):
         ]
 
 
+class Q5_K(PackedWeight):
+    """block_q5_K {f16 d; f16 dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]}: Q4_K plus a fifth bit per weight.
+
+    As Q4_K, the nibbles stay in the file (bytes 32 i..32 i + 31 hold groups 2 i and 2 i + 1); bit k of qh[l]
+    is the fifth bit of weight 32 k + l. Scales and mins are unpacked at load (16 bytes per 256 weights).
+    """
+
+    ggml_type = GGMLType.Q5_K
+
+    @classmethod
+    def from_blocks(cls, blocks, shape) -> Q5_K:  # (N, S, 176)
+        n, s = blocks.shape[:2]
+        sc, mn = k_scales_mins(blocks[..., 4:16].reshape(-1, 12))
+        fields = {
+            "qs": blocks[..., 48:].unflatten(-1, (4, 32)),
+            "qh": blocks[..., 16:48],
+            "d": _half(blocks, 0),
+            "dmin": _half(blocks, 1),
+            "sc": sc.to(torch.uint8).view(n, s, 4, 2),
+            "mn": mn.to(torch.uint8).view(n, s, 4, 2),
+        }
+        return cls(shape, fields)
+
+    @staticmethod
+    def x_layout(fields):
+        return (4, 2, 32)
+
+    @staticmethod
+    def weights(qs, qh, d, dmin, sc, mn):
+        scale = d.float()[..., None, None] * sc  # (N, S, 4, 2)
+        neg_min = -(dmin.float()[..., None, None] * mn)
+        shifts = torch.arange(0, 8, 2, dtype=torch.uint8, device=qh.device).view(4, 1)
+        low_bit = ((qh.unsqueeze(-2) >> shifts) & 1) << 4  # (N, S, 4, 32): group 2 i's fifth bits
+        high_bit = ((qh.unsqueeze(-2) >> (shifts + 1)) & 1) << 4  # group 2 i + 1's
+        return [
+            scale[..., 0:1] * ((qs & 15) | low_bit) + neg_min[..., 0:1],
+            scale[..., 1:2] * ((qs >> 4) | high_bit) + neg_min[..., 1:2],
+        ]
+
+
+class Q6_K(PackedWeight):
+    """block_q6_K {u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d}: 6-bit weights in 16 groups of 16, read in place.
+
+    In half h (128 weights), weight 32 k + l takes nibble k // 2 of ql[64 h + 32 (k % 2) + l] and bits 2 k of
+    qh[32 h + l], minus 32; its scale is d * scales[8 h + 2 k + l // 16]. Every field is a view of the file's
+    blocks (0.82 bytes per weight).
+    """
+
+    ggml_type = GGMLType.Q6_K
+
+    @classmethod
+    def from_blocks(cls, blocks, shape) -> Q6_K:  # (N, S, 210)
+        fields = {
+            "ql": blocks[..., :128].unflatten(-1, (2, 2, 32)),  # (N, S, h, k % 2, l)
+            "qh": blocks[..., 128:192].unflatten(-1, (2, 32)),  # (N, S, h, l)
+            "scales": blocks[..., 192:208].view(torch.int8).unflatten(-1, (2, 4, 2)),  # (N, S, h, k, l // 16)
+            "d": _half(blocks, 104),  # bytes 208-209
+        }
+        return cls(shape, fields)
+
+    @staticmethod
+    def x_layout(fields):
+        return (2, 4, 32)
+
+    @staticmethod
+    def weights(ql, qh, scales, d):
+        shifts = torch.arange(0, 8, 2, dtype=torch.uint8, device=qh.device).view(4, 1)
+        high = ((qh.unsqueeze(-2) >> shifts) & 3) << 4  # (N, S, 2, 4, 32): bits 2 k of qh
+        low = torch.cat((ql & 15, ql >> 4), dim=-2)  # (N, S, 2, 4, 32): k = 0, 1 low nibbles; 2, 3 high ones
+        q = (low | high).to(torch.int8) - 32
+        scale = (d.float()[..., None, None, None] * scales).repeat_interleave(16, dim=-1)  # (N, S, 2, 4, 32)
+        w = scale * q
+        return [w[..., k, :] for k in range(4)]
+
+
 # -- re-laid-out formats: int8 values with a float32 scale (and min) per group ---------------------------------
 
 
 class Q8G(PackedWeight):
     """int8 q with float32 scale (and min) per group of 16 or 32: w = scale * q (+ min).
 
-    The at-load layout for the K-quants whose bit fields are scattered across a block (Q6_K, Q5_K, ...): each
+    The at-load layout for the rarer formats whose bit fields are scattered across a block (Q3_K, Q2_K, IQ4): each
     of them is exactly scale * q + min with small integers q, which int8 holds.
     """
 
@@ -289,6 +365,7 @@ class Dense(PackedWeight):
 # -- building one ----------------------------------------------------------------------------------------------
 
 VIEWED = {GGMLType.Q4_0: Q4_0, GGMLType.Q4_1: Q4_1, GGMLType.Q5_0: Q5_0, GGMLType.Q5_1: Q5_1, GGMLType.Q8_0: Q8_0}
+IN_PLACE_K = {GGMLType.Q4_K: Q4_K, GGMLType.Q5_K: Q5_K, GGMLType.Q6_K: Q6_K}
 DENSE = {GGMLType.F16: torch.float16, GGMLType.BF16: torch.bfloat16, GGMLType.F32: torch.float32}
 
 
@@ -309,8 +386,8 @@ def pack(raw: np.ndarray | torch.Tensor, ggml_type: GGMLType, shape: tuple[int, 
     blocks = blocks.view(n, -1, blocks.shape[-1])
     if ggml_type in VIEWED:
         return VIEWED[ggml_type].from_blocks(blocks, shape)
-    if ggml_type == GGMLType.Q4_K:
-        return Q4_K.from_blocks(blocks, shape)
+    if ggml_type in IN_PLACE_K:
+        return IN_PLACE_K[ggml_type].from_blocks(blocks, shape)
     return _as_q8g(raw, ggml_type, shape)
 
 

@@ -1,8 +1,9 @@
 """Hand-written CPU kernels for decode's matrix-vector products (gemv.cpp): fast mode's decode half.
 
-What they do (the C++ file says how): x's rows are rounded to int8 in blocks of 32, as llama.cpp does, and each
-32-weight block's dot product is one AVX512-VNNI integer instruction per row, the weight block's unpacking
-shared by all rows of a batched decode step. Inductor's float32 loops (quant/kernels.py) unpack each weight
+What they do (the C++ file says how): x's rows are rounded to int8 as llama.cpp does (in blocks of 32 for the
+32-weight formats, of 256 for the K-quants), and the dot products are AVX512-VNNI integer instructions, the
+weights' unpacking shared by all rows of a batched decode step. Q4_K, Q5_K and Q6_K are read in place, a
+256-weight super-block at a time, as llama.cpp's own kernels do. Inductor's float32 loops (quant/kernels.py) unpack each weight
 to float32 and spend an FMA per weight per row. They run only in fast mode (`kernels.fast_mode`,
 PELLUCID_FAST=1), which also runs prefill's GEMMs in bfloat16; docs/benchmarks.md has what it buys.
 
@@ -80,7 +81,19 @@ def _build_and_load() -> None:
 
 
 # How many field tensors each kernel format takes (format_of's lists).
-FIELD_COUNTS = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 3, "Q5_1": 4, "Q8_0": 2, "Q4_K": 5, "Q8G16": 2, "Q8G32": 2, "Q8G32M": 3}
+FIELD_COUNTS = {
+    "Q4_0": 2,
+    "Q4_1": 3,
+    "Q5_0": 3,
+    "Q5_1": 4,
+    "Q8_0": 2,
+    "Q4_K": 5,
+    "Q5_K": 6,
+    "Q6_K": 4,
+    "Q8G16": 2,
+    "Q8G32": 2,
+    "Q8G32M": 3,
+}
 
 
 def format_of(packed) -> tuple[str, list[torch.Tensor]] | None:
@@ -101,6 +114,10 @@ def format_of(packed) -> tuple[str, list[torch.Tensor]] | None:
         return "Q8_0", [f["qs"], f["d"]]
     if kind is P.Q4_K:
         return "Q4_K", [f["qs"], f["d"], f["dmin"], f["sc"], f["mn"]]
+    if kind is P.Q5_K:
+        return "Q5_K", [f["qs"], f["qh"], f["d"], f["dmin"], f["sc"], f["mn"]]
+    if kind is P.Q6_K:
+        return "Q6_K", [f["ql"], f["qh"], f["scales"], f["d"]]
     if kind is P.Q8G:
         group = f["q"].shape[-1]
         if group == 32:

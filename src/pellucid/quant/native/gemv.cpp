@@ -1,8 +1,11 @@
 // Matrix-vector products of ggml block-quantized weights with a few rows of activations (decode: 1-8 rows),
-// as llama.cpp's CPU backend computes them: each row of x is quantized to int8 in blocks of 32 (one float
-// scale per block, like ggml's Q8_0/Q8_1), and each 32-weight block's dot product is an integer dot product
-// (AVX512-VNNI `vpdpbusd`: 32 uint8 x int8 products summed into 8 int32 lanes in one instruction), scaled by
-// the weight block's scale and the x block's scale, plus the block's min times the x block's sum.
+// as llama.cpp's CPU backend computes them. For the 32-weight formats (Q4_0 ... Q8_0) each row of x is
+// quantized to int8 in blocks of 32 (one float scale per block, like ggml's Q8_0/Q8_1), and each block's dot
+// product is an integer dot product (AVX512-VNNI `vpdpbusd`: 32 uint8 x int8 products summed into 8 int32 lanes
+// in one instruction), scaled by the weight block's scale and the x block's scale, plus the block's min times
+// the x block's sum. For the K-quants (Q4_K, Q5_K, Q6_K) x is quantized per 256 values (ggml's Q8_K) and a whole
+// super-block's dot product accumulates in integers, its groups' 6/8-bit scales applied by `vpdpwssd`, before it
+// meets the float scales once (see Q45K / Q6K below): that is what lets these formats stream at memory speed.
 //
 // Why: inductor's generated loops (quant/kernels.py) unpack every weight to float32 and do one FMA per weight
 // per row; here a block of 32 weights costs a handful of 256-bit instructions per row, and the unpacking is
@@ -23,6 +26,7 @@
 
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -33,12 +37,18 @@ namespace {
 
 constexpr int QK = 32;  // weights (and x values) per block
 
-// x quantized: per row, K int8 values, and per 32-block its scale d and d * sum(q) (for the min terms).
+// x quantized, in the two forms llama.cpp uses. For the 32-weight formats (ggml's Q8_0/Q8_1): per row, K int8
+// values, and per 32-block its scale d and d * sum(q) (for the min terms). For the K-quants (ggml's Q8_K): per
+// row, K int8 values with one scale per 256-block and the sum of each 16 values, so a whole super-block's dot
+// product accumulates in integers and meets a float once.
 struct QuantX {
   std::vector<int8_t> q;
   std::vector<float> d, s;
   std::vector<float> st;  // s transposed, (G, 8): block g's sums of all rows in one vector (rows >= M are 0)
   int64_t K = 0, G = 0;
+  std::vector<int8_t> qk;  // Q8_K: (M, K)
+  std::vector<float> dk;  // (M, K / 256)
+  std::vector<int16_t> bsum;  // (M, K / 16)
 };
 
 inline float hsum(__m256 v) {
@@ -90,6 +100,51 @@ void quantize_x(const float* x, int64_t M, int64_t K, QuantX& out) {
   out.st.assign(out.G * 8, 0.0f);
   for (int64_t r = 0; r < M && r < 8; ++r)
     for (int64_t g = 0; g < out.G; ++g) out.st[g * 8 + r] = out.s[r * out.G + g];
+}
+
+// ggml's quantize_row_q8_K_ref: per 256-block, the value of largest magnitude (the first, on ties) maps to
+// -127, everything rounded to nearest (even) with that scale; plus the sum of each 16 quantized values.
+void quantize_x_k(const float* x, int64_t M, int64_t K, QuantX& out) {
+  const int64_t S = K / 256;
+  out.qk.resize(M * K);
+  out.dk.resize(M * S);
+  out.bsum.resize(M * K / 16);
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int64_t r = 0; r < M; ++r) {
+    for (int64_t s = 0; s < S; ++s) {
+      const float* v = x + r * K + s * 256;
+      int8_t* q = out.qk.data() + r * K + s * 256;
+      __m256 m = _mm256_setzero_ps();
+      for (int j = 0; j < 256; j += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(v + j)));
+      const float amax = hmax(m);
+      int16_t* bs = out.bsum.data() + r * (K / 16) + s * 16;
+      if (amax == 0.0f) {
+        std::memset(q, 0, 256);
+        std::memset(bs, 0, 16 * sizeof(int16_t));
+        out.dk[r * S + s] = 0.0f;
+        continue;
+      }
+      int first = 0;
+      while (std::fabs(v[first]) != amax) ++first;
+      const float iscale = -127.0f / v[first];
+      const __m256 is = _mm256_set1_ps(iscale);
+      for (int j = 0; j < 256; j += 32) {
+        __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(v + j), is));
+        __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(v + j + 8), is));
+        __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(v + j + 16), is));
+        __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(v + j + 24), is));
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + j), p);
+      }
+      for (int j = 0; j < 16; ++j) {
+        int sum = 0;
+        for (int i = 0; i < 16; ++i) sum += q[j * 16 + i];
+        bs[j] = static_cast<int16_t>(sum);
+      }
+      out.dk[r * S + s] = 1.0f / iscale;
+    }
+  }
 }
 
 inline float f16(const at::Half* p) { return _cvtsh_ss(*reinterpret_cast<const uint16_t*>(p)); }
@@ -167,21 +222,133 @@ struct Q8_0 {
   }
 };
 
-// Q4_K: super-blocks of 256 = 8 groups of 32; bytes i*32..i*32+31 hold group 2i (low nibbles) and 2i+1 (high).
-struct Q4_K {
-  static constexpr bool kSigned = false, kHasMin = true;
+// The K-quants, a 256-weight super-block at a time against x's Q8_K form (llama.cpp's ggml_vec_dot_q*_K_q8_K):
+// each 32 weights meet x in two integer instructions per row (vpmaddubsw: uint8 weight x int8 x, pairs summed to
+// int16; vpdpwssd: times the group's integer scale, summed into int32 lanes), and the super-block's integer total
+// meets the float scales once. Each kernel is `row<M>(x, n, out, ld)`: matrix row n times the M rows of x.
+
+inline __m256i bytes_set1(int v) { return _mm256_set1_epi8(static_cast<char>(v)); }
+
+// The sums of x's 16-value groups, paired into the 8 groups of 32 (int16): what the mins multiply.
+inline __m128i pair_sums(const int16_t* bs) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bs));
+  return _mm_hadd_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+}
+
+inline int32_t hsum_epi32(__m128i v) {
+  v = _mm_add_epi32(v, _mm_shuffle_epi32(v, _MM_SHUFFLE(1, 0, 3, 2)));
+  v = _mm_add_epi32(v, _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm_cvtsi128_si32(v);
+}
+
+// Q4_K and Q5_K: 8 groups of 32; bytes 32 i..32 i + 31 of qs hold group 2 i (low nibbles) and 2 i + 1 (high);
+// Q5_K's fifth bits: bit k of qh[l] for weight 32 k + l. w = d * sc * q - dmin * mn.
+template <bool kFifth>
+struct Q45K {
   const uint8_t* qs; int64_t qn, qsb, qi;  // (N, S, 4, 32)
+  const uint8_t* qh; int64_t hn, hs;  // (N, S, 32), Q5_K only
   const at::Half* d; int64_t dn, ds;
   const at::Half* dmin; int64_t mnn, mns;
-  const uint8_t* sc; int64_t cn, cs, ci, cj;  // (N, S, 4, 2)
-  const uint8_t* mn; int64_t on, os, oi, oj;
-  __attribute__((always_inline)) inline void block(int64_t n, int64_t g, __m256i& w, __m256& scale, float& min) const {
-    const int64_t s = g >> 3, i = (g & 7) >> 1, j = g & 1;
-    __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + n * qn + s * qsb + i * qi));
-    if (j) b = _mm256_srli_epi16(b, 4);
-    w = _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
-    scale = _mm256_set1_ps(f16(d + n * dn + s * ds) * sc[n * cn + s * cs + i * ci + j * cj]);
-    min = -f16(dmin + n * mnn + s * mns) * mn[n * on + s * os + i * oi + j * oj];
+  const uint8_t* sc; int64_t cn, cs;  // (N, S, 8): group 2 i + j's scale at 2 i + j
+  const uint8_t* mn; int64_t on, os;
+
+  template <int M>
+  void row(const QuantX& x, int64_t n, float* out, int64_t ld) const {
+    const int64_t K = x.K, S = K / 256;
+    const __m256i m4 = bytes_set1(0x0F), one = bytes_set1(1);
+    __m256 acc[M];
+    float mins[M];
+    for (int r = 0; r < M; ++r) acc[r] = _mm256_setzero_ps(), mins[r] = 0.0f;
+    for (int64_t s = 0; s < S; ++s) {
+      const uint8_t* scales = sc + n * cn + s * cs;
+      const __m128i mins16 = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mn + n * on + s * os)));
+      const uint8_t* q = qs + n * qn + s * qsb;
+      __m256i hbits = _mm256_setzero_si256();
+      if (kFifth) hbits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh + n * hn + s * hs));
+      __m256i sumi[M];
+      for (int r = 0; r < M; ++r) sumi[r] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) {
+        const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + i * qi));
+        __m256i lo = _mm256_and_si256(b, m4), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m4);
+        if (kFifth) {
+          lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * i), one), 4));
+          hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * i + 1), one), 4));
+        }
+        const __m256i slo = _mm256_set1_epi16(scales[2 * i]), shi = _mm256_set1_epi16(scales[2 * i + 1]);
+#pragma GCC unroll 8
+        for (int r = 0; r < M; ++r) {
+          const int8_t* xq = x.qk.data() + r * K + s * 256 + i * 64;
+          const __m256i xl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
+          const __m256i xh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32));
+          sumi[r] = _mm256_dpwssd_epi32(sumi[r], _mm256_maddubs_epi16(lo, xl), slo);
+          sumi[r] = _mm256_dpwssd_epi32(sumi[r], _mm256_maddubs_epi16(hi, xh), shi);
+        }
+      }
+      const float dw = f16(d + n * dn + s * ds), mw = f16(dmin + n * mnn + s * mns);
+      for (int r = 0; r < M; ++r) {
+        const float dx = x.dk[r * S + s];
+        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dx), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+        const int32_t m = hsum_epi32(_mm_madd_epi16(mins16, pair_sums(x.bsum.data() + r * (K / 16) + s * 16)));
+        mins[r] += mw * dx * static_cast<float>(m);
+      }
+    }
+    for (int r = 0; r < M; ++r) out[r * ld + n] = hsum(acc[r]) - mins[r];
+  }
+};
+
+// Q6_K: 16 groups of 16 with int8 scales; in half h, weight 32 k + l is nibble k / 2 of ql[64 h + 32 (k % 2) + l]
+// with bits 2 k of qh[32 h + l] above it, minus 32: w = d * scale * (q - 32). The -32 is taken out in integers
+// through x's 16-value sums.
+struct Q6K {
+  const uint8_t* ql; int64_t ln, ls;  // (N, S, 128)
+  const uint8_t* qh; int64_t hn, hs;  // (N, S, 64)
+  const int8_t* sc; int64_t cn, cs;  // (N, S, 16)
+  const at::Half* d; int64_t dn, ds;
+
+  template <int M>
+  void row(const QuantX& x, int64_t n, float* out, int64_t ld) const {
+    const int64_t K = x.K, S = K / 256;
+    const __m256i m4 = bytes_set1(0x0F), m2 = bytes_set1(3);
+    __m256 acc[M];
+    for (int r = 0; r < M; ++r) acc[r] = _mm256_setzero_ps();
+    for (int64_t s = 0; s < S; ++s) {
+      const int8_t* scales = sc + n * cn + s * cs;
+      const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales)));
+      __m256i sumi[M];
+      for (int r = 0; r < M; ++r) sumi[r] = _mm256_setzero_si256();
+      for (int h = 0; h < 2; ++h) {
+        const uint8_t* l = ql + n * ln + s * ls + h * 64;
+        const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(l));
+        const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(l + 32));
+        const __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh + n * hn + s * hs + h * 32));
+        __m256i q[4];
+        q[0] = _mm256_and_si256(l0, m4);
+        q[1] = _mm256_and_si256(l1, m4);
+        q[2] = _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4);
+        q[3] = _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4);
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; ++k) {
+          q[k] = _mm256_or_si256(q[k], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * k), m2), 4));
+          const int g = 8 * h + 2 * k;  // the scales of the two 16-groups of these 32 weights
+          const __m256i scv = _mm256_set_m128i(_mm_set1_epi16(scales[g + 1]), _mm_set1_epi16(scales[g]));
+#pragma GCC unroll 8
+          for (int r = 0; r < M; ++r) {
+            const __m256i xk = _mm256_loadu_si256(
+                reinterpret_cast<const __m256i*>(x.qk.data() + r * K + s * 256 + h * 128 + k * 32));
+            sumi[r] = _mm256_dpwssd_epi32(sumi[r], _mm256_maddubs_epi16(q[k], xk), scv);
+          }
+        }
+      }
+      const float dw = f16(d + n * dn + s * ds);
+      for (int r = 0; r < M; ++r) {
+        const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsum.data() + r * (K / 16) + s * 16));
+        const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs), 5);  // 32 * scale * sum(x), per group
+        const float dx = x.dk[r * S + s];
+        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dx), _mm256_cvtepi32_ps(_mm256_sub_epi32(sumi[r], offset)), acc[r]);
+      }
+    }
+    for (int r = 0; r < M; ++r) out[r * ld + n] = hsum(acc[r]);
   }
 };
 
@@ -245,6 +412,7 @@ void rows_range(const F& f, const QuantX& x, int64_t n0, int64_t n1, float* out,
 // One matrix of a call: its rows go to columns [col, col + N) of the output.
 struct Matrix {
   int64_t N = 0, col = 0;
+  bool k_quant = false;  // reads x's Q8_K form (else the 32-block one)
   std::function<void(const QuantX&, int64_t, int64_t, float*, int64_t)> run;  // (x, n0, n1, out + col, ld)
 };
 
@@ -261,6 +429,33 @@ Matrix matrix(const F& f, int64_t N, int64_t M) {
     default: TORCH_CHECK(false, "pellucid::gemv takes 1 to 8 rows, got ", M);
   }
   return m;
+}
+
+// A K-quant kernel (`f.row<M>`) as a Matrix.
+template <class F>
+Matrix matrix_k(const F& f, int64_t N, int64_t M) {
+  Matrix m;
+  m.N = N;
+  m.k_quant = true;
+  switch (M) {
+#define PELLUCID_ROWS(k) \
+  case k: m.run = [f](const QuantX& x, int64_t a, int64_t b, float* o, int64_t ld) { for (int64_t n = a; n < b; ++n) f.template row<k>(x, n, o, ld); }; break;
+    PELLUCID_ROWS(1) PELLUCID_ROWS(2) PELLUCID_ROWS(3) PELLUCID_ROWS(4)
+    PELLUCID_ROWS(5) PELLUCID_ROWS(6) PELLUCID_ROWS(7) PELLUCID_ROWS(8)
+#undef PELLUCID_ROWS
+    default: TORCH_CHECK(false, "pellucid::gemv takes 1 to 8 rows, got ", M);
+  }
+  return m;
+}
+
+// The super-block layout the K-quant kernels read: each of `t`'s dims after the first two contiguous, so a
+// super-block's bytes of that field are one run.
+void check_runs(const at::Tensor& t, const char* what) {
+  int64_t expected = 1;
+  for (int64_t dim = t.dim() - 1; dim >= 2; --dim) {
+    TORCH_CHECK(t.stride(dim) == expected, "pellucid::gemv: ", what, " must be contiguous within a super-block");
+    expected *= t.size(dim);
+  }
 }
 
 // Releases the GIL for the scope when the calling thread holds it. The products run from a server's worker
@@ -313,13 +508,31 @@ Matrix parse(const std::string& fmt, at::TensorList f, size_t& i, int64_t M) {
     return matrix(Q8_0{ptr<int8_t>(t[0]), t[0].stride(0), t[0].stride(1), ptr<at::Half>(t[1]), t[1].stride(0),
                        t[1].stride(1)}, t[0].size(0), M);
   }
-  if (fmt == "Q4_K") {
-    auto t = take(5);
-    return matrix(Q4_K{ptr<uint8_t>(t[0]), t[0].stride(0), t[0].stride(1), t[0].stride(2), ptr<at::Half>(t[1]),
-                       t[1].stride(0), t[1].stride(1), ptr<at::Half>(t[2]), t[2].stride(0), t[2].stride(1),
-                       ptr<uint8_t>(t[3]), t[3].stride(0), t[3].stride(1), t[3].stride(2), t[3].stride(3),
-                       ptr<uint8_t>(t[4]), t[4].stride(0), t[4].stride(1), t[4].stride(2), t[4].stride(3)},
-                  t[0].size(0), M);
+  if (fmt == "Q4_K" || fmt == "Q5_K") {  // qs, [qh,] d, dmin, sc, mn
+    const bool fifth = fmt == "Q5_K";
+    auto t = take(fifth ? 6 : 5);
+    const at::Tensor &qs = t[0], &d = t[fifth ? 2 : 1], &dmin = t[fifth ? 3 : 2], &sc = t[fifth ? 4 : 3],
+                     &mn = t[fifth ? 5 : 4];
+    for (const at::Tensor* u : {&qs, &sc, &mn}) check_runs(*u, fmt.c_str());
+    const uint8_t* qh = fifth ? ptr<uint8_t>(t[1]) : nullptr;
+    if (fifth) check_runs(t[1], "Q5_K qh");
+    const int64_t hn = fifth ? t[1].stride(0) : 0, hs = fifth ? t[1].stride(1) : 0;
+    if (fifth)
+      return matrix_k(Q45K<true>{ptr<uint8_t>(qs), qs.stride(0), qs.stride(1), qs.stride(2), qh, hn, hs,
+                                 ptr<at::Half>(d), d.stride(0), d.stride(1), ptr<at::Half>(dmin), dmin.stride(0),
+                                 dmin.stride(1), ptr<uint8_t>(sc), sc.stride(0), sc.stride(1), ptr<uint8_t>(mn),
+                                 mn.stride(0), mn.stride(1)}, qs.size(0), M);
+    return matrix_k(Q45K<false>{ptr<uint8_t>(qs), qs.stride(0), qs.stride(1), qs.stride(2), nullptr, 0, 0,
+                                ptr<at::Half>(d), d.stride(0), d.stride(1), ptr<at::Half>(dmin), dmin.stride(0),
+                                dmin.stride(1), ptr<uint8_t>(sc), sc.stride(0), sc.stride(1), ptr<uint8_t>(mn),
+                                mn.stride(0), mn.stride(1)}, qs.size(0), M);
+  }
+  if (fmt == "Q6_K") {  // ql, qh, scales, d
+    auto t = take(4);
+    for (int j = 0; j < 3; ++j) check_runs(t[j], "Q6_K");
+    return matrix_k(Q6K{ptr<uint8_t>(t[0]), t[0].stride(0), t[0].stride(1), ptr<uint8_t>(t[1]), t[1].stride(0),
+                        t[1].stride(1), ptr<int8_t>(t[2]), t[2].stride(0), t[2].stride(1), ptr<at::Half>(t[3]),
+                        t[3].stride(0), t[3].stride(1)}, t[0].size(0), M);
   }
   if (fmt == "Q8G16") {
     auto t = take(2);
@@ -363,7 +576,14 @@ at::Tensor gemv(const at::Tensor& x_in, c10::string_view formats_in, at::TensorL
   at::Tensor out = at::empty({M, total}, x.options());
   NoGil released;
   QuantX qx;
-  quantize_x(x.data_ptr<float>(), M, K, qx);
+  bool any_k = false, any_32 = false;
+  for (const Matrix& m : mats) (m.k_quant ? any_k : any_32) = true;
+  if (any_32) quantize_x(x.data_ptr<float>(), M, K, qx);
+  if (any_k) {
+    TORCH_CHECK(K % 256 == 0, "pellucid::gemv: K-quant rows are whole 256-blocks, got K = ", K);
+    qx.K = K;
+    quantize_x_k(x.data_ptr<float>(), M, K, qx);
+  }
   float* o = out.data_ptr<float>();
   // Split the concatenated rows over the threads in chunks of 16 rows (a multiple of every tile).
   at::parallel_for(0, (total + 15) / 16, 1, [&](int64_t c0, int64_t c1) {
