@@ -12,6 +12,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The engine's default arithmetic rounds activations as llama.cpp does (int8 in decode, bfloat16 in prefill:
+# pellucid.quant.kernels.fast_mode). Most tests check float32 guarantees (a cached forward equals an uncached
+# one, batched decode equals one sequence alone, transformers' logits to 1e-4), which hold in exact mode, so the
+# session runs in exact mode; tests of the default arithmetic ask for it with the `default_arithmetic` fixture
+# (tests/test_arithmetic.py, and the llama.cpp agreement tests, which run in both). Subprocesses inherit this.
+os.environ.setdefault("PELLUCID_EXACT", "1")
 _SKIPPED_MODELS: dict[str, str] = {}
 
 
@@ -25,6 +32,30 @@ def fixtures_dir() -> Path:
         if candidate and (Path(candidate) / "llamacpp" / "reference.json").is_file():
             return Path(candidate)
     return REPO / "tests" / "fixtures"
+
+
+@pytest.fixture
+def default_arithmetic(monkeypatch):
+    """The engine's default arithmetic for this test (llama.cpp's rounding where the CPU has the kernels), in this
+    process and in the subprocesses it starts. Yields whether that is the rounded (fast) mode on this CPU."""
+    from pellucid.quant import kernels
+
+    monkeypatch.delenv("PELLUCID_EXACT", raising=False)
+    monkeypatch.setattr(kernels, "_fast", None)
+    yield kernels.fast_mode()
+
+
+@pytest.fixture(params=["exact", "default"])
+def arithmetic(request, monkeypatch):
+    """Run the test in exact mode and in the default arithmetic; yields the mode's name."""
+    from pellucid.quant import kernels
+
+    if request.param == "default":
+        monkeypatch.delenv("PELLUCID_EXACT", raising=False)
+    else:
+        monkeypatch.setenv("PELLUCID_EXACT", "1")
+    monkeypatch.setattr(kernels, "_fast", None)
+    yield request.param
 
 
 @pytest.fixture(scope="session")

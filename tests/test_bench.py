@@ -21,10 +21,9 @@ def bench_json(capsys, *args: str) -> dict:
 
 def test_json_has_the_issues_keys_and_a_missing_peer_says_how_to_install_it(capsys, monkeypatch, smollm2_path):
     monkeypatch.delenv("PELLUCID_LLAMA_CPP_PYTHON", raising=False)
-    monkeypatch.delenv("PELLUCID_FAST", raising=False)
     out = bench_json(capsys, str(smollm2_path), "--pp", "4", "--tg", "2", "--reps", "2", "--compare", "llama.cpp")
     assert {"model", "load_s", "pp", "tg", "peak_rss_mb", "peers"} <= out.keys()
-    assert out["arithmetic"] == "default"  # fast mode only when asked (PELLUCID_FAST=1)
+    assert out["arithmetic"] == "float32"  # the test session runs in exact mode (conftest.py)
     assert out["pp"]["n"] == 4 and out["tg"]["n"] == 2
     assert out["pp"]["tok_s"] > 0 and out["tg"]["tok_s"] > 0 and len(out["tg"]["reps"]) == 2
     assert 0 < out["load_s"] < 60 and 50 < out["peak_rss_mb"] < 10_000

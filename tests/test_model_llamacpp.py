@@ -1,7 +1,8 @@
 """The transformer on the two default models against llama.cpp's outputs (reference.json; see its README).
 
-llama.cpp quantizes activations to 8 bits inside its matrix products; we multiply float32 activations by
-the same dequantized weights. Logits therefore differ in the second decimal and near-ties can flip, so we
+llama.cpp quantizes activations to 8 bits inside its matrix products. pellucid's default arithmetic does the
+same in decode (and multiplies in bfloat16 in prefill); in exact mode it multiplies float32 activations by the
+same dequantized weights. The agreement tests run in both (the `arithmetic` fixture). Logits therefore differ in the second decimal and near-ties can flip, so we
 compare what the fixtures README calibrates: the top-1 token and the top-10 set at the last prompt
 position (top-1 equal, >= 8 of 10 shared), and the argmax at every teacher-forced position (>= 90% equal
 to llama.cpp's next token; we see 97-98%). A real bug (wrong RoPE pairing, a norm off by one, a missing
@@ -39,7 +40,7 @@ def teacher_forced_agreement(model, prompt_ids: list[int], continuation: list[in
 @pytest.mark.parametrize("key", [SMOLLM2, GEMMA3])
 @pytest.mark.parametrize("index", range(4))
 @torch.inference_mode()
-def test_last_position_top1_and_top10(model_for, reference, key, index):
+def test_last_position_top1_and_top10(model_for, reference, key, index, arithmetic):
     case = reference[key]["greedy"][index]
     model = model_for(key)
     logits = model(torch.tensor([case["prompt_ids"]]))[0, -1]
@@ -53,7 +54,7 @@ def test_last_position_top1_and_top10(model_for, reference, key, index):
 
 
 @pytest.mark.parametrize("key", [SMOLLM2, GEMMA3])
-def test_teacher_forced_greedy_agreement(model_for, reference, key):
+def test_teacher_forced_greedy_agreement(model_for, reference, key, arithmetic):
     model = model_for(key)
     hits = total = 0
     for case in reference[key]["greedy"]:
@@ -62,7 +63,7 @@ def test_teacher_forced_greedy_agreement(model_for, reference, key):
     assert hits / total >= 0.90, f"{key}: argmax matched llama.cpp's next token at {hits}/{total} positions"
 
 
-def test_smollm2_chat_teacher_forced_agreement(model_for, reference):
+def test_smollm2_chat_teacher_forced_agreement(model_for, reference, arithmetic):
     model = model_for(SMOLLM2)
     hits = total = 0
     for chat in reference[SMOLLM2]["chat"]:
@@ -71,7 +72,7 @@ def test_smollm2_chat_teacher_forced_agreement(model_for, reference):
     assert hits / total >= 0.90, f"chat replies: argmax matched at {hits}/{total} positions"
 
 
-def test_smollm2_first_chat_free_running_reply_is_exact(model_for, reference, smollm2_path):
+def test_smollm2_first_chat_free_running_reply_is_exact(model_for, reference, smollm2_path, arithmetic):
     with GGUFFile(smollm2_path) as gguf:
         tokens = gguf.metadata["tokenizer.ggml.tokens"]
         stop = {tokens.index("<|im_end|>"), gguf.metadata["tokenizer.ggml.eos_token_id"]}
@@ -82,7 +83,8 @@ def test_smollm2_first_chat_free_running_reply_is_exact(model_for, reference, sm
 
 
 # -- incremental decode through the KV cache equals a full re-forward --------------------------------------
-# Same float32 arithmetic on different shapes, so differences are rounding only. We compare the final hidden
+# In exact mode (the test session's: conftest.py): the same float32 arithmetic on different shapes, so
+# differences are rounding only. We compare the final hidden
 # states (every logit is a linear function of them) with atol 2e-3 on values of magnitude ~1-300 (Gemma's
 # final norm weights reach 301): a few float32 ulps accumulated over 18-30 layers, far below the O(1) shift
 # that a wrong position or mask causes.

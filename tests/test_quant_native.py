@@ -124,17 +124,16 @@ def test_fast_mode_decode_products_are_the_kernels_and_prefill_is_bfloat16(fast)
     assert many.dtype == torch.float32
 
 
-def test_fast_mode_is_off_unless_asked():
+def test_rounded_arithmetic_is_the_default_and_exact_mode_turns_it_off():
     import subprocess
     import sys
 
     code = "from pellucid.quant import kernels; print(kernels.fast_mode())"
-    for value, expected in ((None, "False"), ("0", "False"), ("1", str(native.available()))):
-        env = {k: v for k, v in os.environ.items() if k != "PELLUCID_FAST"}
-        if value is not None:
-            env["PELLUCID_FAST"] = value
+    cases = [({}, str(native.available())), ({"PELLUCID_EXACT": "1"}, "False"), ({"PELLUCID_FAST": "0"}, "False")]
+    for extra, expected in cases:
+        env = {k: v for k, v in os.environ.items() if k not in ("PELLUCID_FAST", "PELLUCID_EXACT")} | extra
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-        assert out.stdout.strip() == expected, (value, out.stderr[-500:])
+        assert out.stdout.strip() == expected, (extra, out.stderr[-500:])
 
 
 @torch.inference_mode()
@@ -176,3 +175,20 @@ def test_fast_mode_perplexity_within_2_percent_of_llama_cpp(fast, model, request
     with torch.inference_mode():
         result = sequence_perplexity(loaded(path), ids)
     assert result.ppl == pytest.approx(fixture["ppl"], rel=0.02), f"ppl {result.ppl:.4f} vs {fixture['ppl']:.4f}"
+
+
+@pytest.mark.parametrize("ggml_type", [GGMLType.F16, GGMLType.BF16], ids=lambda t: t.name)
+def test_fast_mode_rounds_x_to_a_half_precision_weights_type(fast, ggml_type):
+    """llama.cpp's F16/BF16 products convert x to the weight's type first; so do ours, in decode and in prefill
+    (float16 weights in a float32 GEMM: bfloat16 would round more coarsely than llama.cpp does)."""
+    half = {GGMLType.F16: torch.float16, GGMLType.BF16: torch.bfloat16}[ggml_type]
+    w = torch.randn(48, 256).to(half)
+    packed = pack(w.view(torch.uint8).reshape(-1), ggml_type, (48, 256))
+    x = torch.randn(native.MAX_ROWS + 4, 256)
+    expected = x.to(half).double() @ w.double().T
+    with torch.inference_mode():
+        for rows in (2, len(x)):
+            got, want = kernels.matmul(x[:rows], packed).double(), expected[:rows]
+            # float32 accumulation; a bfloat16 GEMM (many rows) also rounds its result to bfloat16 (2^-8 relative)
+            result_rounding = 2**-8 if half == torch.bfloat16 and rows > native.MAX_ROWS else 0.0
+            assert ((got - want).abs() <= 1e-5 * want.abs().amax() + result_rounding * want.abs()).all()

@@ -43,7 +43,7 @@ class Measurement:
     peak_rss_mb: float | None = None
     first_call_s: dict[str, float] = field(default_factory=dict)  # warm-up durations: {"pp": s, "tg": s}
     skipped: str | None = None  # set when the engine did not run, with what to do about it
-    arithmetic: str | None = None  # pellucid's: "default" or "fast" (PELLUCID_FAST=1: int8 decode, bf16 prefill)
+    arithmetic: str | None = None  # pellucid's: "rounded" (llama.cpp's int8/bf16 rounding) or "float32" (--exact)
 
     @staticmethod
     def summary(values: list[float]) -> tuple[float, float]:
@@ -244,7 +244,7 @@ def _worker_pellucid(path: str, pp: int, tg: int, reps: int, threads: int) -> di
     from pellucid.quant.kernels import fast_mode
 
     result = _result(load_s, pp_speeds, tg_speeds, first_pp, first_tg)
-    return result | {"arithmetic": "fast" if fast_mode() else "default"}
+    return result | {"arithmetic": "rounded" if fast_mode() else "float32"}
 
 
 def _worker_llama_cpp(path: str, pp: int, tg: int, reps: int, threads: int) -> dict:
@@ -340,8 +340,10 @@ def format_report(report: BenchReport) -> str:
             notes.append(f"pellucid / {m.engine}: pp {ours_pp / pp:.2f}x, tg {ours_tg / tg:.2f}x")
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [f"{report.model} ({report.path}), {report.threads} threads, median ± spread of {report.reps} reps"]
-    if report.ours.arithmetic == "fast":
-        lines.append("pellucid in fast mode (PELLUCID_FAST=1): int8 decode kernels, bfloat16 prefill")
+    if report.ours.arithmetic == "rounded":
+        lines.append("pellucid's arithmetic: llama.cpp's (int8 decode kernels, bfloat16 prefill)")
+    elif report.ours.arithmetic == "float32":
+        lines.append("pellucid's arithmetic: float32 (--exact, or a CPU without AVX512-VNNI)")
     lines.append("")
     lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     return "\n".join(lines + ([""] + notes if notes else []))

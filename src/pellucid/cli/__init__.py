@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     debug = getattr(args, "debug", False)
+    if getattr(args, "exact", False):
+        os.environ["PELLUCID_EXACT"] = "1"  # read when the first product runs; inherited by any server we start
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -54,6 +54,13 @@ def table(rows: list[tuple[str, ...]]) -> str:
 # overwriting a value given before the command.
 COMMON = argparse.ArgumentParser(add_help=False)
 COMMON.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
+COMMON.add_argument(
+    "--exact",
+    action="store_true",
+    default=argparse.SUPPRESS,
+    help="float32 arithmetic everywhere (PELLUCID_EXACT=1): reproducible to the bit across prefill, decode and "
+    "batching, slower than the default (llama.cpp's int8/bfloat16 rounding of activations)",
+)
 
 
 def command(commands, name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:

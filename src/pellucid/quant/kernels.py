@@ -14,9 +14,9 @@ Two products, chosen by how many rows x has:
 Both are float32 arithmetic on exactly the weights `dequant.dequantize` decodes, so they agree with
 dequantize-then-matmul to float32 rounding (summation order); see tests/test_quant_kernels.py.
 
-With PELLUCID_FAST=1 on a CPU with AVX512-VNNI (`fast_mode`), few-row products go to hand-written int8 kernels
-(quant/native: llama.cpp's arithmetic) and GEMMs run in bfloat16: faster, opt-in because the rounding costs
-reproducibility.
+By default, on a CPU with AVX512-VNNI (`fast_mode`), few-row products go to hand-written int8 kernels
+(quant/native: llama.cpp's arithmetic) and GEMMs run in bfloat16: faster, at the cost of float32
+reproducibility across paths; `--exact` (PELLUCID_EXACT=1) keeps everything in float32.
 
 `matmul` is what `QuantizedLinear` calls. Inside a compiled graph (the decode step of
 `pellucid.model.compiled`) it emits the expressions and inductor fuses them with their neighbours. Outside
@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from pellucid.quant import native
-from pellucid.quant.packed import PackedWeight
+from pellucid.quant.packed import Dense, PackedWeight
+from pellucid.quant.types import GGMLType
 
 # Up to this many rows, a product reads the packed weights directly (decode, batched decode of up to 8
 # sequences); above it the weights are unpacked once and a GEMM runs (prefill), whose cost per row is far lower
@@ -116,7 +117,7 @@ def _dequantize(fmt: type[PackedWeight], fields: dict[str, torch.Tensor], dtype:
 def matmul(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
     """x (..., K) @ W.T -> (..., N) in x's dtype: the kernel that fits the number of rows.
 
-    In fast mode (PELLUCID_FAST=1, see `fast_mode`) few rows go to the native int8 kernels and many rows to a
+    In the default arithmetic (`fast_mode`) few rows go to the native int8 kernels and many rows to a
     bfloat16 GEMM.
     """
     lead, k = x.shape[:-1], x.shape[-1]
@@ -125,6 +126,10 @@ def matmul(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
     fast = rows.device.type == "cpu" and fast_mode()
     if fast and (specs := _native_specs(rows, [packed])) is not None:
         return native.gemv(rows.float(), specs).to(x.dtype).reshape(*lead, -1)
+    half = fast and isinstance(packed, Dense) and packed.ggml_type in _HALF_TYPES
+    if half:  # llama.cpp's F16 / BF16 products round x to the weight's type first; so does the default mode
+        x = x.to(_HALF_TYPES[packed.ggml_type]).to(x.dtype)
+        rows = x.reshape(-1, k)
     eager = torch.compiler.is_compiling() or not compile_enabled()  # inside a graph, emit the expressions
     if not eager:
         _fix_block_layout(packed)
@@ -138,7 +143,9 @@ def matmul(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
         y = kernel(rows, fmt, fields)
         return y.to(x.dtype).reshape(*lead, -1)
     # Fast mode multiplies in bfloat16 (float32 accumulation): ~2x the float32 GEMM on CPUs with AVX512-BF16.
-    dtype = torch.bfloat16 if fast and x.dtype == torch.float32 and _bf16_gemm() else x.dtype
+    # Not float16 weights: bfloat16 would round them (and x) more coarsely than llama.cpp does.
+    to_bf16 = fast and x.dtype == torch.float32 and _bf16_gemm() and packed.ggml_type != GGMLType.F16
+    dtype = torch.bfloat16 if to_bf16 else x.dtype
     xd = x.to(dtype)
     unpack = _dequantize if eager else _compiled("dequantize")
     n = packed.shape[0]
@@ -169,7 +176,7 @@ def _padded_to_max_rows(kernel, rows: torch.Tensor, fmt, fields) -> torch.Tensor
 
 
 def matmul_many(x: torch.Tensor, packed: list[PackedWeight]) -> list[torch.Tensor]:
-    """[x @ W.T for W in packed]: the projections that read the same x (q, k, v; gate, up). In fast mode's
+    """[x @ W.T for W in packed]: the projections that read the same x (q, k, v; gate, up). In the default mode's
     decode the native kernels do them in one call (one quantization of x, one parallel region)."""
     lead, k = x.shape[:-1], x.shape[-1]
     rows = x.reshape(-1, k)
@@ -194,6 +201,7 @@ def rows(packed: PackedWeight, ids: torch.Tensor, dtype: torch.dtype = torch.flo
 
 
 _fast: bool | None = None
+_HALF_TYPES = {GGMLType.F16: torch.float16, GGMLType.BF16: torch.bfloat16}
 
 
 @functools.cache
@@ -203,16 +211,20 @@ def _bf16_gemm() -> bool:
 
 
 def fast_mode() -> bool:
-    """Whether products use llama.cpp-class arithmetic (PELLUCID_FAST=1 on a CPU with AVX512-VNNI): decode's
-    few-row products in the native int8 kernels (quant/native), prefill's GEMMs in bfloat16. Faster (decode
-    ~1.3x, prefill ~2x here; docs/benchmarks.md), but rounding x to 8 bits makes results depend slightly on
-    the path a token took (see quant/native), so it is off by default.
+    """Whether products use llama.cpp's arithmetic (the default on a CPU with AVX512-VNNI): decode's few-row
+    products in the native int8 kernels (quant/native), prefill's GEMMs in bfloat16, and float16/bfloat16
+    matrices meeting x rounded to their type. Faster (docs/benchmarks.md); rounding x makes a result depend
+    slightly on the path a token took (prefill or decode, batched or not), as llama.cpp's do.
+
+    Exact mode (`--exact`, PELLUCID_EXACT=1; PELLUCID_FAST=0 too) computes every product in float32 instead:
+    prefill and decode then agree to float32 rounding, and results reproduce whatever the KV cache holds.
 
     Resolved (and the kernels built) by the first eager call; a compiled graph reads the answer, so call this
     once before compiling (compiled.py does)."""
     global _fast
     if _fast is None:
-        _fast = os.environ.get("PELLUCID_FAST", "0") == "1" and native.available()
+        exact = os.environ.get("PELLUCID_EXACT", "0") not in ("", "0") or os.environ.get("PELLUCID_FAST") == "0"
+        _fast = not exact and native.available()
     return _fast
 
 

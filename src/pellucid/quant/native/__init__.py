@@ -1,19 +1,20 @@
-"""Hand-written CPU kernels for decode's matrix-vector products (gemv.cpp): fast mode's decode half.
+"""Hand-written CPU kernels for decode's matrix-vector products (gemv.cpp): the default arithmetic's decode half.
 
 What they do (the C++ file says how): x's rows are rounded to int8 as llama.cpp does (in blocks of 32 for the
 32-weight formats, of 256 for the K-quants), and the dot products are AVX512-VNNI integer instructions, the
 weights' unpacking shared by all rows of a batched decode step. Q4_K, Q5_K and Q6_K are read in place, a
-256-weight super-block at a time, as llama.cpp's own kernels do. Inductor's float32 loops (quant/kernels.py) unpack each weight
-to float32 and spend an FMA per weight per row. They run only in fast mode (`kernels.fast_mode`,
-PELLUCID_FAST=1), which also runs prefill's GEMMs in bfloat16; docs/benchmarks.md has what it buys.
+256-weight super-block at a time, as llama.cpp's own kernels do. Inductor's float32 loops (quant/kernels.py)
+unpack each weight to float32 and spend an FMA per weight per row. They run in the default arithmetic
+(`kernels.fast_mode`), which also runs prefill's GEMMs in bfloat16; `--exact` (PELLUCID_EXACT=1) does not use
+them.
 
-Why fast mode is opt-in: a rounding of x that flips on a float32-ulp difference upstream moves a logit by
-~1e-2, so a token computed by a decode step and the same token computed inside a prefill no longer agree to
-float32 rounding (0.2-1.5 on hidden states of magnitude 50-300 after 18-30 layers), and a greedy reply can
-change with the KV cache's state (a reused prompt prefix). llama.cpp has the same property (its server
-documents it for cache_prompt); the engine's tests require the float32 agreement (test_model_llamacpp.py,
-test_engine_generate.py). In fast mode the llama.cpp reference tests still pass and perplexity stays within
-0.1-1.3% of llama.cpp's (tests/test_quant_native.py). A float32 variant of these kernels (exact, so it could
+What the rounding costs: a rounding of x that flips on a float32-ulp difference upstream moves a logit by ~1e-2,
+so a token computed by a decode step and the same token computed inside a prefill no longer agree to float32
+rounding (0.2-1.5 on hidden states of magnitude 50-300 after 18-30 layers), and a greedy reply can change with
+the KV cache's state (a reused prompt prefix). llama.cpp has the same property (its server documents it for
+cache_prompt); exact mode keeps the float32 agreement (test_model_llamacpp.py, test_engine_generate.py). With
+the rounding the llama.cpp reference tests still pass and perplexity stays within 0.1-1.3% of llama.cpp's
+(tests/test_quant_native.py). A float32 variant of these kernels (exact, so it could
 be on by default) was measured too: no faster than inductor's loops (decode 10.2 vs 10.6 ms, B=8 22.8 vs
 22.9 ms), so it is not kept.
 
