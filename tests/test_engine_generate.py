@@ -49,7 +49,7 @@ def test_prefix_reuse_gives_the_same_tokens_and_skips_work(tiny):
     session = Session(tiny, 64)
     first = _ids(session, [1, 2, 3, 4, 5, 6], max_tokens=4)
     follow_up = [1, 2, 3, 4, 5, 6, *first, 7, 8]
-    from pellucid.engine.generate import GenerationStats
+    from pellucid.engine.results import GenerationStats
 
     stats = GenerationStats()
     reused = [s.token_id for s in session.generate_ids(follow_up, make_sampler(GREEDY), max_tokens=5, stats=stats)]
@@ -82,7 +82,7 @@ def test_context_limits(tiny):
     session = Session(tiny, 16)
     with pytest.raises(ContextLengthError, match=r"20 tokens but the context holds 16"):
         _ids(session, list(range(20)), max_tokens=1)
-    from pellucid.engine.generate import GenerationStats
+    from pellucid.engine.results import GenerationStats
 
     stats = GenerationStats()
     out = [s.token_id for s in session.generate_ids(list(range(10)), make_sampler(GREEDY), max_tokens=100, stats=stats)]
@@ -147,7 +147,7 @@ def test_stream_text_holds_back_partial_utf8_and_applies_stops():
         def flush(self):
             return self.dec.decode(b"", final=True)
 
-    from pellucid.engine.generate import GenerationStats
+    from pellucid.engine.results import GenerationStats
 
     stats = GenerationStats()
     chunks = list(stream_text(Steps([1, 2, 3, 4, 5]), Decoder(), stats, stop_strings=[" STOP"]))

@@ -23,7 +23,8 @@ import pytest
 
 from model_helpers import loaded
 from pellucid.engine import scheduler as scheduler_module
-from pellucid.engine.generate import GenerationStats, Session, stream_text
+from pellucid.engine.generate import Session, stream_text
+from pellucid.engine.results import GenerationStats
 from pellucid.engine.sampling import SamplingParams, make_sampler
 from pellucid.engine.scheduler import QueueFullError, Scheduler, common_prefix
 from pellucid.errors import ContextLengthError

@@ -22,7 +22,8 @@ from dataclasses import fields
 
 import torch
 
-from pellucid.engine.generate import Generation, GenerationStats, Session, stream_text
+from pellucid.engine.generate import Session, stream_text
+from pellucid.engine.results import Generation, GenerationStats
 from pellucid.engine.sampling import SamplingParams, SamplingParamsError, make_sampler
 from pellucid.errors import PellucidError
 from pellucid.store import ResolvedModel, resolve

@@ -7,26 +7,24 @@ Three layers, each usable on its own (as in mlx-lm):
    new: the cache is trimmed back to the shared prefix instead of recomputed.
 2. `stream_text` — text. Turns ids into UTF-8-safe text pieces and applies stop strings, which never leak
    into the output: text that might be the start of a stop string is held back until it cannot be.
-3. `Generation` — what `pellucid.load(...).generate()` returns: an iterator of `Chunk`s (text + token ids
-   [+ logprobs]) whose last chunk carries `GenerationStats`; `.text`, `.ids` and `.stats` fill in as it runs.
+3. `Generation` (engine/results.py, torch-free) — what `pellucid.load(...).generate()` returns: an iterator
+   of `Chunk`s (text + token ids [+ logprobs]) whose last chunk carries `GenerationStats`; `.text`, `.ids`
+   and `.stats` fill in as it runs.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import torch
 
+from pellucid.engine.results import Chunk, GenerationStats
 from pellucid.engine.sampling import Sampler, TokenLogprobs, token_logprobs
 from pellucid.errors import ContextLengthError, PellucidError
 
 PREFILL_CHUNK = 512  # prompt tokens per forward pass (llama.cpp's default n_ubatch): bounds activation memory
-
-# Why a generation ended. "stop" = an end-of-generation token or a stop string; "length" = max_tokens;
-# "context" = the KV cache is full; "cancelled" = the caller stopped iterating (Ctrl-C, a closed stream).
-STOP_REASONS = ("stop", "length", "context", "cancelled")
 
 
 class EmptyPromptError(PellucidError, ValueError):
@@ -53,54 +51,6 @@ def check_prompt(
             f"{context_length:,})."
         )
     return prompt_ids
-
-
-@dataclass
-class GenerationStats:
-    prompt_tokens: int = 0
-    cached_tokens: int = 0  # prompt tokens reused from the KV cache instead of recomputed
-    generated_tokens: int = 0
-    ttft_s: float = 0.0  # time to first token: prefill + the first sample
-    prefill_s: float = 0.0
-    decode_s: float = 0.0  # from the first token to the last
-    stop_reason: str = ""
-    stop_detail: str = ""  # which token or stop string ended it
-
-    @property
-    def prefill_tok_s(self) -> float:
-        n = self.prompt_tokens - self.cached_tokens
-        return n / self.prefill_s if self.prefill_s > 0 else 0.0
-
-    @property
-    def decode_tok_s(self) -> float:
-        # The first token comes out of the prefill; decode speed counts the ones after it.
-        n = self.generated_tokens - 1
-        return n / self.decode_s if n > 0 and self.decode_s > 0 else 0.0
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d["prefill_tok_s"] = round(self.prefill_tok_s, 2)
-        d["decode_tok_s"] = round(self.decode_tok_s, 2)
-        return d
-
-    def summary(self) -> str:
-        cached = f" ({self.cached_tokens} cached)" if self.cached_tokens else ""
-        return (
-            f"{self.prompt_tokens} prompt tokens{cached} at {self.prefill_tok_s:.1f} tok/s, "
-            f"{self.generated_tokens} generated at {self.decode_tok_s:.1f} tok/s, "
-            f"first token after {self.ttft_s * 1000:.0f} ms, stopped: {self.stop_reason}"
-            + (f" ({self.stop_detail})" if self.stop_detail else "")
-        )
-
-
-@dataclass
-class Chunk:
-    """A piece of streamed output: its text, the token ids that produced it, and (optionally) logprobs."""
-
-    text: str
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[TokenLogprobs] | None = None
-    stats: GenerationStats | None = None  # only on the last chunk
 
 
 @dataclass
@@ -285,54 +235,3 @@ def stream_text(
     finally:
         steps.close()  # stops the token generator (and its timers) whether we broke out or were closed
     yield Chunk("", ids, lps or None, stats=stats)
-
-
-class Generation:
-    """A running generation: iterate for `Chunk`s; `.text`, `.ids`, `.stats` accumulate as it runs.
-
-    Breaking out of the loop (or calling `.close()`) cancels it; the stats then say "cancelled".
-    """
-
-    def __init__(self, chunks: Iterator[Chunk], prompt_ids: list[int], stats: GenerationStats):
-        self._chunks = chunks
-        self.prompt_ids = prompt_ids
-        self.stats = stats
-        self.text = ""
-        self.ids: list[int] = []
-        self.logprobs: list[TokenLogprobs] = []
-        self.done = False
-
-    def __iter__(self) -> Iterator[Chunk]:
-        try:
-            for chunk in self._chunks:
-                self.text += chunk.text
-                self.ids.extend(chunk.token_ids)
-                if chunk.logprobs:
-                    self.logprobs.extend(chunk.logprobs)
-                yield chunk
-            self.done = True
-        finally:
-            if not self.done:
-                self.close()
-
-    def close(self) -> None:
-        if not self.done:
-            self._chunks.close()
-            if not self.stats.stop_reason:
-                self.stats.stop_reason = "cancelled"
-            self.done = True
-
-    def result(self) -> Generation:
-        """Run to the end (non-streaming use); returns self with .text, .ids and .stats filled in."""
-        for _ in self:
-            pass
-        return self
-
-    def as_dict(self) -> dict:
-        return {
-            "text": self.text,
-            "ids": self.ids,
-            "prompt_ids": self.prompt_ids,
-            "stop_reason": self.stats.stop_reason,
-            "stats": self.stats.as_dict(),
-        }

@@ -46,8 +46,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pellucid.engine.generate import PREFILL_CHUNK, GenerationStats, Session, StopStrings, check_prompt
+from pellucid.engine.generate import PREFILL_CHUNK, Session, StopStrings, check_prompt
 from pellucid.engine.kv_cache import RotatingKVCache
+from pellucid.engine.results import GenerationStats
 from pellucid.engine.sampling import SamplingParams, TokenLogprobs, make_sampler, token_logprobs
 from pellucid.errors import PellucidError
 

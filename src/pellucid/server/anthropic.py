@@ -18,7 +18,7 @@ import logging
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from pellucid.engine.generate import GenerationStats
+from pellucid.engine.results import GenerationStats
 from pellucid.server.backend import Backend, sampling_params
 from pellucid.server.errors import ApiError, bad_request
 from pellucid.server.schemas import AnthropicBlock, CountTokensRequest, MessagesRequest, parse

@@ -19,7 +19,7 @@ import time
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from pellucid.engine.generate import GenerationStats
+from pellucid.engine.results import GenerationStats
 from pellucid.engine.sampling import TokenLogprobs
 from pellucid.server.backend import Backend, max_tokens_param, sampling_params
 from pellucid.server.errors import ApiError, bad_request

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from pellucid.engine.generate import GenerationStats
+from pellucid.engine.results import GenerationStats
 from pellucid.engine.sampling import TokenLogprobs
 from pellucid.engine.scheduler import Request as EngineRequest
 from pellucid.engine.scheduler import Update
