@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Callable
 
 from pellucid import store
@@ -19,6 +20,31 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive number")
     return value
+
+
+DURATION_UNITS = {"h": 3600, "m": 60, "s": 1}
+
+
+def duration(text: str) -> float:
+    """Seconds in a duration such as 30s, 5m, 1h30m or 90 (seconds)."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30s, 5m, 1h30m or 0")
+    return sum(float(n) * DURATION_UNITS[u] for n, u in parts)
+
+
+def format_duration(seconds: float) -> str:
+    """5m, 1h30m, 45s, 2.5s: the shortest way `duration` reads back."""
+    if seconds != int(seconds) or seconds < 60:
+        return f"{seconds:g}s"
+    out, rest = "", int(seconds)
+    for unit, size in DURATION_UNITS.items():
+        if rest >= size:
+            out, rest = out + f"{rest // size}{unit}", rest % size
+    return out
 
 
 def add_model_arg(p: argparse.ArgumentParser) -> None:

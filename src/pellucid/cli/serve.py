@@ -1,16 +1,24 @@
-"""The server command: serve (OpenAI- and Anthropic-compatible HTTP API and web chat page)."""
+"""The server command: serve (OpenAI- and Anthropic-compatible HTTP API and web chat page).
+
+Once it is ready the server registers itself in $PELLUCID_HOME/servers/ (pellucid.servers), so that `pellucid
+run` and `chat` hand their requests to it instead of loading the model again, and removes its entry when it
+exits: at Ctrl-C, SIGTERM, SIGHUP, or after --keep-alive without a request.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
+import time
+from pathlib import Path
 
-from pellucid import store
-from pellucid.cli.common import add_model_arg, add_quantize_arg, command, positive_int
+from pellucid import servers, store
+from pellucid.cli.common import add_model_arg, add_quantize_arg, command, duration, format_duration, positive_int
 from pellucid.errors import PellucidError, UnsupportedError
 
 log = logging.getLogger("pellucid.server")
@@ -32,6 +40,13 @@ def _add_serve(commands) -> None:
     )
     net.add_argument(
         "--alias", action="append", default=[], metavar="NAME", help="another name for `model` (repeatable)"
+    )
+    net.add_argument(
+        "--keep-alive",
+        type=duration,
+        default=0.0,
+        metavar="DURATION",
+        help="exit after this long without a request, e.g. 30s, 5m, 1h (default 0: run until stopped)",
     )
     eng = p.add_argument_group("engine")
     eng.add_argument(
@@ -118,10 +133,74 @@ def cmd_serve(args) -> int:
     backend = _off_the_main_thread(set_up)
     app = create_app(backend, api_key=args.api_key)
     host, port = sock.getsockname()[:2]
-    _announce(backend, args, f"http://{f'[{host}]' if ':' in host else host}:{port}")
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=3)
-    uvicorn.Server(config).run(sockets=[sock])
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=3))
+    entry = servers.register(_registry_info(backend, args, host, port))
+    try:
+        _unregister_on_signals(entry)
+        _announce(backend, args, f"http://{f'[{host}]' if ':' in host else host}:{port}")
+        if args.keep_alive > 0:
+            _exit_when_idle(server, app.state.activity, args.keep_alive, entry)
+        server.run(sockets=[sock])
+    finally:
+        servers.unregister(entry)
     return 0
+
+
+def _registry_info(backend, args, host: str, port: int) -> dict:
+    """What `pellucid run` needs to know to hand a request to this server (pellucid.servers.Entry)."""
+    models = []
+    for model in backend.models:
+        info = {"name": model.name, "kind": model.kind}
+        if model.kind == "chat":
+            llm = backend.llm
+            info |= {
+                "path": os.path.realpath(llm.resolved.path),
+                "ctx": llm.ctx,
+                "quantize": args.quantize,
+                "device": str(llm.device),
+                "chat_template": llm.has_chat_template,
+            }
+        models.append(info)
+    return {
+        "host": host,
+        "port": port,
+        "models": models,
+        "api_key": bool(args.api_key),
+        "fast": servers.fast_requested(),
+        "started_at": time.time(),
+        "keep_alive_s": args.keep_alive or None,
+    }
+
+
+def _unregister_on_signals(entry: Path) -> None:
+    """SIGTERM and SIGHUP remove the registry entry, then end the process as they would have. (uvicorn
+    catches SIGTERM while it serves, shuts down gracefully, then raises it again: this handler runs then.)
+    Ctrl-C raises KeyboardInterrupt, which cmd_serve's `finally` handles."""
+
+    def on_signal(signum, frame):
+        servers.unregister(entry)
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+
+
+def _exit_when_idle(server, activity, seconds: float, entry: Path) -> None:
+    """--keep-alive: a thread that stops the server once no request has come for `seconds`. The entry goes
+    first, so that no client picks a server that is shutting down."""
+
+    def watch() -> None:
+        while not server.should_exit:
+            idle = activity.idle_s()
+            if idle >= seconds:
+                log.info("no request for %s (--keep-alive): exiting", format_duration(seconds))
+                servers.unregister(entry)
+                server.should_exit = True
+                return
+            time.sleep(min(1.0, seconds - idle + 0.01))
+
+    threading.Thread(target=watch, name="pellucid-keep-alive", daemon=True).start()
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -71,6 +71,7 @@ class Update:
     logprobs: list[TokenLogprobs] | None = None
     stats: GenerationStats | None = None  # set on the final update only
     stop_string: str | None = None  # the stop string that ended the generation (final update)
+    stop_token: int | None = None  # the end-of-generation token that ended it (final update)
     error: str | None = None  # the engine failed on this request (final update)
 
     @property
@@ -89,6 +90,7 @@ class Request:
         *,
         max_tokens: int | None,
         stop: Sequence[str],
+        ignore_eos: bool = False,
         on_update: Callable[[Update], None],
     ):
         self.id = id
@@ -97,6 +99,7 @@ class Request:
         self.sampler = make_sampler(params)  # this request's own generator: its seed gives its tokens
         self.max_tokens = max_tokens
         self.stop = list(stop)
+        self.ignore_eos = ignore_eos  # generate past end-of-generation tokens
         self.on_update = on_update
         self.cancelled = False
         self.submitted_at = time.perf_counter()
@@ -277,6 +280,7 @@ class Scheduler:
         *,
         max_tokens: int | None = None,
         stop: Sequence[str] = (),
+        ignore_eos: bool = False,
         on_update: Callable[[Update], None],
     ) -> Request:
         """Queue a generation; `on_update` gets its Updates on the worker thread, the last one with stats.
@@ -297,6 +301,7 @@ class Scheduler:
             params or SamplingParams(),
             max_tokens=max_tokens,
             stop=stop,
+            ignore_eos=ignore_eos,
             on_update=on_update,
         )
         with self._cv:
@@ -434,8 +439,8 @@ class Scheduler:
         if seq.first_token_at is None:
             seq.first_token_at = now
             stats.ttft_s = now - seq.request.submitted_at  # what the client waits: queue + prefill + sample
-        if token in self.stop_ids:
-            self._finish(slot, "stop", f"token {token}")
+        if token in self.stop_ids and not seq.request.ignore_eos:
+            self._finish(slot, "stop", f"token {token}", stop_token=token)
             return 0
         seq.history.append(token)
         stats.generated_tokens += 1
@@ -465,7 +470,9 @@ class Scheduler:
         seq.unsent_ids, seq.unsent_logprobs = [], []
         self._emit(seq.request, update)
 
-    def _finish(self, slot: _Slot, reason: str, detail: str = "", *, stop_string=None, error=None) -> None:
+    def _finish(
+        self, slot: _Slot, reason: str, detail: str = "", *, stop_string=None, stop_token=None, error=None
+    ) -> None:
         """End the sequence in `slot`: flush its text, send the final update with the stats, free the slot."""
         seq = slot.seq
         stats = seq.stats
@@ -484,7 +491,7 @@ class Scheduler:
         self.finished_total += 1
         slot.seq = None
         slot.last_used = time.perf_counter()
-        self._send(seq, text, stats=stats, stop_string=stop_string, error=error)
+        self._send(seq, text, stats=stats, stop_string=stop_string, stop_token=stop_token, error=error)
 
     def _emit(self, request: Request, update: Update) -> None:
         try:

@@ -60,6 +60,7 @@ def create_app(backend: Backend, *, api_key: str | None = None) -> FastAPI:
                   openapi_url=None)  # fmt: skip
     app.state.backend = backend
     app.state.metrics = Metrics()
+    app.state.activity = Activity()
     app.state.started = int(time.time())
     keyed = [Depends(_key_checker(api_key))] if api_key else []
 
@@ -78,8 +79,23 @@ def create_app(backend: Backend, *, api_key: str | None = None) -> FastAPI:
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(Exception, internal_error)
-    app.add_middleware(RequestLog, metrics=app.state.metrics)
+    app.add_middleware(RequestLog, metrics=app.state.metrics, activity=app.state.activity)
     return app
+
+
+class Activity:
+    """When the server was last asked for something, for `serve --keep-alive` (exit after a while without a
+    request). Probes do not count: /health (clients checking the server is there) and /metrics (scrapers)."""
+
+    QUIET_PATHS = ("/health", "/metrics")
+
+    def __init__(self):
+        self.in_flight = 0
+        self.last = time.monotonic()
+
+    def idle_s(self) -> float:
+        """Seconds since the last request ended; 0 while one runs (a long generation is not idleness)."""
+        return 0.0 if self.in_flight else time.monotonic() - self.last
 
 
 # -- small routes -------------------------------------------------------------------------------------------
@@ -177,9 +193,10 @@ class RequestLog:
     """ASGI middleware: gives each request an id (x-request-id), counts it, and logs one line when it ends:
     id, method, path, status, tokens in (cached) and out, decode tok/s, time to first token, duration."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics):
+    def __init__(self, app: ASGIApp, metrics: Metrics, activity: Activity):
         self.app = app
         self.metrics = metrics
+        self.activity = activity
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -189,6 +206,9 @@ class RequestLog:
         request_id = state["request_id"] = secrets.token_hex(6)
         started = time.perf_counter()
         status = 500
+        counts = scope["path"] not in Activity.QUIET_PATHS
+        if counts:
+            self.activity.in_flight += 1
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -200,6 +220,9 @@ class RequestLog:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            if counts:
+                self.activity.in_flight -= 1
+                self.activity.last = time.monotonic()
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or ("/static" if scope["path"].startswith("/static/") else "other")
             self.metrics.count_request(endpoint, status)

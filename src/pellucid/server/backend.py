@@ -174,13 +174,14 @@ class Backend:
         *,
         max_tokens: int | None,
         stop: list[str],
+        ignore_eos: bool = False,
         prompt_param: str = "messages",
     ) -> Stream:
         """Queue a generation; its Updates arrive on the returned Stream. A full queue is a 429."""
         stream = Stream(asyncio.get_running_loop())
         try:
             stream.request = self.scheduler.submit(
-                prompt_ids, params, max_tokens=max_tokens, stop=stop, on_update=stream.put
+                prompt_ids, params, max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos, on_update=stream.put
             )
         except PellucidError as e:
             raise from_pellucid(e, prompt_param) from None

@@ -4,7 +4,10 @@ Responses follow OpenAI's reference (https://platform.openai.com/docs/api-refere
 the official SDKs parse them: `chat.completion` / `chat.completion.chunk` objects, SSE streams ending in
 `data: [DONE]`, `usage` with real token counts and `prompt_tokens_details.cached_tokens` (the prompt tokens
 the KV cache already held), `logprobs` as OpenAI reports them. Each response also carries llama-server's
-`timings` object (prompt and generation speed), which its users and our web page read.
+`timings` object (prompt and generation speed), which its users and our web page read, and vLLM's
+`stop_reason` on the finished choice (the stop string, or the id of the end token, that ended it). With
+vLLM's `return_token_ids: true`, the response also has `prompt_token_ids` (the first chunk of a stream) and
+each choice (or streamed delta) its `token_ids`: `pellucid run --json` reads them.
 
 Sampling fields that are not set keep llama.cpp's defaults (temperature 0.8, top_k 40, top_p 0.95,
 min_p 0.05), as llama-server does; OpenAI's own defaults differ (temperature 1, no truncation).
@@ -21,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 
 from pellucid.engine.results import GenerationStats
 from pellucid.engine.sampling import TokenLogprobs
+from pellucid.engine.scheduler import Update
 from pellucid.server.backend import Backend, max_tokens_param, sampling_params
 from pellucid.server.errors import ApiError, bad_request
 from pellucid.server.schemas import (
@@ -67,20 +71,23 @@ async def chat_completions(request: Request) -> Response:
         body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens,
         "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens",
     )
-    stream = backend.generate(prompt_ids, params, max_tokens=max_tokens, stop=stop_list(body.stop) + stops)
+    stream = backend.generate(
+        prompt_ids, params, max_tokens=max_tokens, stop=stop_list(body.stop) + stops, ignore_eos=body.ignore_eos
+    )
     request.state.generation = stream
     head = {"id": f"chatcmpl-{_id(request)}", "created": int(time.time()), "model": model.name}
     tokenizer = backend.llm.tokenizer
+    ids = prompt_ids if body.return_token_ids else None
     if body.stream:
         usage = body.stream_options is not None and body.stream_options.include_usage
-        return EventStream(chat_events(stream, head, tokenizer, include_usage=usage), stream)
+        return EventStream(chat_events(stream, head, tokenizer, include_usage=usage, prompt_ids=ids), stream)
     done = await until_done(request, stream)
     if done is None:
         return Response(status_code=499)  # nginx's "client closed request": nobody reads it
     check_error(done)
     message = {"role": "assistant", "content": done.text}
     logprobs = {"content": [logprob_entry(tokenizer, lp) for lp in done.logprobs]} if body.logprobs else None
-    choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish_reason(done.stats)}
+    choice = {"index": 0, "message": message, "logprobs": logprobs, **finish_of(done, token_ids=ids is not None)}
     return JSONResponse(
         {
             **head,
@@ -88,29 +95,32 @@ async def chat_completions(request: Request) -> Response:
             "choices": [choice],
             "usage": usage_of(done.stats),
             "timings": timings_of(done.stats),
+            **({"prompt_token_ids": ids} if ids is not None else {}),
         }
     )
 
 
-async def chat_events(stream: Stream, head: dict, tokenizer, *, include_usage: bool):
-    """The chat.completion.chunk events: the role first, then the text as it comes, then finish_reason."""
+async def chat_events(stream: Stream, head: dict, tokenizer, *, include_usage: bool, prompt_ids=None):
+    """The chat.completion.chunk events: the role first, then the text as it comes, then finish_reason.
+    With `prompt_ids` (return_token_ids), the first carries them and each piece of text its token ids."""
     head = {**head, "object": "chat.completion.chunk"}
     extra = {"usage": None} if include_usage else {}
+    with_ids = prompt_ids is not None
 
-    def chunk(delta: dict, finish=None, logprobs=None, **more) -> str:
-        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+    def chunk(delta: dict, logprobs=None, fields: dict | None = None, **more) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": None, **(fields or {})}
         return sse({**head, "choices": [choice], **extra, **more})
 
-    yield chunk({"role": "assistant", "content": ""})
+    yield chunk({"role": "assistant", "content": ""}, **({"prompt_token_ids": prompt_ids} if with_ids else {}))
     async for update in stream:
         if update.error:
             yield sse(error_body(ApiError(500, update.error, kind="server_error")))
             return
-        if update.text or update.logprobs:
+        if update.text or update.logprobs or (with_ids and update.token_ids):
             lps = {"content": [logprob_entry(tokenizer, lp) for lp in update.logprobs]} if update.logprobs else None
-            yield chunk({"content": update.text}, logprobs=lps)
+            yield chunk({"content": update.text}, lps, {"token_ids": update.token_ids} if with_ids else None)
         if update.final:
-            yield chunk({}, finish=finish_reason(update.stats), timings=timings_of(update.stats))
+            yield chunk({}, fields=finish_of(update, token_ids=False), timings=timings_of(update.stats))
             if include_usage:
                 yield sse({**head, "choices": [], "usage": usage_of(update.stats)})
     yield sse("[DONE]")
@@ -163,35 +173,48 @@ async def completions(request: Request) -> Response:
         params,
         max_tokens=max_tokens_param(body.max_tokens, "max_tokens"),
         stop=stop_list(body.stop),
+        ignore_eos=body.ignore_eos,
         prompt_param="prompt",
     )
     request.state.generation = stream
     head = {"id": f"cmpl-{_id(request)}", "object": "text_completion", "created": int(time.time()), "model": model.name}
     tokenizer = backend.llm.tokenizer
+    ids = prompt_ids if body.return_token_ids else None
     if body.stream:
         usage = body.stream_options is not None and body.stream_options.include_usage
-        return EventStream(completion_events(stream, head, tokenizer, include_usage=usage), stream)
+        return EventStream(completion_events(stream, head, tokenizer, include_usage=usage, prompt_ids=ids), stream)
     done = await until_done(request, stream)
     if done is None:
         return Response(status_code=499)
     check_error(done)
     logprobs = completion_logprobs(tokenizer, done.logprobs) if body.logprobs is not None else None
-    choice = {"index": 0, "text": done.text, "logprobs": logprobs, "finish_reason": finish_reason(done.stats)}
-    return JSONResponse({**head, "choices": [choice], "usage": usage_of(done.stats), "timings": timings_of(done.stats)})
+    choice = {"index": 0, "text": done.text, "logprobs": logprobs, **finish_of(done, token_ids=ids is not None)}
+    more = {"prompt_token_ids": ids} if ids is not None else {}
+    return JSONResponse(
+        {**head, "choices": [choice], "usage": usage_of(done.stats), "timings": timings_of(done.stats), **more}
+    )
 
 
-async def completion_events(stream: Stream, head: dict, tokenizer, *, include_usage: bool):
+async def completion_events(stream: Stream, head: dict, tokenizer, *, include_usage: bool, prompt_ids=None):
+    """The text_completion events: the text as it comes, finish_reason with the last. With `prompt_ids`
+    (return_token_ids), the first event carries them and each event the token ids of its text."""
     extra = {"usage": None} if include_usage else {}
+    with_ids = prompt_ids is not None
+    more = {"prompt_token_ids": prompt_ids} if with_ids else {}  # on the first event only
     async for update in stream:
         if update.error:
             yield sse(error_body(ApiError(500, update.error, kind="server_error")))
             return
-        finish = finish_reason(update.stats) if update.final else None
-        if update.text or update.logprobs or finish:
+        if update.text or update.logprobs or update.final or (with_ids and update.token_ids):
             lps = completion_logprobs(tokenizer, update.logprobs) if update.logprobs else None
-            choice = {"index": 0, "text": update.text, "logprobs": lps, "finish_reason": finish}
-            more = {"timings": timings_of(update.stats)} if update.final else {}
+            choice = {"index": 0, "text": update.text, "logprobs": lps, "finish_reason": None}
+            if with_ids:
+                choice["token_ids"] = update.token_ids
+            if update.final:
+                choice |= finish_of(update, token_ids=False)
+                more["timings"] = timings_of(update.stats)
             yield sse({**head, "choices": [choice], **extra, **more})
+            more = {}
         if update.final and include_usage:
             yield sse({**head, "choices": [], "usage": usage_of(update.stats)})
     yield sse("[DONE]")
@@ -275,6 +298,14 @@ def check_error(done: Completion) -> None:
 
 def finish_reason(stats: GenerationStats | None) -> str | None:
     return FINISH_REASONS.get(stats.stop_reason) if stats is not None else None
+
+
+def finish_of(done: Completion | Update, *, token_ids: bool) -> dict:
+    """A finished choice's fields: finish_reason, vLLM's stop_reason (the stop string or the end token's id;
+    None when max_tokens or the context ended it), and with `token_ids` the ids of the whole answer."""
+    stop = done.stop_string if done.stop_string is not None else done.stop_token
+    fields = {"finish_reason": finish_reason(done.stats), "stop_reason": stop}
+    return fields | ({"token_ids": done.token_ids} if token_ids else {})
 
 
 def usage_of(stats: GenerationStats) -> dict:

@@ -6,8 +6,9 @@ valid number"); malformed JSON is a 400 that says where it broke. Fields whose m
 implement (n > 1, JSON response formats, logit_bias, echo) are accepted by the schema and refused by the
 endpoint with a message, never silently ignored.
 
-Beyond OpenAI's fields, the chat and completion bodies take llama-server's sampling extensions: top_k,
-min_p, typical_p, repeat_penalty, repeat_last_n.
+Beyond OpenAI's fields, the chat and completion bodies take llama-server's sampling extensions (top_k,
+min_p, typical_p, repeat_penalty, repeat_last_n, ignore_eos) and vLLM's `return_token_ids` (the prompt's and
+the answer's token ids in the response, which `pellucid run --json` prints when a server answers it).
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ class SamplingFields(_Body):
     stream_options: StreamOptions | None = None
     n: int | None = None
     logit_bias: dict[str, float] | None = None
+    ignore_eos: bool = False  # llama-server's: generate past end-of-text tokens (until max_tokens or the context)
+    return_token_ids: bool = False  # vLLM's: prompt_token_ids on the response, token_ids on each choice/delta
 
 
 class ChatCompletionRequest(SamplingFields):

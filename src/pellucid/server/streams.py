@@ -36,6 +36,7 @@ class Completion:
     logprobs: list[TokenLogprobs] = field(default_factory=list)
     stats: GenerationStats | None = None
     stop_string: str | None = None
+    stop_token: int | None = None
     error: str | None = None
 
 
@@ -75,7 +76,8 @@ class Stream:
             out.text += update.text
             out.token_ids += update.token_ids
             out.logprobs += update.logprobs or []
-            out.stats, out.stop_string, out.error = update.stats, update.stop_string, update.error
+            out.stats, out.stop_string, out.stop_token = update.stats, update.stop_string, update.stop_token
+            out.error = update.error
         return out
 
 
