@@ -32,8 +32,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from pellucid.errors import PellucidError
 from pellucid.model.config import ModelConfig
 from pellucid.quant.types import BLOCK_LAYOUT, GGMLType
@@ -187,7 +185,10 @@ def engine_bytes(t: TensorSize) -> int:
 @functools.cache
 def _packed_bytes_per_row(ggml_type: GGMLType, k: int) -> float:
     # Pack a few all-zero rows and ask the packed weight what it holds: exact, and never out of step with
-    # quant/packed.py's layouts.
+    # quant/packed.py's layouts. (numpy is imported here, not at the top: the command line's parser reads
+    # this module's PRECISIONS, and `pellucid run` should not pay for numpy.)
+    import numpy as np
+
     from pellucid.quant.packed import pack
 
     layout = BLOCK_LAYOUT[ggml_type]

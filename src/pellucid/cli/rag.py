@@ -198,8 +198,7 @@ def _add_retrieval_args(p: argparse.ArgumentParser, k: int) -> None:
 
 
 def _add_rerank_args(p: argparse.ArgumentParser) -> None:
-    from pellucid.rag.rerank import METHODS
-    from pellucid.rag.retrieve import RERANK_DEPTH
+    from pellucid.rag import RERANK_DEPTH, RERANK_METHODS
 
     p.add_argument(
         "--rerank-model",
@@ -208,8 +207,8 @@ def _add_rerank_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--rerank-method",
-        choices=METHODS,
-        default=METHODS[0],
+        choices=RERANK_METHODS,
+        default=RERANK_METHODS[0],
         help="query-likelihood: how well the passage predicts the question (default); yes: P(yes) to 'does it answer?'",
     )
     p.add_argument(

@@ -16,3 +16,8 @@ The loop, one module per step, in the order data flows:
 
 The commands are in pellucid.cli.rag; the benchmark on the Debian FAQ is benchmarks/rag_eval.py.
 """
+
+# Here rather than in rerank.py and retrieve.py, which import torch and numpy: the command line's parser
+# offers them as choices and defaults, and building it must not cost `pellucid run` an import of torch.
+RERANK_METHODS = ("query-likelihood", "yes")  # how the LLM scores a pair: rerank.py
+RERANK_DEPTH = 10  # each candidate costs one LLM forward pass over ~300 tokens

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
+from pellucid.rag import RERANK_METHODS as METHODS
 from pellucid.rag.prompt import neutralise, special_token_pattern
 
-METHODS = ("query-likelihood", "yes")
 MAX_PASSAGE_TOKENS = 320  # a chunk is at most ~256 encoder tokens; LLM tokenizers need somewhat more
 QUERY_LIKELIHOOD_PROMPT = "Passage: {passage}\nPlease write a question based on this passage.\nQuestion:"
 YES_NO_QUESTION = "Does the passage contain the answer to the question? Answer with yes or no."

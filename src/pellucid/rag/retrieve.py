@@ -18,12 +18,12 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from pellucid.rag import RERANK_DEPTH
 from pellucid.rag.index import Filter, Hit, RagIndex, RagIndexError
 
 MODES = ("dense", "sparse", "hybrid")
 RRF_K = 60
 CANDIDATES = 50  # how deep each list goes before fusion: fusion can lift a chunk that one list ranks low
-RERANK_DEPTH = 10  # each candidate costs one LLM forward pass over ~300 tokens
 
 
 @dataclass
