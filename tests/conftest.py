@@ -5,8 +5,11 @@ Model-dependent tests skip only when a model cannot be fetched, and say so loudl
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,13 @@ REPO = Path(__file__).resolve().parents[1]
 # (tests/test_arithmetic.py, and the llama.cpp agreement tests, which run in both). Subprocesses inherit this.
 os.environ.setdefault("PELLUCID_EXACT", "1")
 _SKIPPED_MODELS: dict[str, str] = {}
+
+# The tests' own registry of running servers (pellucid.servers), for every process they start: a server you
+# left running must not answer the tests' `pellucid run`, nor theirs yours. Nor does $PELLUCID_KEEP_ALIVE
+# start servers behind the tests' backs.
+os.environ["PELLUCID_SERVERS"] = tempfile.mkdtemp(prefix="pellucid-test-servers-")
+atexit.register(shutil.rmtree, os.environ["PELLUCID_SERVERS"], ignore_errors=True)
+os.environ.pop("PELLUCID_KEEP_ALIVE", None)
 
 
 def fixtures_dir() -> Path:

@@ -5,7 +5,8 @@ themselves (what Ollama does; loading and compiling cost seconds, an HTTP reques
     $PELLUCID_HOME/servers/12345.json     {"pid": 12345, "host": "127.0.0.1", "port": 8123,
                                            "models": [{"name": "smollm2-135m", "path": "/.../x.gguf",
                                                        "ctx": 4096, "quantize": null, "device": "cpu", ...}],
-                                           "api_key": false, "fast": false, "started_at": ..., ...}
+                                           "api_key": false, "arithmetic": {"fast": false, "compile": true},
+                                           "started_at": ..., ...}
 
 `pellucid serve` writes its entry once it is ready (`register`) and removes it when it exits (`unregister`).
 A client reads the entries (`find`), deleting those whose process is gone or whose /health does not answer
@@ -45,7 +46,7 @@ class Entry:
     port: int
     models: list[dict]  # {"name", "kind", "path", "ctx", "quantize", "device", "chat_template"}
     api_key: bool  # requests need `Authorization: Bearer KEY`
-    fast: bool  # started with PELLUCID_FAST=1
+    arithmetic: dict  # what its environment asked for: see arithmetic()
     version: str
     started_at: float
     keep_alive_s: float | None  # exits after this long without a request; None = until stopped
@@ -100,7 +101,7 @@ def entries() -> list[Entry]:
                 port=int(data["port"]),
                 models=list(data["models"]),
                 api_key=bool(data.get("api_key")),
-                fast=bool(data.get("fast")),
+                arithmetic=dict(data["arithmetic"]),
                 version=data.get("version", ""),
                 started_at=float(data.get("started_at", 0)),
                 keep_alive_s=data.get("keep_alive_s"),
@@ -121,13 +122,12 @@ def find(model_path: Path, *, ctx: int | None = None, quantize: str | None = Non
     """A healthy registered server that holds the model file `model_path` loaded as this process would load
     it, as (Entry, its model's dict); None if there is none.
 
-    Compatible means: the same file; the same --quantize (none = none) and the same arithmetic
-    (PELLUCID_FAST) and pellucid version, since those change the numbers; and --ctx / --device only where the
-    caller gives them. A server that does not answer /health is forgotten (its file deleted)."""
+    Compatible means: the same file; the same --quantize (none = none), arithmetic() and pellucid version,
+    since those change the numbers; and --ctx / --device only where the caller gives them. A server that does
+    not answer /health is forgotten (its file deleted)."""
     wanted = os.path.realpath(model_path)
-    fast = fast_requested()
     for entry in sorted(entries(), key=lambda e: -e.started_at):  # the newest first
-        if entry.version != __version__ or entry.fast != fast:
+        if entry.version != __version__ or entry.arithmetic != arithmetic():
             continue
         model = next((m for m in entry.models if m.get("kind") == "chat" and m.get("path") == wanted), None)
         if model is None or model.get("quantize") != quantize:
@@ -141,8 +141,14 @@ def find(model_path: Path, *, ctx: int | None = None, quantize: str | None = Non
     return None
 
 
-def fast_requested() -> bool:
-    return os.environ.get("PELLUCID_FAST", "0") == "1"
+def arithmetic() -> dict:
+    """What this process's environment asks of the arithmetic, read as quant/kernels.py reads it: fast mode
+    (PELLUCID_FAST=1: 8-bit activations) and compiling (PELLUCID_COMPILE=0: eager, which rounds differently).
+    A server asked for something else would not give the answer this process would."""
+    return {
+        "fast": os.environ.get("PELLUCID_FAST", "0") == "1",
+        "compile": os.environ.get("PELLUCID_COMPILE", "1") != "0",
+    }
 
 
 def healthy(entry: Entry) -> bool:

@@ -1,16 +1,34 @@
-"""Commands that run a model: run (one answer), chat (an interactive conversation), ppl (perplexity)."""
+"""Commands that run a model: run (one answer), chat (an interactive conversation), ppl (perplexity).
+
+run and chat first look for a pellucid server that already holds the model (pellucid.servers: the same file,
+loaded with the same --quantize, and the --ctx/--device asked for, if any) and send it the request over HTTP
+(pellucid.client, no torch in this process): an answer in well under a second instead of a load and a
+compile. --keep-alive starts such a server in the background when there is none; --local never uses one.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 from pellucid import store
-from pellucid.cli.common import add_model_arg, add_quantize_arg, command, positive_int, print_json, stream_to_stdout
+from pellucid.cli.common import (
+    add_model_arg,
+    add_quantize_arg,
+    command,
+    duration,
+    format_duration,
+    positive_int,
+    print_json,
+    stream_to_stdout,
+)
+from pellucid.client import RemoteLLM, ServerGone
 from pellucid.errors import PellucidError
 
 # Sampling flags shared by run and chat: (flag, SamplingParams field, type, help). Defaults are llama.cpp's.
@@ -43,6 +61,22 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     model.add_argument("--ctx", type=positive_int, help="context window in tokens (default: min(model's, 4096))")
     model.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: the best available)")
     add_quantize_arg(model)
+    server = p.add_argument_group("server")
+    server.add_argument(
+        "--local",
+        "--no-server",
+        action="store_true",
+        help="load the model in this process, even when a running pellucid server holds it",
+    )
+    server.add_argument(
+        "--keep-alive",
+        type=duration,
+        default=os.environ.get("PELLUCID_KEEP_ALIVE") or None,
+        metavar="DURATION",
+        help="if no server holds the model, start one in the background that exits after DURATION without a "
+        "request (e.g. 5m; 0 = until stopped), and answer through it (default: $PELLUCID_KEEP_ALIVE; unset = "
+        "answer in-process)",
+    )
 
 
 def _sampling(args) -> dict:
@@ -50,15 +84,40 @@ def _sampling(args) -> dict:
 
 
 def _load(args):
+    """What answers: a running server that holds the model (RemoteLLM), else the model loaded here (LLM)."""
+    resolved = store.resolve(args.model)
+    if not args.local:
+        remote = _remote(args, resolved)
+        if remote is not None:
+            return remote
     import pellucid
 
-    return pellucid.load(store.resolve(args.model), device=args.device, ctx=args.ctx, quantize=args.quantize)
+    return pellucid.load(resolved, device=args.device, ctx=args.ctx, quantize=args.quantize)
+
+
+def _remote(args, resolved) -> RemoteLLM | None:
+    from pellucid import servers
+
+    options = {"ctx": args.ctx, "quantize": args.quantize, "device": args.device}
+    found = servers.find(resolved.path, **options)
+    if found is None and args.keep_alive is not None:
+        spec = Path(args.model or store.DEFAULT_MODEL).expanduser()  # a name, or a path made absolute
+        model = str(spec.resolve()) if spec.exists() else str(spec)
+        found = servers.start(model, resolved.path, keep_alive=format_duration(args.keep_alive), **options)
+    return RemoteLLM(*found, api_key=os.environ.get("PELLUCID_API_KEY")) if found else None
+
+
+def _via(llm) -> str:
+    """Which path answered, for the stats line."""
+    if isinstance(llm, RemoteLLM):
+        return f"via {llm.describe()}"
+    return f"in-process, load {llm.load_seconds:.2f} s"
 
 
 def _warn_base_model(llm) -> None:
-    from pellucid.api import NO_TEMPLATE_WARNING
-
     if not llm.has_chat_template:
+        from pellucid.tokenizer.chat_template import NO_TEMPLATE_WARNING
+
         print(f"warning: {NO_TEMPLATE_WARNING}", file=sys.stderr)
 
 
@@ -80,25 +139,37 @@ def cmd_run(args) -> int:
     answer streams to stdout and a stats line follows on stderr."""
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     llm = _load(args)
-    kwargs = {"max_tokens": args.max_tokens, "stop": args.stop, "ignore_eos": args.ignore_eos, **_sampling(args)}
-    if args.raw:
-        generation = llm.generate(prompt, **kwargs)
-    else:
-        _warn_base_model(llm)
-        messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
-            {"role": "user", "content": prompt}
-        ]
-        generation = llm.chat(messages, **kwargs)
+    try:
+        generation = _answer(llm, args, prompt)
+    except ServerGone as e:  # it exited between our look and our request: answer without it
+        print(f"warning: {e}; answering in-process", file=sys.stderr)
+        args.local = True
+        llm = _load(args)
+        generation = _answer(llm, args, prompt)
     if args.json:
         result = generation.result().as_dict()
-        result["stats"]["load_s"] = round(llm.load_seconds, 3)
+        if isinstance(llm, RemoteLLM):
+            result["stats"]["server"] = llm.describe()
+        else:
+            result["stats"]["load_s"] = round(llm.load_seconds, 3)
         print_json(result)
         return 0
     try:
         stream_to_stdout(generation)
     finally:
-        print(f"[{generation.stats.summary()}; load {llm.load_seconds:.2f} s]", file=sys.stderr)
+        print(f"[{generation.stats.summary()}; {_via(llm)}]", file=sys.stderr)
     return 0
+
+
+def _answer(llm, args, prompt: str):
+    kwargs = {"max_tokens": args.max_tokens, "stop": args.stop, "ignore_eos": args.ignore_eos, **_sampling(args)}
+    if args.raw:
+        return llm.generate(prompt, **kwargs)
+    _warn_base_model(llm)
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": prompt}
+    ]
+    return llm.chat(messages, **kwargs)
 
 
 # -- chat -----------------------------------------------------------------------------------------------
@@ -128,7 +199,9 @@ def cmd_chat(args) -> int:
     _warn_base_model(llm)
     state = _ChatState(llm, _sampling(args), args.system, args.max_tokens, args.stop)
     state.ignore_eos = args.ignore_eos
-    print(f"{llm.name} on {llm.device}, context {llm.ctx:,} tokens. /help for commands, /quit to leave.")
+    state.reconnect = lambda: _load(args)
+    via = f", via {llm.describe()}" if isinstance(llm, RemoteLLM) else ""
+    print(f"{llm.name} on {llm.device}, context {llm.ctx:,} tokens{via}. /help for commands, /quit to leave.")
     while True:
         try:
             line = _read_message()
@@ -183,7 +256,9 @@ class _CtrlC:
 
 
 class _ChatState:
-    """The conversation and settings of one `pellucid chat`."""
+    """The conversation and settings of one `pellucid chat`. The conversation is kept here, and each turn
+    sends all of it: the model's KV cache (in this process, or in the server's slot) still holds the turns
+    before, so only the new tokens run through the model."""
 
     def __init__(self, llm, sampling: dict, system: str | None, max_tokens: int | None, stop: list[str]):
         self.llm = llm
@@ -194,6 +269,7 @@ class _ChatState:
         self.messages: list[dict] = []
         self.last = None
         self.ignore_eos = False
+        self.reconnect = None  # () -> a model to answer with, when the server we used has gone
 
     def history(self) -> list[dict]:
         return ([{"role": "system", "content": self.system}] if self.system else []) + self.messages
@@ -201,9 +277,14 @@ class _ChatState:
     def answer(self, text: str) -> None:
         self.messages.append({"role": "user", "content": text})
         try:
-            generation = self.llm.chat(
-                self.history(), max_tokens=self.max_tokens, stop=self.stop, ignore_eos=self.ignore_eos, **self.sampling
-            )
+            try:
+                generation = self._ask()
+            except ServerGone as e:  # e.g. its --keep-alive ran out while we were idle: find or start another
+                if self.reconnect is None:
+                    raise
+                print(f"({e}; reconnecting)")
+                self.llm = self.reconnect()
+                generation = self._ask()
         except PellucidError as e:  # e.g. the conversation no longer fits the context
             self.messages.pop()
             print(f"error: {e}")
@@ -223,6 +304,11 @@ class _ChatState:
             print()
         self.messages.append({"role": "assistant", "content": generation.text})
         self.last = generation
+
+    def _ask(self):
+        return self.llm.chat(
+            self.history(), max_tokens=self.max_tokens, stop=self.stop, ignore_eos=self.ignore_eos, **self.sampling
+        )
 
     def command(self, line: str) -> str | None:
         name, _, rest = line.partition(" ")
@@ -279,8 +365,11 @@ class _ChatState:
         print(f"({name} = {parsed})")
 
     def _stats(self) -> None:
-        used = len(self.llm.session.tokens)
-        print(f"context: {used:,} of {self.llm.ctx:,} tokens in the KV cache")
+        if isinstance(self.llm, RemoteLLM):  # what the conversation takes in the server's context
+            used = self.last.stats.prompt_tokens + self.last.stats.generated_tokens if self.messages else 0
+            print(f"context: {used:,} of {self.llm.ctx:,} tokens in the conversation, {_via(self.llm)}")
+        else:
+            print(f"context: {len(self.llm.session.tokens):,} of {self.llm.ctx:,} tokens in the KV cache")
         if self.last is not None:
             print(self.last.stats.summary())
 

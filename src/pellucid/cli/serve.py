@@ -166,7 +166,7 @@ def _registry_info(backend, args, host: str, port: int) -> dict:
         "port": port,
         "models": models,
         "api_key": bool(args.api_key),
-        "fast": servers.fast_requested(),
+        "arithmetic": servers.arithmetic(),
         "started_at": time.time(),
         "keep_alive_s": args.keep_alive or None,
     }
