@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from pellucid import store
+from pellucid import servers, store
 from pellucid.cli.common import (
     add_model_arg,
     add_quantize_arg,
@@ -96,8 +96,6 @@ def _load(args):
 
 
 def _remote(args, resolved) -> RemoteLLM | None:
-    from pellucid import servers
-
     options = {"ctx": args.ctx, "quantize": args.quantize, "device": args.device}
     found = servers.find(resolved.path, **options)
     if found is None and args.keep_alive is not None:
