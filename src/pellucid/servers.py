@@ -159,7 +159,7 @@ def healthy(entry: Entry) -> bool:
         conn.request("GET", "/health")
         response = conn.getresponse()
         body = response.read()
-    except OSError:
+    except (OSError, http.client.HTTPException):  # refused, timed out, or not HTTP at all
         unregister(entry.file)
         return False
     finally:
