@@ -5,7 +5,7 @@ themselves (what Ollama does; loading and compiling cost seconds, an HTTP reques
     $PELLUCID_HOME/servers/12345.json     {"pid": 12345, "host": "127.0.0.1", "port": 8123,
                                            "models": [{"name": "smollm2-135m", "path": "/.../x.gguf",
                                                        "ctx": 4096, "quantize": null, "device": "cpu", ...}],
-                                           "api_key": false, "arithmetic": {"fast": false, "compile": true},
+                                           "api_key": false, "arithmetic": {"exact": false, "compile": true},
                                            "started_at": ..., ...}
 
 `pellucid serve` writes its entry once it is ready (`register`) and removes it when it exits (`unregister`).
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pellucid import __version__
+from pellucid.arithmetic import compile_requested, exact_requested
 from pellucid.errors import PellucidError
 from pellucid.paths import servers_dir
 
@@ -142,13 +143,10 @@ def find(model_path: Path, *, ctx: int | None = None, quantize: str | None = Non
 
 
 def arithmetic() -> dict:
-    """What this process's environment asks of the arithmetic, read as quant/kernels.py reads it: fast mode
-    (PELLUCID_FAST=1: 8-bit activations) and compiling (PELLUCID_COMPILE=0: eager, which rounds differently).
-    A server asked for something else would not give the answer this process would."""
-    return {
-        "fast": os.environ.get("PELLUCID_FAST", "0") == "1",
-        "compile": os.environ.get("PELLUCID_COMPILE", "1") != "0",
-    }
+    """What this process's environment asks of the arithmetic (pellucid.arithmetic): exact mode (--exact:
+    float32 everywhere) and compiling. A server asked for something else would not give the answer this
+    process would."""
+    return {"exact": exact_requested(), "compile": compile_requested()}
 
 
 def healthy(entry: Entry) -> bool:

@@ -29,12 +29,12 @@ inductor) it falls back to eager dequantize-then-matmul: correct, and tens of ti
 from __future__ import annotations
 
 import functools
-import os
 import threading
 
 import torch
 import torch.nn.functional as F
 
+from pellucid.arithmetic import compile_requested, exact_requested
 from pellucid.quant import native
 from pellucid.quant.packed import Dense, PackedWeight
 from pellucid.quant.types import GGMLType
@@ -223,8 +223,7 @@ def fast_mode() -> bool:
     once before compiling (compiled.py does)."""
     global _fast
     if _fast is None:
-        exact = os.environ.get("PELLUCID_EXACT", "0") not in ("", "0") or os.environ.get("PELLUCID_FAST") == "0"
-        _fast = not exact and native.available()
+        _fast = not exact_requested() and native.available()
     return _fast
 
 
@@ -237,7 +236,7 @@ def compile_enabled() -> bool:
     Also applies `prepare_compile`'s settings in the calling thread (once per thread): dynamo's config is
     thread-local, so the server's worker thread would otherwise compile under the default limits.
     """
-    enabled = os.environ.get("PELLUCID_COMPILE", "1") != "0" and _compiler_works()
+    enabled = compile_requested() and _compiler_works()
     if enabled and not getattr(_thread, "prepared", False):
         prepare_compile()
     return enabled
