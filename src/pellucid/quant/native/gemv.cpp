@@ -241,8 +241,27 @@ inline int32_t hsum_epi32(__m128i v) {
   return _mm_cvtsi128_si32(v);
 }
 
+// Scale lanes: `sc` holds 8 int16 scales in each 128-bit half; shuffle_lanes(sc, a, b) is a vector whose low half
+// is 8 copies of scale a and whose high half is 8 copies of scale b (vpshufb: one instruction, no broadcasts from
+// memory in the inner loop).
+inline __m256i shuffle_lanes(__m256i sc, int a, int b) {
+  const __m256i mask = _mm256_set_epi8(2 * b + 1, 2 * b, 2 * b + 1, 2 * b, 2 * b + 1, 2 * b, 2 * b + 1, 2 * b,
+                                       2 * b + 1, 2 * b, 2 * b + 1, 2 * b, 2 * b + 1, 2 * b, 2 * b + 1, 2 * b,
+                                       2 * a + 1, 2 * a, 2 * a + 1, 2 * a, 2 * a + 1, 2 * a, 2 * a + 1, 2 * a,
+                                       2 * a + 1, 2 * a, 2 * a + 1, 2 * a, 2 * a + 1, 2 * a, 2 * a + 1, 2 * a);
+  return _mm256_shuffle_epi8(sc, mask);
+}
+
+inline float hsum128(__m128 x) {
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_add_ss(x, _mm_movehdup_ps(x));
+  return _mm_cvtss_f32(x);
+}
+
 // Q4_K and Q5_K: 8 groups of 32; bytes 32 i..32 i + 31 of qs hold group 2 i (low nibbles) and 2 i + 1 (high);
 // Q5_K's fifth bits: bit k of qh[l] for weight 32 k + l. w = d * sc * q - dmin * mn.
+// The integer sums go into their accumulator by a plain add (vpmaddwd then vpaddd, as llama.cpp does), not
+// vpdpwssd: its 5-cycle latency on one accumulator made a super-block wait 40 cycles for M = 1.
 template <bool kFifth>
 struct Q45K {
   const uint8_t* qs; int64_t qn, qsb, qi;  // (N, S, 4, 32)
@@ -257,10 +276,11 @@ struct Q45K {
     const int64_t K = x.K, S = K / 256;
     const __m256i m4 = bytes_set1(0x0F), one = bytes_set1(1);
     __m256 acc[M];
-    float mins[M];
-    for (int r = 0; r < M; ++r) acc[r] = _mm256_setzero_ps(), mins[r] = 0.0f;
+    __m128 accm[M];
+    for (int r = 0; r < M; ++r) acc[r] = _mm256_setzero_ps(), accm[r] = _mm_setzero_ps();
     for (int64_t s = 0; s < S; ++s) {
-      const uint8_t* scales = sc + n * cn + s * cs;
+      const __m128i sc8 = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc + n * cn + s * cs)));
+      const __m256i scales = _mm256_broadcastsi128_si256(sc8);
       const __m128i mins16 = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mn + n * on + s * os)));
       const uint8_t* q = qs + n * qn + s * qsb;
       __m256i hbits = _mm256_setzero_si256();
@@ -275,25 +295,26 @@ struct Q45K {
           lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * i), one), 4));
           hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * i + 1), one), 4));
         }
-        const __m256i slo = _mm256_set1_epi16(scales[2 * i]), shi = _mm256_set1_epi16(scales[2 * i + 1]);
+        const __m256i slo = shuffle_lanes(scales, 2 * i, 2 * i), shi = shuffle_lanes(scales, 2 * i + 1, 2 * i + 1);
 #pragma GCC unroll 8
         for (int r = 0; r < M; ++r) {
           const int8_t* xq = x.qk.data() + r * K + s * 256 + i * 64;
           const __m256i xl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
           const __m256i xh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32));
-          sumi[r] = _mm256_dpwssd_epi32(sumi[r], _mm256_maddubs_epi16(lo, xl), slo);
-          sumi[r] = _mm256_dpwssd_epi32(sumi[r], _mm256_maddubs_epi16(hi, xh), shi);
+          const __m256i pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xl), slo);
+          const __m256i ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xh), shi);
+          sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(pl, ph));
         }
       }
       const float dw = f16(d + n * dn + s * ds), mw = f16(dmin + n * mnn + s * mns);
       for (int r = 0; r < M; ++r) {
         const float dx = x.dk[r * S + s];
         acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dx), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
-        const int32_t m = hsum_epi32(_mm_madd_epi16(mins16, pair_sums(x.bsum.data() + r * (K / 16) + s * 16)));
-        mins[r] += mw * dx * static_cast<float>(m);
+        const __m128i m = _mm_madd_epi16(mins16, pair_sums(x.bsum.data() + r * (K / 16) + s * 16));
+        accm[r] = _mm_fmadd_ps(_mm_set1_ps(mw * dx), _mm_cvtepi32_ps(m), accm[r]);
       }
     }
-    for (int r = 0; r < M; ++r) out[r * ld + n] = hsum(acc[r]) - mins[r];
+    for (int r = 0; r < M; ++r) out[r * ld + n] = hsum(acc[r]) - hsum128(accm[r]);
   }
 };
 
@@ -313,11 +334,13 @@ struct Q6K {
     __m256 acc[M];
     for (int r = 0; r < M; ++r) acc[r] = _mm256_setzero_ps();
     for (int64_t s = 0; s < S; ++s) {
-      const int8_t* scales = sc + n * cn + s * cs;
-      const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales)));
+      const __m128i sc_raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + n * cn + s * cs));
+      const __m256i sc16 = _mm256_cvtepi8_epi16(sc_raw);  // all 16 scales, in order
       __m256i sumi[M];
       for (int r = 0; r < M; ++r) sumi[r] = _mm256_setzero_si256();
       for (int h = 0; h < 2; ++h) {
+        // both halves of `scales` hold this half's 8 scales, so one shuffle places a 32-weight chunk's two
+        const __m256i scales = _mm256_broadcastsi128_si256(h ? _mm256_extracti128_si256(sc16, 1) : _mm256_castsi256_si128(sc16));
         const uint8_t* l = ql + n * ln + s * ls + h * 64;
         const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(l));
         const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(l + 32));
@@ -330,13 +353,12 @@ struct Q6K {
 #pragma GCC unroll 4
         for (int k = 0; k < 4; ++k) {
           q[k] = _mm256_or_si256(q[k], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * k), m2), 4));
-          const int g = 8 * h + 2 * k;  // the scales of the two 16-groups of these 32 weights
-          const __m256i scv = _mm256_set_m128i(_mm_set1_epi16(scales[g + 1]), _mm_set1_epi16(scales[g]));
+          const __m256i scv = shuffle_lanes(scales, 2 * k, 2 * k + 1);  // the two 16-groups of these 32 weights
 #pragma GCC unroll 8
           for (int r = 0; r < M; ++r) {
             const __m256i xk = _mm256_loadu_si256(
                 reinterpret_cast<const __m256i*>(x.qk.data() + r * K + s * 256 + h * 128 + k * 32));
-            sumi[r] = _mm256_dpwssd_epi32(sumi[r], _mm256_maddubs_epi16(q[k], xk), scv);
+            sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(_mm256_maddubs_epi16(q[k], xk), scv));
           }
         }
       }
