@@ -28,6 +28,11 @@ def test_json_has_the_issues_keys_and_a_missing_peer_says_how_to_install_it(caps
     assert out["pp"]["tok_s"] > 0 and out["tg"]["tok_s"] > 0 and len(out["tg"]["reps"]) == 2
     assert 0 < out["load_s"] < 60 and 50 < out["peak_rss_mb"] < 10_000
     assert "pip install llama-cpp-python" in out["peers"]["llama.cpp"]["skipped"]
+    # what decode reads: about the file (every matrix once; the tied head is the embedding table) and its rate
+    file_size = smollm2_path.stat().st_size
+    assert 0.8 * file_size < out["bytes_per_token"] < 1.1 * file_size
+    assert out["tg"]["gb_s"] == pytest.approx(out["bytes_per_token"] * out["tg"]["tok_s"] / 1e9, rel=0.02)
+    assert out["bandwidth_gb_s"] > 0
 
 
 @pytest.mark.skipif(
@@ -55,6 +60,11 @@ def test_table_shows_medians_ratios_and_skips():
     assert "110.0 ± 10.0" in text and "52.0 ± 5.0" in text  # median ± half the range
     assert "pellucid / llama.cpp: pp 2.00x, tg 1.30x" in text
     assert "transformers: skipped: transformers not installed" in text
+    ours.bytes_per_token = 500e6
+    text = format_report(BenchReport("m", "/m.gguf", 512, 128, 3, 2, ours, [peer], bandwidth_gb_s=40.0))
+    assert "decode reads 500 MB per token" in text and "streams 40.0 GB/s" in text
+    assert "decodes at 65% of it" in text  # 52 tok/s x 0.5 GB = 26 GB/s
+    assert " 26.0 " in text and " 20.0 " in text  # each engine's GB/s column
 
 
 def test_prompts_fit_small_vocabularies():

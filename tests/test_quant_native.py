@@ -85,6 +85,22 @@ def test_random_weights(ggml_type, m):
     check([random_matrix(ggml_type)], m)
 
 
+@pytest.mark.parametrize("ggml_type", [*FORMATS, GGMLType.Q3_K, GGMLType.IQ4_XS], ids=lambda t: t.name)
+def test_dequantize_is_the_reference_unpacking(ggml_type):
+    """native.dequantize (prefill's unpacking) against dequant.dequantize: the same float32 weights (to an ulp:
+    scale * q + min may round as one FMA), and bfloat16 rounded to nearest even as Tensor.to does."""
+    raw, t, shape = random_matrix(ggml_type, (48, 512))
+    packed = pack(raw, t, shape)
+    spec = native.format_of(packed)
+    assert spec is not None
+    want = dequantize(raw, t, shape).reshape(shape)
+    got = native.dequantize(spec, shape[1], 0, shape[0], torch.float32)
+    assert torch.allclose(got, want, rtol=2e-7, atol=0), (got - want).abs().max()
+    rows = native.dequantize(spec, shape[1], 8, 40, torch.bfloat16)
+    assert rows.dtype == torch.bfloat16
+    assert (rows.float() - got[8:40].to(torch.bfloat16).float()).abs().max() == 0
+
+
 def test_several_matrices_in_one_call():
     """q/k/v of different formats and sizes share one call; each lands in its own columns."""
     check([random_matrix(GGMLType.Q4_1, (64, 512)), random_matrix(GGMLType.Q8_0, (24, 512), 1),

@@ -44,6 +44,9 @@ class Measurement:
     first_call_s: dict[str, float] = field(default_factory=dict)  # warm-up durations: {"pp": s, "tg": s}
     skipped: str | None = None  # set when the engine did not run, with what to do about it
     arithmetic: str | None = None  # pellucid's: "rounded" (llama.cpp's int8/bf16 rounding) or "float32" (--exact)
+    # pellucid's: bytes a decode step reads (every matrix once, one embedding row, the KV cache at tg's middle
+    # position); the same file's weights are what any engine reads, so peers' GB/s use it too
+    bytes_per_token: float | None = None
 
     @staticmethod
     def summary(values: list[float]) -> tuple[float, float]:
@@ -61,18 +64,29 @@ class BenchReport:
     threads: int
     ours: Measurement
     peers: list[Measurement]
+    bandwidth_gb_s: float | None = None  # this machine's streaming read, measured beside the engines
+
+    def gb_s(self, m: Measurement) -> float | None:
+        """The weights an engine streams per second in decode: bytes per token x tg tokens per second."""
+        if not self.ours.bytes_per_token or not m.tg_tok_s:
+            return None
+        return self.ours.bytes_per_token * Measurement.summary(m.tg_tok_s)[0] / 1e9
 
     def as_dict(self) -> dict:
         """The `--json` object: {"model", "load_s", "pp": {"n", "tok_s"}, "tg": {...}, "peak_rss_mb", "peers"}."""
         out = {"model": self.model, "path": self.path, "threads": self.threads, "reps": self.reps}
         out["arithmetic"] = self.ours.arithmetic
+        out["bandwidth_gb_s"] = _round(self.bandwidth_gb_s, 1)
+        out["bytes_per_token"] = self.ours.bytes_per_token
         out.update(_numbers(self.ours, self.pp, self.tg))
+        out["tg"]["gb_s"] = _round(self.gb_s(self.ours), 2)
         out["peers"] = {}
         for peer in self.peers:
             if peer.skipped:
                 out["peers"][peer.engine] = {"skipped": peer.skipped}
                 continue
             numbers = _numbers(peer, self.pp, self.tg)
+            numbers["tg"]["gb_s"] = _round(self.gb_s(peer), 2)
             numbers["ratio"] = {key: _ratio(out[key]["tok_s"], numbers[key]["tok_s"]) for key in ("pp", "tg")}
             out["peers"][peer.engine] = numbers
         return out
@@ -139,7 +153,9 @@ def run_bench(
             continue
         log(f"{name}: pp{pp} tg{tg} x{reps} on {threads} threads ...")
         peers.append(_spawn(python, name, path, pp, tg, reps, threads))
-    return BenchReport(model_name, str(path), pp, tg, reps, threads, ours, peers)
+    log(f"memory bandwidth: a plain read on {threads} threads ...")
+    bandwidth = _spawn(sys.executable, "bandwidth", path, pp, tg, reps, threads)
+    return BenchReport(model_name, str(path), pp, tg, reps, threads, ours, peers, bandwidth.load_s)
 
 
 def peer_python(name: str, path: str | Path | None = None) -> tuple[str | None, str]:
@@ -244,7 +260,53 @@ def _worker_pellucid(path: str, pp: int, tg: int, reps: int, threads: int) -> di
     from pellucid.quant.kernels import fast_mode
 
     result = _result(load_s, pp_speeds, tg_speeds, first_pp, first_tg)
-    return result | {"arithmetic": "rounded" if fast_mode() else "float32"}
+    kv_middle = cache.n_bytes * (tg / 2) / cache.capacity  # the cache read at tg's middle position
+    return result | {
+        "arithmetic": "rounded" if fast_mode() else "float32",
+        "bytes_per_token": decode_bytes(model) + kv_middle,
+    }
+
+
+def decode_bytes(model) -> int:
+    """Bytes of weights one decode step reads: every matrix once (packed or dense), one row of the embedding
+    table (a tied output head is the whole table, counted as the head), and the norms."""
+    from pellucid.quant.linear import QuantizedEmbedding, QuantizedLinear
+    from pellucid.quant.packed import PackedWeight
+
+    total, seen = 0, set()
+    for module in model.modules():
+        if isinstance(module, (QuantizedEmbedding, PackedWeight)):
+            continue  # the embedding: one row per token, counted below; a packed matrix: by its QuantizedLinear
+        tensors = [module.packed] if isinstance(module, QuantizedLinear) else []
+        tensors += [p for p in module.parameters(recurse=False)]
+        for t in tensors:
+            key = id(t)
+            if key in seen:
+                continue
+            seen.add(key)
+            total += t.n_bytes if hasattr(t, "n_bytes") else t.numel() * t.element_size()
+    embedding = model.embedding
+    if isinstance(embedding, QuantizedEmbedding):
+        total += embedding.packed.n_bytes // embedding.packed.shape[0]
+    elif hasattr(embedding, "weight"):
+        total -= embedding.weight.numel() * embedding.weight.element_size()  # counted above, read one row
+        total += embedding.weight.shape[1] * embedding.weight.element_size()
+    return total
+
+
+def _worker_bandwidth(path: str, pp: int, tg: int, reps: int, threads: int) -> dict:
+    """The machine's streaming read speed on `threads` threads: the best of 5 sums of a 1 GiB buffer (far past
+    the caches), reported as load_s in GB/s. What "decode at memory bandwidth" is measured against."""
+    import torch
+
+    torch.set_num_threads(threads)
+    buffer = torch.ones(1 << 28)  # 1 GiB of float32, touched (resident) before timing
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        buffer.sum()
+        best = min(best, time.perf_counter() - started)
+    return {"load_s": buffer.numel() * 4 / best / 1e9}
 
 
 def _worker_llama_cpp(path: str, pp: int, tg: int, reps: int, threads: int) -> dict:
@@ -312,7 +374,12 @@ def _result(load_s, pp_speeds, tg_speeds, first_pp, first_tg) -> dict:
     }
 
 
-WORKERS = {"pellucid": _worker_pellucid, "llama.cpp": _worker_llama_cpp, "transformers": _worker_transformers}
+WORKERS = {
+    "pellucid": _worker_pellucid,
+    "llama.cpp": _worker_llama_cpp,
+    "transformers": _worker_transformers,
+    "bandwidth": _worker_bandwidth,
+}
 
 
 # -- printing -----------------------------------------------------------------------------------------------
@@ -320,7 +387,8 @@ WORKERS = {"pellucid": _worker_pellucid, "llama.cpp": _worker_llama_cpp, "transf
 
 def format_report(report: BenchReport) -> str:
     """A llama-bench-style table, one row per engine, then our speed ratio to each peer."""
-    header = ("engine", "load", f"pp{report.pp} tok/s", f"tg{report.tg} tok/s", "peak RSS", "first call (pp / tg)")
+    header = ("engine", "load", f"pp{report.pp} tok/s", f"tg{report.tg} tok/s", "tg GB/s", "peak RSS",
+              "first call (pp / tg)")  # fmt: skip
     rows = [header]
     notes = []
     for m in [report.ours, *report.peers]:
@@ -330,9 +398,10 @@ def format_report(report: BenchReport) -> str:
         pp, pp_spread = Measurement.summary(m.pp_tok_s)
         tg, tg_spread = Measurement.summary(m.tg_tok_s)
         first = f"{m.first_call_s.get('pp', 0):.2f} s / {m.first_call_s.get('tg', 0):.2f} s"
+        gb_s = report.gb_s(m)
         rows.append(
             (m.engine, f"{m.load_s:.2f} s", f"{pp:.1f} ± {pp_spread:.1f}", f"{tg:.1f} ± {tg_spread:.1f}",
-             f"{m.peak_rss_mb:.0f} MB", first)
+             f"{gb_s:.1f}" if gb_s else "-", f"{m.peak_rss_mb:.0f} MB", first)
         )  # fmt: skip
         if m is not report.ours:
             ours_pp, _ = Measurement.summary(report.ours.pp_tok_s)
@@ -344,6 +413,16 @@ def format_report(report: BenchReport) -> str:
         lines.append("pellucid's arithmetic: llama.cpp's (int8 decode kernels, bfloat16 prefill)")
     elif report.ours.arithmetic == "float32":
         lines.append("pellucid's arithmetic: float32 (--exact, or a CPU without AVX512-VNNI)")
+    if report.ours.bytes_per_token:
+        line = f"decode reads {report.ours.bytes_per_token / 1e6:.0f} MB per token (weights once, KV cache at tg/2)"
+        if report.bandwidth_gb_s:
+            line += (
+                f"; this machine streams {report.bandwidth_gb_s:.1f} GB/s (a plain read on {report.threads} threads)"
+            )
+            ours = report.gb_s(report.ours)
+            if ours:
+                line += f": pellucid decodes at {100 * ours / report.bandwidth_gb_s:.0f}% of it"
+        lines.append(line)
     lines.append("")
     lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     return "\n".join(lines + ([""] + notes if notes else []))

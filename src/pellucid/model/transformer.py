@@ -67,7 +67,7 @@ class Transformer(nn.Module):
         B, T = tokens.shape
         if cache is not None and cache.batch_size != B:
             raise ValueError(f"a batch of {B} sequences needs a cache made for {B}, not {cache.batch_size}")
-        run_block = decode_block_runner() if cache is not None and T == 1 else None
+        run_block = decode_block_runner(tokens.device) if cache is not None and T == 1 else None
         offset = self._check_room(T, cache)
         x = self.embedding(tokens)  # (B, T, hidden)
         if self.embed_scale is not None:
@@ -112,7 +112,7 @@ class Transformer(nn.Module):
         local = self.rope_local.tables(positions) if self.rope_local is not self.rope else tables
         cos, sin = (t.unsqueeze(1) for t in tables)  # (B, T=1, 1, rope_dim/2), broadcast over heads
         cos_local, sin_local = (t.unsqueeze(1) for t in local)
-        run_block = decode_block_runner() or (lambda block, *args: block(*args))
+        run_block = decode_block_runner(tokens.device) or (lambda block, *args: block(*args))
         for i, block in enumerate(self.blocks):
             rope, c, s = (self.rope_local, cos_local, sin_local) if block.sliding else (self.rope, cos, sin)
             x = run_block(block, x, rope, c, s, [cache.layers[i] for cache in caches])

@@ -130,7 +130,10 @@ def matmul(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
     if half:  # llama.cpp's F16 / BF16 products round x to the weight's type first; so does the default mode
         x = x.to(_HALF_TYPES[packed.ggml_type]).to(x.dtype)
         rows = x.reshape(-1, k)
-    eager = torch.compiler.is_compiling() or not compile_enabled()  # inside a graph, emit the expressions
+    if rows.shape[0] > GEMV_MAX_ROWS and fast and not torch.compiler.is_compiling() and _native_spec(packed):
+        eager = True  # the native unpacking below: no compiler needed (nor its 1.5 s import)
+    else:
+        eager = torch.compiler.is_compiling() or not compile_enabled()  # inside a graph, emit the expressions
     if not eager:
         _fix_block_layout(packed)
     if rows.shape[0] <= GEMV_MAX_ROWS:
@@ -147,17 +150,25 @@ def matmul(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
     to_bf16 = fast and x.dtype == torch.float32 and _bf16_gemm() and packed.ggml_type != GGMLType.F16
     dtype = torch.bfloat16 if to_bf16 else x.dtype
     xd = x.to(dtype)
-    unpack = _dequantize if eager else _compiled("dequantize")
     n = packed.shape[0]
+    spec = _native_spec(packed) if fast and not torch.compiler.is_compiling() else None
+    if spec is not None and dtype in (torch.bfloat16, torch.float32):  # the native unpacking: no tracing
+
+        def unpack_rows(start: int, end: int) -> torch.Tensor:
+            return native.dequantize(spec, k, start, end, dtype)
+    else:
+        unpack = _dequantize if eager else _compiled("dequantize")
+
+        def unpack_rows(start: int, end: int) -> torch.Tensor:
+            tile = fields if (start, end) == (0, n) else {name: t[start:end] for name, t in fields.items()}
+            return unpack(fmt, tile, dtype)
+
     if n * k <= GEMM_TILE_WEIGHTS:
-        return F.linear(xd, unpack(fmt, fields, dtype)).to(x.dtype)
+        return F.linear(xd, unpack_rows(0, n)).to(x.dtype)
     # A matrix as large as Gemma's 262k-row output head is unpacked a slice of rows at a time, so a
     # many-row product (perplexity's logits) never holds the whole float32 matrix (671 MB there).
     step = max(1, GEMM_TILE_WEIGHTS // k)
-    tiles = []
-    for i in range(0, n, step):
-        tile = {name: t[i : i + step] for name, t in fields.items()}
-        tiles.append(F.linear(xd, unpack(fmt, tile, dtype)))
+    tiles = [F.linear(xd, unpack_rows(i, min(n, i + step))) for i in range(0, n, step)]
     return torch.cat(tiles, dim=-1).to(x.dtype)
 
 
@@ -191,8 +202,26 @@ def _native_specs(rows: torch.Tensor, packed: list[PackedWeight]):
     """The native kernels' specs for these matrices when they can multiply `rows` (few rows), else None."""
     if rows.shape[0] > native.MAX_ROWS:
         return None
-    specs = [native.format_of(p) for p in packed]
+    specs = [_native_spec(p) for p in packed]
     return None if any(spec is None for spec in specs) else specs
+
+
+def _native_spec(packed: PackedWeight):
+    """`native.format_of(packed)`, remembered on the matrix: asking nn.Module for its parameters on every
+    product cost ~10 us, 7 times per layer. Keyed by the field tensors, so a matrix moved by `.to()` (new
+    tensors) is looked at again; the remembered spec holds its tensors, so their ids cannot be reused."""
+    key = tuple(map(id, packed._parameters.values()))
+    cached = packed.__dict__.get("_native_spec")
+    if cached is None or cached[0] != key:
+        cached = (key, native.format_of(packed))
+        packed.__dict__["_native_spec"] = cached
+    return cached[1]
+
+
+def fused(x: torch.Tensor) -> bool:
+    """Whether the layers' small steps (norms, RoPE, decode attention, gated activation) run as the native ops
+    of quant/native/ops.cpp: in the default arithmetic (`fast_mode`), eagerly, on float32 CPU tensors."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and fast_mode() and not torch.compiler.is_compiling()
 
 
 def rows(packed: PackedWeight, ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

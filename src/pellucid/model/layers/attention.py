@@ -10,6 +10,7 @@ from torch import nn
 
 from pellucid.model.layers.linear import project
 from pellucid.model.layers.rope import RotaryEmbedding
+from pellucid.quant import kernels, native
 
 
 def attention_mask(q_len: int, k_len: int, window: int | None, device: torch.device) -> torch.Tensor | None:
@@ -83,6 +84,8 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if self.use_rope:
             q, k = rope.apply(q, cos, sin), rope.apply(k, cos, sin)
+        if T == 1 and cache is not None and kernels.fused(q):  # a decode step, one native op per sequence
+            return self.o_proj(self._attend_one_native(q, k.transpose(1, 2), v.transpose(1, 2), cache))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
         if isinstance(cache, list):  # Transformer.decode_batch: one layer cache per sequence, each at its offset
             out = torch.cat(
@@ -93,6 +96,25 @@ class Attention(nn.Module):
                 k, v = cache.store(k, v)  # (B, Hkv, S, D): cached keys followed by the new ones
             out = self._attend(q, k, v)  # (B, H, T, Dv)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.value_head_dim))
+
+    def _attend_one_native(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache) -> torch.Tensor:
+        """A decode step's attention by `native.attend_one`: q (B, 1, H, D), k/v (B, Hkv, 1, D) the new token's;
+        stores them and returns (B, 1, H * Dv). With a list of caches (`Transformer.decode_batch`) each
+        sequence attends to its own."""
+        if isinstance(cache, list):
+            outs = []
+            for b, c in enumerate(cache):
+                keys, values, visible = c.store_one(k[b : b + 1], v[b : b + 1])
+                outs.append(self._native_or_eager(q[b : b + 1], keys, values, visible))
+            return torch.cat(outs)
+        keys, values = cache.store(k, v)
+        return self._native_or_eager(q, keys, values, None)
+
+    def _native_or_eager(self, q, keys, values, visible) -> torch.Tensor:
+        if keys.dtype == torch.float32 and values.dtype == torch.float32:
+            return native.attend_one(q, keys, values, visible, self.scale, self.softcap)
+        out = self._attend(q.transpose(1, 2), keys, values, visible)  # a KV cache in another dtype
+        return out.transpose(1, 2).reshape(q.shape[0], 1, self.n_heads * self.value_head_dim)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible=None) -> torch.Tensor:
         """Attention of q over k/v; `visible` (T, S), when given, replaces the causal/window mask."""

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pellucid.model.layers.linear import project
+from pellucid.quant import kernels, native
 
 ACTIVATIONS = {
     "silu": F.silu,  # SwiGLU (llama)
@@ -23,7 +24,10 @@ class GatedMLP(nn.Module):
         super().__init__()
         self.gate_proj, self.up_proj, self.down_proj = gate_proj, up_proj, down_proj
         self.act = ACTIVATIONS[activation]
+        self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = project(x, self.gate_proj, self.up_proj)
+        if kernels.fused(gate):
+            return self.down_proj(native.glu(gate, up, self.activation))
         return self.down_proj(self.act(gate) * up)

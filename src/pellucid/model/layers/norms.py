@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from pellucid.model.layers.linear import frozen
+from pellucid.quant import kernels, native
 
 
 class RMSNorm(nn.Module):
@@ -22,6 +23,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if kernels.fused(x):
+            return native.rms_norm(x, self.weight, self.eps)
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (xf * self.weight).to(x.dtype)

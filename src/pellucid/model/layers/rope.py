@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from pellucid.quant import kernels, native
+
 
 class RotaryEmbedding(nn.Module):
     """RoPE: rotate pairs of query/key dims by angle position * theta^(-2i/rope_dim).
@@ -69,7 +71,19 @@ class RotaryEmbedding(nn.Module):
         return cos, sin
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """Rotate x (B, T, heads, D) in float32; dims past rope_dim pass through unchanged."""
+        """Rotate x (B, T, heads, D) in float32; dims past rope_dim pass through unchanged.
+
+        cos/sin are `tables(positions)`: (T, 1, rope_dim/2) for T positions shared by the batch, or
+        (B, 1, 1, rope_dim/2) for one position per sequence (the batched decode step).
+        """
+        if kernels.fused(x):
+            B, T = x.shape[:2]
+            half = self.rope_dim // 2
+            if cos.dim() == 3:  # (T, 1, half): the same positions for every sequence
+                c, s = (t.view(1, T, half).expand(B, T, half) for t in (cos, sin))
+            else:
+                c, s = (t.reshape(B, T, half) for t in (cos, sin))
+            return native.rope(x, c, s, self.rope_dim, self.interleaved)
         rot, rest = x[..., : self.rope_dim].float(), x[..., self.rope_dim :]
         if self.interleaved:
             pairs = rot.unflatten(-1, (-1, 2))  # (..., rope_dim/2, 2)

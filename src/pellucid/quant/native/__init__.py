@@ -36,7 +36,7 @@ import torch
 
 log = logging.getLogger("pellucid.native")
 
-SOURCE = Path(__file__).with_name("gemv.cpp")
+SOURCES = [Path(__file__).with_name("gemv.cpp"), Path(__file__).with_name("ops.cpp")]
 CFLAGS = ["-O3", "-fopenmp", "-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]
 MAX_ROWS = 8  # the kernels are specialized for 1..8 rows of x
 
@@ -62,10 +62,10 @@ def available() -> bool:
 def _build_and_load() -> None:
     from torch.utils import cpp_extension
 
-    if not hasattr(torch.ops.pellucid, "gemv"):
+    if not hasattr(torch.ops.pellucid, "rms_norm"):
         cpp_extension.load(
             name="pellucid_native",
-            sources=[str(SOURCE)],
+            sources=[str(source) for source in SOURCES],
             extra_cflags=CFLAGS,
             extra_ldflags=["-fopenmp"],  # at::parallel_for splits the rows over threads only with OpenMP on
             is_python_module=False,
@@ -136,3 +136,37 @@ def gemv(x: torch.Tensor, specs: list[tuple[str, list[torch.Tensor]]]) -> torch.
     """
     names = ",".join(name for name, _ in specs)
     return torch.ops.pellucid.gemv(x, names, [t for _, fields in specs for t in fields])
+
+
+def dequantize(spec: tuple[str, list[torch.Tensor]], k: int, start: int, end: int, dtype: torch.dtype) -> torch.Tensor:
+    """Rows start..end of the matrix `spec` (`format_of`'s answer; K = k columns) as float32 or bfloat16: what
+    prefill's GEMMs multiply, unpacked in one parallel pass with no tracing (the compiled unpacking took a
+    fresh process seconds to load)."""
+    name, fields = spec
+    return torch.ops.pellucid.dequantize(name, fields, k, start, end, dtype == torch.bfloat16)
+
+
+# -- the small steps between the products (ops.cpp): used eagerly, in the default arithmetic, on float32 CPU tensors
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / sqrt(mean(x^2) + eps) * weight over the last dim, one op."""
+    return torch.ops.pellucid.rms_norm(x, weight, eps)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rope_dim: int, interleaved: bool) -> torch.Tensor:
+    """x (B, T, H, D) with its first rope_dim dims of each head rotated; cos/sin (B, T, rope_dim/2)."""
+    return torch.ops.pellucid.rope(x, cos, sin, rope_dim, interleaved)
+
+
+def attend_one(q, k, v, visible, scale: float, softcap: float | None) -> torch.Tensor:
+    """One query per sequence: q (B, 1, H, D) over k (B, Hkv, S, D), v (B, Hkv, S, Dv) -> (B, 1, H * Dv)."""
+    return torch.ops.pellucid.attend_one(q, k, v, visible, scale, softcap or 0.0)
+
+
+ACTIVATION_IDS = {"silu": 0, "gelu_tanh": 1}
+
+
+def glu(gate: torch.Tensor, up: torch.Tensor, activation: str) -> torch.Tensor:
+    """activation(gate) * up, one op ('silu' or 'gelu_tanh')."""
+    return torch.ops.pellucid.glu(gate, up, ACTIVATION_IDS[activation])

@@ -316,6 +316,31 @@ struct Q45K {
     }
     for (int r = 0; r < M; ++r) out[r * ld + n] = hsum(acc[r]) - hsum128(accm[r]);
   }
+
+  // Row n's K weights as float32 (prefill's GEMMs): w = d * sc * q - dmin * mn, group by group.
+  void unpack(int64_t n, int64_t K, float* out) const {
+    for (int64_t s = 0; s < K / 256; ++s) {
+      const float dw = f16(d + n * dn + s * ds), mw = f16(dmin + n * mnn + s * mns);
+      const uint8_t* q = qs + n * qn + s * qsb;
+      const uint8_t* h = kFifth ? qh + n * hn + s * hs : nullptr;
+      for (int j = 0; j < 8; ++j) {  // group j: byte run j / 2, low nibbles for even j, high for odd
+        const __m512 scale = _mm512_set1_ps(dw * sc[n * cn + s * cs + j]);
+        const __m512 min = _mm512_set1_ps(mw * mn[n * on + s * os + j]);
+        const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + (j / 2) * qi));
+        __m256i v = _mm256_and_si256((j % 2) ? _mm256_srli_epi16(b, 4) : b, bytes_set1(15));
+        if (kFifth) {
+          const __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(h));
+          v = _mm256_or_si256(v, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, j), bytes_set1(1)), 4));
+        }
+        float* o = out + s * 256 + j * 32;
+        for (int half = 0; half < 2; ++half) {
+          const __m128i v16 = half ? _mm256_extracti128_si256(v, 1) : _mm256_castsi256_si128(v);
+          const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v16));
+          _mm512_storeu_ps(o + 16 * half, _mm512_fmsub_ps(scale, f, min));
+        }
+      }
+    }
+  }
 };
 
 // Q6_K: 16 groups of 16 with int8 scales; in half h, weight 32 k + l is nibble k / 2 of ql[64 h + 32 (k % 2) + l]
@@ -371,6 +396,30 @@ struct Q6K {
       }
     }
     for (int r = 0; r < M; ++r) out[r * ld + n] = hsum(acc[r]);
+  }
+
+  // Row n's K weights as float32: w = d * scale * (q - 32).
+  void unpack(int64_t n, int64_t K, float* out) const {
+    for (int64_t s = 0; s < K / 256; ++s) {
+      const float dw = f16(d + n * dn + s * ds);
+      for (int h = 0; h < 2; ++h) {
+        const uint8_t* l = ql + n * ln + s * ls + h * 64;
+        const uint8_t* hb = qh + n * hn + s * hs + h * 32;
+        const __m256i hbits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hb));
+        for (int k = 0; k < 4; ++k) {
+          float* o = out + s * 256 + h * 128 + k * 32;
+          const __m256i lk = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(l + 32 * (k % 2)));
+          __m256i q = _mm256_and_si256(k < 2 ? lk : _mm256_srli_epi16(lk, 4), bytes_set1(15));
+          q = _mm256_or_si256(q, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * k), bytes_set1(3)), 4));
+          q = _mm256_sub_epi8(q, bytes_set1(32));  // -32..31
+          for (int half = 0; half < 2; ++half) {
+            const __m128i q16 = half ? _mm256_extracti128_si256(q, 1) : _mm256_castsi256_si128(q);
+            const __m512 scale = _mm512_set1_ps(dw * sc[n * cn + s * cs + h * 8 + k * 2 + half]);
+            _mm512_storeu_ps(o + 16 * half, _mm512_mul_ps(scale, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q16))));
+          }
+        }
+      }
+    }
   }
 };
 
@@ -431,17 +480,41 @@ void rows_range(const F& f, const QuantX& x, int64_t n0, int64_t n1, float* out,
   for (int64_t n = n0; n < n1; ++n) row<M>(f, x, n, out, ld);
 }
 
+// Row n of a 32-block matrix as K float32 weights: w = scale * q + min, byte i of a block scaled by lane i / 4.
+template <class F>
+void unpack_row(const F& f, int64_t n, int64_t K, float* out) {
+  for (int64_t g = 0; g < K / QK; ++g) {
+    __m256i w;
+    __m256 scale;
+    float min;
+    f.block(n, g, w, scale, min);
+    const __m512 mv = _mm512_set1_ps(min);
+    const __m512 sc16 = _mm512_castps256_ps512(scale);
+    for (int half = 0; half < 2; ++half) {  // 16 bytes: lanes 4 half .. 4 half + 3, 4 bytes each
+      const __m128i raw = half ? _mm256_extracti128_si256(w, 1) : _mm256_castsi256_si128(w);
+      const __m512i v = F::kSigned ? _mm512_cvtepi8_epi32(raw) : _mm512_cvtepu8_epi32(raw);
+      const int a = 4 * half;
+      const __m512 sc = _mm512_permutexvar_ps(
+          _mm512_setr_epi32(a, a, a, a, a + 1, a + 1, a + 1, a + 1, a + 2, a + 2, a + 2, a + 2, a + 3, a + 3, a + 3, a + 3),
+          sc16);
+      _mm512_storeu_ps(out + g * QK + 16 * half, _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(v), mv));
+    }
+  }
+}
+
 // One matrix of a call: its rows go to columns [col, col + N) of the output.
 struct Matrix {
   int64_t N = 0, col = 0;
   bool k_quant = false;  // reads x's Q8_K form (else the 32-block one)
   std::function<void(const QuantX&, int64_t, int64_t, float*, int64_t)> run;  // (x, n0, n1, out + col, ld)
+  std::function<void(int64_t, int64_t, float*)> unpack;  // (n, K, out): row n's weights as float32
 };
 
 template <class F>
 Matrix matrix(const F& f, int64_t N, int64_t M) {
   Matrix m;
   m.N = N;
+  m.unpack = [f](int64_t n, int64_t K, float* o) { unpack_row(f, n, K, o); };
   switch (M) {
 #define PELLUCID_ROWS(k) \
   case k: m.run = [f](const QuantX& x, int64_t a, int64_t b, float* o, int64_t ld) { rows_range<k>(f, x, a, b, o, ld); }; break;
@@ -459,6 +532,7 @@ Matrix matrix_k(const F& f, int64_t N, int64_t M) {
   Matrix m;
   m.N = N;
   m.k_quant = true;
+  m.unpack = [f](int64_t n, int64_t K, float* o) { f.unpack(n, K, o); };
   switch (M) {
 #define PELLUCID_ROWS(k) \
   case k: m.run = [f](const QuantX& x, int64_t a, int64_t b, float* o, int64_t ld) { for (int64_t n = a; n < b; ++n) f.template row<k>(x, n, o, ld); }; break;
@@ -618,6 +692,37 @@ at::Tensor gemv(const at::Tensor& x_in, c10::string_view formats_in, at::TensorL
   return out;
 }
 
+// Rows [start, end) of one matrix (`format`, its fields as for gemv) as float32 or bfloat16 (round to nearest
+// even, as Tensor.to does): the weights prefill's GEMMs multiply, unpacked once per call.
+at::Tensor dequantize(c10::string_view format_in, at::TensorList fields, int64_t K, int64_t start, int64_t end,
+                      bool bf16) {
+  size_t i = 0;
+  const std::string fmt(format_in.data(), format_in.size());
+  const Matrix m = parse(fmt, fields, i, 1);
+  TORCH_CHECK(0 <= start && start <= end && end <= m.N, "pellucid::dequantize: rows out of range");
+  TORCH_CHECK(K % QK == 0 && (!m.k_quant || K % 256 == 0), "pellucid::dequantize: K is not whole blocks");
+  at::Tensor out = at::empty({end - start, K}, at::TensorOptions().dtype(bf16 ? at::kBFloat16 : at::kFloat));
+  NoGil released;
+  at::parallel_for(start, end, 8, [&](int64_t n0, int64_t n1) {
+    std::vector<float> buffer(bf16 ? K : 0);
+    for (int64_t n = n0; n < n1; ++n) {
+      if (!bf16) {
+        m.unpack(n, K, out.data_ptr<float>() + (n - start) * K);
+        continue;
+      }
+      m.unpack(n, K, buffer.data());
+      uint16_t* o = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()) + (n - start) * K;
+      for (int64_t j = 0; j < K; j += 8) {  // bits + 0x7FFF + (bit 16), top half: round to nearest even
+        const __m256i b = _mm256_castps_si256(_mm256_loadu_ps(buffer.data() + j));
+        const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+        const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7FFF)), odd), 16);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(o + j), _mm256_cvtepi32_epi16(r));
+      }
+    }
+  });
+  return out;
+}
+
 // Whether this CPU runs the kernels (they need AVX512-VNNI on 256-bit vectors, AVX512BW masks, F16C).
 bool supported() {
   return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
@@ -629,8 +734,10 @@ bool supported() {
 TORCH_LIBRARY(pellucid, m) {
   m.def("gemv(Tensor x, str formats, Tensor[] fields) -> Tensor");
   m.def("supported() -> bool", &supported);
+  m.def("dequantize(str format, Tensor[] fields, int K, int start, int end, bool bf16) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pellucid, CPU, m) {
   m.impl("gemv", &gemv);
+  m.impl("dequantize", &dequantize);
 }
