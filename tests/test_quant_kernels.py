@@ -18,7 +18,9 @@ from pellucid.quant.packed import pack
 from pellucid.quant.types import BLOCK_LAYOUT, GGMLType
 from test_quant_dequant import random_blocks
 
-FORMATS = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K]
+FORMATS = [
+    GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.IQ4_XS,
+]  # fmt: skip
 ROWS = [1, 3, kernels.GEMV_MAX_ROWS, kernels.GEMV_MAX_ROWS + 5]  # packed GEMV (1-8 rows), unpack + GEMM (more)
 
 

@@ -56,9 +56,10 @@ class KVCache:
         start, end = self.offset, self.offset + k.shape[2]
         if end > self.capacity:
             raise ContextLengthError(f"the KV cache holds {self.capacity:,} tokens; {end:,} were needed")
-        self.keys[:, :, start:end] = k
-        self.values[:, :, start:end] = v
-        return self.keys[:, :, :end], self.values[:, :, :end]
+        # narrow() rather than [:, :, start:end]: one op instead of three slices each, paid per layer per token
+        self.keys.narrow(2, start, end - start).copy_(k)
+        self.values.narrow(2, start, end - start).copy_(v)
+        return self.keys.narrow(2, 0, end), self.values.narrow(2, 0, end)
 
     def store_one(self, k: torch.Tensor, v: torch.Tensor):
         """The batched decode step's `store`: one new token; returns (keys, values, visible), visible = None."""

@@ -405,13 +405,20 @@ def _q6_k(blocks: torch.Tensor) -> torch.Tensor:
     return (dl.unsqueeze(-1) * q).view(-1, QK_K)
 
 
-def _unpack_iq4_xs(blocks: torch.Tensor) -> Unpacked:
-    # block_iq4_xs { f16 d; u16 scales_h; u8 scales_l[4]; u8 qs[128]; }  8 groups of 32, 6-bit scales - 32
-    d, scales_h, scales_l, qs = _fields(blocks, 2, 2, 4, 128)
+def iq4_xs_group_scales(blocks: torch.Tensor) -> torch.Tensor:
+    """The 8 signed group scales (ls - 32, int8) of each block_iq4_xs (n, 136) -> (n, 8)."""
+    _, scales_h, scales_l, _ = _fields(blocks, 2, 2, 4, 128)
     n = blocks.shape[0]
     low4 = _low_high(scales_l).transpose(1, 2).reshape(n, 8)  # group 2 i: low nibble of byte i, 2 i + 1: high
     high2 = _crumbs(scales_h, 2).transpose(1, 2).reshape(n, 8)  # group k: bits 2 k of the u16
-    dl = _f16(d) * ((low4 | (high2 << 4)).to(torch.int8) - 32)
+    return (low4 | (high2 << 4)).to(torch.int8) - 32
+
+
+def _unpack_iq4_xs(blocks: torch.Tensor) -> Unpacked:
+    # block_iq4_xs { f16 d; u16 scales_h; u8 scales_l[4]; u8 qs[128]; }  8 groups of 32, 6-bit scales - 32
+    d, _, _, qs = _fields(blocks, 2, 2, 4, 128)
+    n = blocks.shape[0]
+    dl = _f16(d) * iq4_xs_group_scales(blocks)
     levels = torch.tensor(IQ4_LEVELS, dtype=torch.int8, device=blocks.device)
     return levels[_low_high(qs.view(n, 8, 16)).view(n, 8, 32).long()], dl, None
 

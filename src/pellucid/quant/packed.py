@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from pellucid.errors import UnsupportedError
-from pellucid.quant.dequant import as_blocks, k_scales_mins, unpack
+from pellucid.quant.dequant import IQ4_LEVELS, as_blocks, k_scales_mins, unpack
 from pellucid.quant.types import GGMLType
 
 
@@ -325,6 +325,39 @@ class Q6_K(PackedWeight):
 # -- re-laid-out formats: int8 values with a float32 scale (and min) per group ---------------------------------
 
 
+class IQ4_XS(PackedWeight):
+    """block_iq4_xs {f16 d; u16 scales_h; u8 scales_l[4]; u8 qs[128]}: 8 groups of 32, w = d * (ls - 32) * L[q].
+
+    L is the 16 non-uniform levels (`dequant.IQ4_LEVELS`) a 4-bit index q selects. The nibbles stay in the file
+    (group g's 16 bytes: low nibbles are its weights 0-15, high 16-31, as Q4_0); the 6-bit group scales are
+    unpacked at load into int8 ls - 32 (8 bytes per 256 weights): 4.5 bits per weight read, not 9 as int8.
+    """
+
+    ggml_type = GGMLType.IQ4_XS
+
+    @classmethod
+    def from_blocks(cls, blocks, shape) -> IQ4_XS:  # (N, S, 136)
+        from pellucid.quant.dequant import iq4_xs_group_scales  # noqa: PLC0415 - next to its one use
+
+        n, s = blocks.shape[:2]
+        fields = {
+            "qs": blocks[..., 8:].unflatten(-1, (8, 16)),
+            "d": _half(blocks, 0),
+            "ls": iq4_xs_group_scales(blocks.reshape(n * s, -1)).view(n, s, 8),
+        }
+        return cls(shape, fields)
+
+    @staticmethod
+    def x_layout(fields):
+        return (8, 2, 16)
+
+    @staticmethod
+    def weights(qs, d, ls):
+        levels = torch.tensor(IQ4_LEVELS, dtype=torch.float32, device=qs.device)
+        scale = (d.float()[..., None] * ls)[..., None]  # (N, S, 8, 1)
+        return [levels[(qs & 15).long()] * scale, levels[(qs >> 4).long()] * scale]
+
+
 class Q8G(PackedWeight):
     """int8 q with float32 scale (and min) per group of 16 or 32: w = scale * q (+ min).
 
@@ -365,7 +398,7 @@ class Dense(PackedWeight):
 # -- building one ----------------------------------------------------------------------------------------------
 
 VIEWED = {GGMLType.Q4_0: Q4_0, GGMLType.Q4_1: Q4_1, GGMLType.Q5_0: Q5_0, GGMLType.Q5_1: Q5_1, GGMLType.Q8_0: Q8_0}
-IN_PLACE_K = {GGMLType.Q4_K: Q4_K, GGMLType.Q5_K: Q5_K, GGMLType.Q6_K: Q6_K}
+IN_PLACE_K = {GGMLType.Q4_K: Q4_K, GGMLType.Q5_K: Q5_K, GGMLType.Q6_K: Q6_K, GGMLType.IQ4_XS: IQ4_XS}
 DENSE = {GGMLType.F16: torch.float16, GGMLType.BF16: torch.bfloat16, GGMLType.F32: torch.float32}
 
 
@@ -398,7 +431,7 @@ def _as_q8g(raw, ggml_type: GGMLType, shape) -> Q8G:
     except UnsupportedError:
         raise UnsupportedError(
             f"pellucid has no matrix kernel for {ggml_type.name} weights yet; use a GGUF with Q4_0, Q4_1, Q5_0, "
-            f"Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, F16 or BF16 matrices (e.g. a Q4_K_M or Q8_0 file)"
+            f"Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_XS, F16 or BF16 matrices (e.g. a Q4_K_M or Q8_0 file)"
         ) from None
     n, k = shape
     fields = {"q": g.q.to(torch.int8).view(n, k // g.group_size, g.group_size), "scale": g.scales.float()}

@@ -78,12 +78,17 @@ class RotaryEmbedding(nn.Module):
         """
         if kernels.fused(x):
             B, T = x.shape[:2]
-            half = self.rope_dim // 2
-            if cos.dim() == 3:  # (T, 1, half): the same positions for every sequence
-                c, s = (t.view(1, T, half).expand(B, T, half) for t in (cos, sin))
-            else:
-                c, s = (t.reshape(B, T, half) for t in (cos, sin))
-            return native.rope(x, c, s, self.rope_dim, self.interleaved)
+            # The op's (B, T, half) views of this step's tables, made once per step (every layer and both q
+            # and k get the same cos/sin objects), not four view ops per call.
+            memo = self.__dict__.get("_native_tables")
+            if memo is None or memo[0] is not cos or memo[1] != (B, T):
+                half = self.rope_dim // 2
+                if cos.dim() == 3:  # (T, 1, half): the same positions for every sequence
+                    c, s = (t.view(1, T, half).expand(B, T, half) for t in (cos, sin))
+                else:
+                    c, s = (t.reshape(B, T, half) for t in (cos, sin))
+                memo = self.__dict__["_native_tables"] = (cos, (B, T), c, s)
+            return native.rope(x, memo[2], memo[3], self.rope_dim, self.interleaved)
         rot, rest = x[..., : self.rope_dim].float(), x[..., self.rope_dim :]
         if self.interleaved:
             pairs = rot.unflatten(-1, (-1, 2))  # (..., rope_dim/2, 2)

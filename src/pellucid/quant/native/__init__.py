@@ -1,4 +1,7 @@
-"""Hand-written CPU kernels for decode's matrix-vector products (gemv.cpp): the default arithmetic's decode half.
+"""Hand-written CPU kernels, the default arithmetic's engine on the CPU: decode's matrix-vector products and
+prefill's unpacking of weights to bfloat16 (gemv.cpp), and the small steps between the products (ops.cpp:
+RMSNorm, RoPE, one query's attention, the gated activation). With them a decode step runs eagerly at ~10 ops per
+layer and nothing is traced or compiled (model/compiled.py), so a fresh process answers at once.
 
 What they do (the C++ file says how): x's rows are rounded to int8 as llama.cpp does (in blocks of 32 for the
 32-weight formats, of 256 for the K-quants), and the dot products are AVX512-VNNI integer instructions, the
@@ -19,7 +22,7 @@ be on by default) was measured too: no faster than inductor's loops (decode 10.2
 22.9 ms), so it is not kept.
 
 Built with torch.utils.cpp_extension (g++, which torch.compile needs anyway) the first time a process asks,
-~10 s once per machine (cached under ~/.cache/torch_extensions), then loaded in milliseconds. Used only when
+~15 s once per machine (the two files compile in parallel) (cached under ~/.cache/torch_extensions), then loaded in milliseconds. Used only when
 the CPU has AVX512-VNNI and the tensors are on the CPU; anywhere else, or if the build fails (logged once),
 the products run as in the default mode. `gemv()` is an op (`torch.ops.pellucid.gemv`), so the compiled
 decode graphs call it like any ATen kernel; it releases the GIL while it runs.
@@ -91,6 +94,7 @@ FIELD_COUNTS = {
     "Q4_K": 5,
     "Q5_K": 6,
     "Q6_K": 4,
+    "IQ4_XS": 3,
     "Q8G16": 2,
     "Q8G32": 2,
     "Q8G32M": 3,
@@ -119,6 +123,8 @@ def format_of(packed) -> tuple[str, list[torch.Tensor]] | None:
         return "Q5_K", [f["qs"], f["qh"], f["d"], f["dmin"], f["sc"], f["mn"]]
     if kind is P.Q6_K:
         return "Q6_K", [f["ql"], f["qh"], f["scales"], f["d"]]
+    if kind is P.IQ4_XS:
+        return "IQ4_XS", [f["qs"], f["d"], f["ls"]]
     if kind is P.Q8G:
         group = f["q"].shape[-1]
         if group == 32:
@@ -138,12 +144,21 @@ def gemv(x: torch.Tensor, specs: list[tuple[str, list[torch.Tensor]]]) -> torch.
     return torch.ops.pellucid.gemv(x, names, [t for _, fields in specs for t in fields])
 
 
-def dequantize(spec: tuple[str, list[torch.Tensor]], k: int, start: int, end: int, dtype: torch.dtype) -> torch.Tensor:
+def gemv_parts(x: torch.Tensor, specs: list[tuple[str, list[torch.Tensor]]]) -> list[torch.Tensor]:
+    """`gemv`, each matrix's product in its own (M, N_i) tensor (q, k, v apart, with no split in Python)."""
+    names = ",".join(name for name, _ in specs)
+    return torch.ops.pellucid.gemv_parts(x, names, [t for _, fields in specs for t in fields])
+
+
+def dequantize(
+    spec: tuple[str, list[torch.Tensor]], k: int, start: int, end: int, dtype: torch.dtype, into=None
+) -> torch.Tensor:
     """Rows start..end of the matrix `spec` (`format_of`'s answer; K = k columns) as float32 or bfloat16: what
     prefill's GEMMs multiply, unpacked in one parallel pass with no tracing (the compiled unpacking took a
-    fresh process seconds to load)."""
+    fresh process seconds to load). `into`: a contiguous buffer of that dtype to write into (and view) instead
+    of a new tensor."""
     name, fields = spec
-    return torch.ops.pellucid.dequantize(name, fields, k, start, end, dtype == torch.bfloat16)
+    return torch.ops.pellucid.dequantize(name, fields, k, start, end, dtype == torch.bfloat16, into)
 
 
 # -- the small steps between the products (ops.cpp): used eagerly, in the default arithmetic, on float32 CPU tensors
