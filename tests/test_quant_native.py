@@ -101,6 +101,35 @@ def test_dequantize_is_the_reference_unpacking(ggml_type):
     assert (rows.float() - got[8:40].to(torch.bfloat16).float()).abs().max() == 0
 
 
+@pytest.mark.parametrize("m", [1, 3, native.MAX_ROWS])
+@pytest.mark.parametrize("ggml_type", [GGMLType.Q4_K, GGMLType.Q4_0], ids=lambda t: t.name)
+def test_repacked_is_the_same_product(ggml_type, m):
+    """Q4_K and Q4_0 repacked (8 rows interleaved, llama.cpp's repack idea) against the same oracle, beside a
+    matrix in the file's layout in one call; the unpacking for prefill is the reference's exactly."""
+    raw, t, shape = random_matrix(ggml_type, (48, 512))
+    packed = pack(raw, t, shape)
+    spec = native.repacked(packed)
+    blocks = (2, 1184) if ggml_type == GGMLType.Q4_K else (16, 144)
+    assert spec[0] == ggml_type.name + "x8" and spec[1][0].shape == (6, *blocks)
+    other_raw, other_t, other_shape = random_matrix(GGMLType.Q6_K, (16, 512), 1)
+    x = torch.randn(m, 512, generator=torch.Generator().manual_seed(m)) * 3
+    with torch.inference_mode():
+        y, z = native.gemv_parts(x, [spec, native.format_of(pack(other_raw, other_t, other_shape))])
+    for out, (r, tt, sh) in ((y, (raw, t, shape)), (z, (other_raw, other_t, other_shape))):
+        w = dequantize(r, tt, sh).reshape(sh).double()
+        scale = x.double().abs() @ w.abs().T
+        assert ((out.double() - rounded_like_the_kernels(x, tt) @ w.T).abs() <= 1e-5 * scale + 1e-30).all()
+    want = dequantize(raw, t, shape).reshape(shape)
+    assert torch.equal(native.dequantize(spec, 512, 8, 40, torch.float32), want[8:40])
+
+
+def test_only_whole_groups_of_8_rows_are_repacked():
+    raw, t, _ = random_matrix(GGMLType.Q4_K, (12, 512))
+    assert native.repacked(pack(raw, t, (12, 512))) is None
+    raw, t, shape = random_matrix(GGMLType.Q8_0, (16, 512))
+    assert native.repacked(pack(raw, t, shape)) is None  # the other formats keep the file's layout
+
+
 def test_several_matrices_in_one_call():
     """q/k/v of different formats and sizes share one call; each lands in its own columns."""
     check([random_matrix(GGMLType.Q4_1, (64, 512)), random_matrix(GGMLType.Q8_0, (24, 512), 1),

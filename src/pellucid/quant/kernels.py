@@ -167,7 +167,7 @@ def matmul(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
         return F.linear(xd, unpack_rows(0, n)).to(x.dtype)
     # A matrix as large as Gemma's 262k-row output head is unpacked a slice of rows at a time, so a
     # many-row product (perplexity's logits) never holds the whole float32 matrix (671 MB there).
-    step = max(1, GEMM_TILE_WEIGHTS // k)
+    step = max(8, GEMM_TILE_WEIGHTS // k // 8 * 8)  # whole groups of 8 rows (repacked matrices unpack so)
     tiles = [F.linear(xd, unpack_rows(i, min(n, i + step))) for i in range(0, n, step)]
     return torch.cat(tiles, dim=-1).to(x.dtype)
 
@@ -226,9 +226,18 @@ def _native_spec(packed: PackedWeight):
     key = tuple(map(id, packed._parameters.values()))
     cached = packed.__dict__.get("_native_spec")
     if cached is None or cached[0] != key:
-        cached = (key, native.format_of(packed))
+        spec = native.repacked(packed) if _repack_enabled() else None
+        cached = (key, spec or native.format_of(packed))
         packed.__dict__["_native_spec"] = cached
     return cached[1]
+
+
+@functools.cache
+def _repack_enabled() -> bool:
+    """PELLUCID_REPACK=0 keeps every matrix in the file's layout (to compare; the products are the same sums)."""
+    import os
+
+    return os.environ.get("PELLUCID_REPACK", "1") != "0"
 
 
 def fused(x: torch.Tensor) -> bool:

@@ -25,6 +25,8 @@
 #include <torch/library.h>
 
 #include <immintrin.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdint>
@@ -402,6 +404,181 @@ struct IQ4XSK {
   }
 };
 
+// Q4_K repacked for decode (llama.cpp's CPU backend does the same, "repack"): 8 rows interleaved, so a 256-bit
+// register holds 4 bytes of each of 8 rows and one vpdpbusd against 4 of x's values broadcast gives 8 rows'
+// partial sums at once. Per 8 rows and super-block the block is 1184 bytes (8 x 148, the 144 of Q4_K plus
+// the scales and mins unpacked to a byte each):
+//   0: d[8] f16   16: dmin[8] f16   32: sc[j][r] (8 groups x 8 rows)   96: mn[j][r]
+//   160: qs[i][c][r][4]: 32-byte run i (groups 2i low nibbles, 2i + 1 high) of row r, bytes 4c..4c+3.
+// One stream per 8 rows (the hardware prefetcher follows it), no per-row horizontal sums, and the scales,
+// mins and float work shared by 8 rows: ~40 instructions per row and super-block instead of ~70.
+constexpr int64_t kQ4KX8Bytes = 1184;
+
+struct Q4KX8 {
+  const uint8_t* base;  // (N / 8, S, 1184)
+  int64_t gn, gs;       // strides of a row group and of a super-block
+
+  template <int MM>
+  void group(const QuantX& x, int64_t R, int r0, float* out, int64_t ld) const {
+    const int64_t K = x.K, S = K / 256;
+    const __m256i m4 = bytes_set1(0x0F);
+    __m256 acc[MM];
+    for (int m = 0; m < MM; ++m) acc[m] = _mm256_setzero_ps();
+    for (int64_t s = 0; s < S; ++s) {
+      const uint8_t* b = base + R * gn + s * gs;
+      const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b)));
+      const __m256 m8 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 16)));
+      __m256i sumi[MM];
+      for (int m = 0; m < MM; ++m) sumi[m] = _mm256_setzero_si256();
+      for (int i = 0; i < 4; ++i) {
+        __m256i tlo[MM], thi[MM];
+        for (int m = 0; m < MM; ++m) tlo[m] = _mm256_setzero_si256(), thi[m] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; ++c) {
+          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 160 + i * 256 + c * 32));
+          const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+#pragma GCC unroll 2
+          for (int m = 0; m < MM; ++m) {
+            const int8_t* xq = x.qk.data() + (r0 + m) * K + s * 256 + i * 64 + 4 * c;
+            int32_t xl, xh;
+            std::memcpy(&xl, xq, 4);
+            std::memcpy(&xh, xq + 32, 4);
+            tlo[m] = _mm256_dpbusd_epi32(tlo[m], lo, _mm256_set1_epi32(xl));
+            thi[m] = _mm256_dpbusd_epi32(thi[m], hi, _mm256_set1_epi32(xh));
+          }
+        }
+        const __m256i slo = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + 32 + 16 * i)));
+        const __m256i shi = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + 40 + 16 * i)));
+        for (int m = 0; m < MM; ++m)
+          sumi[m] = _mm256_add_epi32(sumi[m], _mm256_add_epi32(_mm256_mullo_epi32(tlo[m], slo),
+                                                               _mm256_mullo_epi32(thi[m], shi)));
+      }
+      for (int m = 0; m < MM; ++m) {
+        const int16_t* bs = x.bsum.data() + (r0 + m) * (K / 16) + s * 16;
+        __m256i mins = _mm256_setzero_si256();
+        for (int j = 0; j < 8; ++j) {
+          const __m256i mn = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + 96 + 8 * j)));
+          mins = _mm256_add_epi32(mins, _mm256_mullo_epi32(mn, _mm256_set1_epi32(bs[2 * j] + bs[2 * j + 1])));
+        }
+        const __m256 dx = _mm256_set1_ps(x.dk[(r0 + m) * S + s]);
+        acc[m] = _mm256_fmadd_ps(_mm256_mul_ps(d8, dx), _mm256_cvtepi32_ps(sumi[m]), acc[m]);
+        acc[m] = _mm256_fnmadd_ps(_mm256_mul_ps(m8, dx), _mm256_cvtepi32_ps(mins), acc[m]);
+      }
+    }
+    for (int m = 0; m < MM; ++m) _mm256_storeu_ps(out + (r0 + m) * ld + R * 8, acc[m]);
+  }
+
+  // Rows [n0, n1) (multiples of 8) times the M rows of x; x's rows go two at a time (registers), the group's
+  // bytes staying in L1 between the pairs.
+  void run(const QuantX& x, int64_t M, int64_t n0, int64_t n1, float* out, int64_t ld) const {
+    TORCH_CHECK(n0 % 8 == 0 && n1 % 8 == 0, "pellucid::gemv: a repacked matrix is split at rows ", n0, "-", n1);
+    for (int64_t R = n0 / 8; R < n1 / 8; ++R) {
+      int r = 0;
+      for (; r + 2 <= M; r += 2) group<2>(x, R, r, out, ld);
+      if (r < M) group<1>(x, R, r, out, ld);
+    }
+  }
+
+  // Rows 8R..8R+7 as float32 into out (8 rows, ld K): w = d * sc * q - dmin * mn.
+  void unpack8(int64_t R, int64_t K, float* out) const {
+    for (int64_t s = 0; s < K / 256; ++s) {
+      const uint8_t* b = base + R * gn + s * gs;
+      alignas(32) float d[8], dm[8];
+      _mm256_store_ps(d, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b))));
+      _mm256_store_ps(dm, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 16))));
+      for (int i = 0; i < 4; ++i) {
+        for (int r = 0; r < 8; ++r) {
+          const __m128 slo = _mm_set1_ps(d[r] * b[32 + 16 * i + r]), shi = _mm_set1_ps(d[r] * b[40 + 16 * i + r]);
+          const __m128 mlo = _mm_set1_ps(dm[r] * b[96 + 16 * i + r]), mhi = _mm_set1_ps(dm[r] * b[104 + 16 * i + r]);
+          float* o = out + r * K + s * 256 + i * 64;
+          for (int c = 0; c < 8; ++c) {
+            int32_t raw;
+            std::memcpy(&raw, b + 160 + i * 256 + c * 32 + r * 4, 4);
+            const __m128i q = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(raw));
+            const __m128i qlo = _mm_and_si128(q, _mm_set1_epi32(15)), qhi = _mm_srli_epi32(q, 4);
+            _mm_storeu_ps(o + 4 * c, _mm_fmsub_ps(slo, _mm_cvtepi32_ps(qlo), mlo));
+            _mm_storeu_ps(o + 32 + 4 * c, _mm_fmsub_ps(shi, _mm_cvtepi32_ps(qhi), mhi));
+          }
+        }
+      }
+    }
+  }
+};
+
+// Q4_0 repacked the same way: per 8 rows and 32-weight block, 144 bytes (8 x 18):
+//   0: d[8] f16   16: qs[c][r][4]: bytes 4c..4c+3 of row r's 16 (low nibbles: weights 4c..4c+3, high: 16 + 4c..)
+// One vpdpbusd per 4 bytes of x gives 8 rows' sums; w = d * (q - 8) is applied once per block for 8 rows.
+constexpr int64_t kQ40X8Bytes = 144;
+
+struct Q40X8 {
+  const uint8_t* base;  // (N / 8, G, 144)
+  int64_t gn, gg;
+
+  template <int MM>
+  void group(const QuantX& x, int64_t R, int r0, float* out, int64_t ld) const {
+    const int64_t K = x.K, G = x.G;
+    const __m256i m4 = bytes_set1(0x0F);
+    __m256 acc[MM];
+    for (int m = 0; m < MM; ++m) acc[m] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < G; ++g) {
+      const uint8_t* b = base + R * gn + g * gg;
+      const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b)));
+      __m256i t[MM];
+      for (int m = 0; m < MM; ++m) t[m] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16 + 32 * c));
+        const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+#pragma GCC unroll 2
+        for (int m = 0; m < MM; ++m) {
+          const int8_t* xq = x.q.data() + (r0 + m) * K + g * QK + 4 * c;
+          int32_t xl, xh;
+          std::memcpy(&xl, xq, 4);
+          std::memcpy(&xh, xq + 16, 4);
+          t[m] = _mm256_dpbusd_epi32(t[m], lo, _mm256_set1_epi32(xl));
+          t[m] = _mm256_dpbusd_epi32(t[m], hi, _mm256_set1_epi32(xh));
+        }
+      }
+      for (int m = 0; m < MM; ++m) {  // d * (dx * sum(q * xq) - 8 * dx * sum(xq)); x.s holds dx * sum(xq)
+        const __m256 dot = _mm256_fmsub_ps(_mm256_cvtepi32_ps(t[m]), _mm256_set1_ps(x.d[(r0 + m) * G + g]),
+                                           _mm256_set1_ps(8.0f * x.s[(r0 + m) * G + g]));
+        acc[m] = _mm256_fmadd_ps(d8, dot, acc[m]);
+      }
+    }
+    for (int m = 0; m < MM; ++m) _mm256_storeu_ps(out + (r0 + m) * ld + R * 8, acc[m]);
+  }
+
+  void run(const QuantX& x, int64_t M, int64_t n0, int64_t n1, float* out, int64_t ld) const {
+    TORCH_CHECK(n0 % 8 == 0 && n1 % 8 == 0, "pellucid::gemv: a repacked matrix is split at rows ", n0, "-", n1);
+    for (int64_t R = n0 / 8; R < n1 / 8; ++R) {
+      int r = 0;
+      for (; r + 2 <= M; r += 2) group<2>(x, R, r, out, ld);
+      if (r < M) group<1>(x, R, r, out, ld);
+    }
+  }
+
+  void unpack8(int64_t R, int64_t K, float* out) const {
+    for (int64_t g = 0; g < K / QK; ++g) {
+      const uint8_t* b = base + R * gn + g * gg;
+      alignas(32) float d[8];
+      _mm256_store_ps(d, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b))));
+      for (int r = 0; r < 8; ++r) {
+        const __m128 dv = _mm_set1_ps(d[r]), eight = _mm_set1_ps(8.0f);
+        float* o = out + r * K + g * QK;
+        for (int c = 0; c < 4; ++c) {
+          int32_t raw;
+          std::memcpy(&raw, b + 16 + 32 * c + 4 * r, 4);
+          const __m128i q = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(raw));
+          const __m128 qlo = _mm_cvtepi32_ps(_mm_and_si128(q, _mm_set1_epi32(15)));
+          const __m128 qhi = _mm_cvtepi32_ps(_mm_srli_epi32(q, 4));
+          _mm_storeu_ps(o + 4 * c, _mm_mul_ps(dv, _mm_sub_ps(qlo, eight)));
+          _mm_storeu_ps(o + 16 + 4 * c, _mm_mul_ps(dv, _mm_sub_ps(qhi, eight)));
+        }
+      }
+    }
+  }
+};
+
 // Q6_K: 16 groups of 16 with int8 scales; in half h, weight 32 k + l is nibble k / 2 of ql[64 h + 32 (k % 2) + l]
 // with bits 2 k of qh[32 h + l] above it, minus 32: w = d * scale * (q - 32). The -32 is taken out in integers
 // through x's 16-value sums.
@@ -567,6 +744,7 @@ struct Matrix {
   bool k_quant = false;  // reads x's Q8_K form (else the 32-block one)
   std::function<void(const QuantX&, int64_t, int64_t, float*, int64_t)> run;  // (x, n0, n1, out + col, ld)
   std::function<void(int64_t, int64_t, float*)> unpack;  // (n, K, out): row n's weights as float32
+  std::function<void(int64_t, int64_t, float*)> unpack8;  // (R, K, out): rows 8R..8R+7 (repacked formats)
 };
 
 template <class F>
@@ -600,6 +778,17 @@ Matrix matrix_k(const F& f, int64_t N, int64_t M) {
 #undef PELLUCID_ROWS
     default: TORCH_CHECK(false, "pellucid::gemv takes 1 to 8 rows, got ", M);
   }
+  return m;
+}
+
+// A repacked matrix (8 rows interleaved) as a Matrix: x in Q8_K form, row ranges in multiples of 8.
+template <class F>
+Matrix matrix_x8(const F& f, int64_t N, int64_t M, bool k_quant) {
+  Matrix m;
+  m.N = N;
+  m.k_quant = k_quant;
+  m.run = [f, M](const QuantX& x, int64_t a, int64_t b, float* o, int64_t ld) { f.run(x, M, a, b, o, ld); };
+  m.unpack8 = [f](int64_t R, int64_t K, float* o) { f.unpack8(R, K, o); };
   return m;
 }
 
@@ -688,6 +877,16 @@ Matrix parse(const std::string& fmt, at::TensorList f, size_t& i, int64_t M) {
     return matrix_k(Q6K{ptr<uint8_t>(t[0]), t[0].stride(0), t[0].stride(1), ptr<uint8_t>(t[1]), t[1].stride(0),
                         t[1].stride(1), ptr<int8_t>(t[2]), t[2].stride(0), t[2].stride(1), ptr<at::Half>(t[3]),
                         t[3].stride(0), t[3].stride(1)}, t[0].size(0), M);
+  }
+  if (fmt == "Q4_Kx8") {  // one (N / 8, S, 1184) buffer made by `repack`
+    auto t = take(1);
+    TORCH_CHECK(t[0].dim() == 3 && t[0].size(2) == kQ4KX8Bytes && t[0].stride(2) == 1, "pellucid::gemv: bad Q4_Kx8");
+    return matrix_x8(Q4KX8{ptr<uint8_t>(t[0]), t[0].stride(0), t[0].stride(1)}, t[0].size(0) * 8, M, true);
+  }
+  if (fmt == "Q4_0x8") {  // one (N / 8, G, 144) buffer made by `repack`
+    auto t = take(1);
+    TORCH_CHECK(t[0].dim() == 3 && t[0].size(2) == kQ40X8Bytes && t[0].stride(2) == 1, "pellucid::gemv: bad Q4_0x8");
+    return matrix_x8(Q40X8{ptr<uint8_t>(t[0]), t[0].stride(0), t[0].stride(1)}, t[0].size(0) * 8, M, false);
   }
   if (fmt == "IQ4_XS") {  // qs, d, ls
     auto t = take(3);
@@ -780,6 +979,30 @@ at::Tensor dequantize(c10::string_view format_in, at::TensorList fields, int64_t
     out = at::empty({end - start, K}, at::TensorOptions().dtype(dtype));
   }
   NoGil released;
+  auto to_bf16 = [&](const float* row, int64_t n) {  // bits + 0x7FFF + (bit 16), top half: round to nearest even
+    uint16_t* o = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()) + (n - start) * K;
+    for (int64_t j = 0; j < K; j += 8) {
+      const __m256i b = _mm256_castps_si256(_mm256_loadu_ps(row + j));
+      const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+      const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7FFF)), odd), 16);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(o + j), _mm256_cvtepi32_epi16(r));
+    }
+  };
+  if (m.unpack8) {  // a repacked matrix: 8 rows at a time
+    TORCH_CHECK(start % 8 == 0 && end % 8 == 0, "pellucid::dequantize: a repacked matrix is unpacked 8 rows at a time");
+    at::parallel_for(start / 8, end / 8, 1, [&](int64_t g0, int64_t g1) {
+      std::vector<float> buffer(bf16 ? 8 * K : 0);
+      for (int64_t g = g0; g < g1; ++g) {
+        if (!bf16) {
+          m.unpack8(g, K, out.data_ptr<float>() + (8 * g - start) * K);
+          continue;
+        }
+        m.unpack8(g, K, buffer.data());
+        for (int r = 0; r < 8; ++r) to_bf16(buffer.data() + r * K, 8 * g + r);
+      }
+    });
+    return out;
+  }
   at::parallel_for(start, end, 8, [&](int64_t n0, int64_t n1) {
     std::vector<float> buffer(bf16 ? K : 0);
     for (int64_t n = n0; n < n1; ++n) {
@@ -788,13 +1011,7 @@ at::Tensor dequantize(c10::string_view format_in, at::TensorList fields, int64_t
         continue;
       }
       m.unpack(n, K, buffer.data());
-      uint16_t* o = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()) + (n - start) * K;
-      for (int64_t j = 0; j < K; j += 8) {  // bits + 0x7FFF + (bit 16), top half: round to nearest even
-        const __m256i b = _mm256_castps_si256(_mm256_loadu_ps(buffer.data() + j));
-        const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
-        const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7FFF)), odd), 16);
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(o + j), _mm256_cvtepi32_epi16(r));
-      }
+      to_bf16(buffer.data(), n);
     }
   });
   return out;
@@ -846,6 +1063,85 @@ std::vector<at::Tensor> gemv_parts(const at::Tensor& x_in, c10::string_view form
   return outs;
 }
 
+// Hand the pages of a matrix's blocks [lo, hi) back to the OS (whole pages inside the span only): they are clean
+// pages of the mapped file, re-read if anything reads them again, so a repacked copy replaces them in memory.
+void page_out(const void* start, int64_t bytes) {
+#ifdef MADV_PAGEOUT
+  const long page = sysconf(_SC_PAGESIZE);
+  const uintptr_t lo = reinterpret_cast<uintptr_t>(start), hi = lo + static_cast<uintptr_t>(bytes);
+  const uintptr_t first = (lo + page - 1) / page * page, last = hi / page * page;
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_PAGEOUT);  // best effort
+#endif
+}
+
+at::Tensor repack_q4_0(at::TensorList f) {
+  TORCH_CHECK(f.size() == 2, "pellucid::repack: Q4_0 takes qs and d");
+  const at::Tensor &qs = f[0], &d = f[1];
+  const int64_t N = qs.size(0), G = qs.size(1);
+  TORCH_CHECK(N % 8 == 0 && qs.stride(2) == 1, "pellucid::repack: rows must be a multiple of 8, got ", N);
+  at::Tensor out = at::empty({N / 8, G, kQ40X8Bytes}, at::TensorOptions().dtype(at::kByte));
+  uint8_t* o = out.data_ptr<uint8_t>();
+  const uint8_t* q = ptr<uint8_t>(qs);
+  const uint16_t* dp = reinterpret_cast<const uint16_t*>(d.data_ptr());
+  {
+    NoGil released;
+    at::parallel_for(0, N / 8, 1, [&](int64_t g0, int64_t g1) {
+      for (int64_t R = g0; R < g1; ++R)
+        for (int64_t g = 0; g < G; ++g) {
+          uint8_t* b = o + (R * G + g) * kQ40X8Bytes;
+          for (int r = 0; r < 8; ++r) {
+            const int64_t n = R * 8 + r;
+            std::memcpy(b + 2 * r, dp + n * d.stride(0) + g * d.stride(1), 2);
+            const uint8_t* src = q + n * qs.stride(0) + g * qs.stride(1);
+            for (int c = 0; c < 4; ++c) std::memcpy(b + 16 + 32 * c + 4 * r, src + 4 * c, 4);
+          }
+        }
+    });
+  }
+  page_out(reinterpret_cast<const uint8_t*>(dp), N * d.stride(0) * 2);
+  return out;
+}
+
+// Q4_K matrix (the Q4_K fields, as gemv takes them) -> its (N / 8, S, 1184) repacked form (see Q4KX8). The
+// file's pages of the matrix are then handed back to the kernel (MADV_PAGEOUT: they are clean file pages, re-read
+// if anything reads them again), so the repacked copy replaces them in memory instead of doubling it.
+at::Tensor repack(c10::string_view format_in, at::TensorList f) {
+  const std::string fmt(format_in.data(), format_in.size());
+  if (fmt == "Q4_0") return repack_q4_0(f);
+  TORCH_CHECK(fmt == "Q4_K" && f.size() == 5, "pellucid::repack: only Q4_0 and Q4_K are repacked, not ", fmt);
+  const at::Tensor &qs = f[0], &d = f[1], &dmin = f[2], &sc = f[3], &mn = f[4];
+  const int64_t N = qs.size(0), S = qs.size(1);
+  TORCH_CHECK(N % 8 == 0, "pellucid::repack: rows must be a multiple of 8, got ", N);
+  for (const at::Tensor* u : {&qs, &sc, &mn}) check_runs(*u, "Q4_K");
+  at::Tensor out = at::empty({N / 8, S, kQ4KX8Bytes}, at::TensorOptions().dtype(at::kByte));
+  uint8_t* o = out.data_ptr<uint8_t>();
+  const uint8_t *q = ptr<uint8_t>(qs), *scp = ptr<uint8_t>(sc), *mnp = ptr<uint8_t>(mn);
+  const uint16_t *dp = reinterpret_cast<const uint16_t*>(d.data_ptr()), *mp = reinterpret_cast<const uint16_t*>(dmin.data_ptr());
+  {
+    NoGil released;
+    at::parallel_for(0, N / 8, 1, [&](int64_t g0, int64_t g1) {
+      for (int64_t R = g0; R < g1; ++R)
+        for (int64_t s = 0; s < S; ++s) {
+          uint8_t* b = o + (R * S + s) * kQ4KX8Bytes;
+          for (int r = 0; r < 8; ++r) {
+            const int64_t n = R * 8 + r;
+            std::memcpy(b + 2 * r, dp + n * d.stride(0) + s * d.stride(1), 2);
+            std::memcpy(b + 16 + 2 * r, mp + n * dmin.stride(0) + s * dmin.stride(1), 2);
+            for (int j = 0; j < 8; ++j) {
+              b[32 + 8 * j + r] = scp[n * sc.stride(0) + s * sc.stride(1) + j];
+              b[96 + 8 * j + r] = mnp[n * mn.stride(0) + s * mn.stride(1) + j];
+            }
+            const uint8_t* src = q + n * qs.stride(0) + s * qs.stride(1);
+            for (int i = 0; i < 4; ++i)
+              for (int c = 0; c < 8; ++c) std::memcpy(b + 160 + i * 256 + c * 32 + r * 4, src + i * qs.stride(2) + 4 * c, 4);
+          }
+        }
+    });
+  }
+  page_out(dp, N * qs.stride(0));  // the blocks start at d: the span of all N rows
+  return out;
+}
+
 // Whether this CPU runs the kernels (they need AVX512-VNNI on 256-bit vectors, AVX512BW masks, F16C).
 bool supported() {
   return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
@@ -859,10 +1155,12 @@ TORCH_LIBRARY(pellucid, m) {
   m.def("supported() -> bool", &supported);
   m.def("dequantize(str format, Tensor[] fields, int K, int start, int end, bool bf16, Tensor? into=None) -> Tensor");
   m.def("gemv_parts(Tensor x, str formats, Tensor[] fields) -> Tensor[]");
+  m.def("repack(str format, Tensor[] fields) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pellucid, CPU, m) {
   m.impl("gemv", &gemv);
   m.impl("dequantize", &dequantize);
   m.impl("gemv_parts", &gemv_parts);
+  m.impl("repack", &repack);
 }
