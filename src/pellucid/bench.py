@@ -295,14 +295,14 @@ def decode_bytes(model) -> int:
 
 
 def _worker_bandwidth(path: str, pp: int, tg: int, reps: int, threads: int) -> dict:
-    """The machine's streaming read speed on `threads` threads: the best of 5 sums of a 1 GiB buffer (far past
+    """The machine's streaming read speed on `threads` threads: the best of 10 sums of a 1 GiB buffer (far past
     the caches), reported as load_s in GB/s. What "decode at memory bandwidth" is measured against."""
     import torch
 
     torch.set_num_threads(threads)
     buffer = torch.ones(1 << 28)  # 1 GiB of float32, touched (resident) before timing
     best = float("inf")
-    for _ in range(5):
+    for _ in range(10):
         started = time.perf_counter()
         buffer.sum()
         best = min(best, time.perf_counter() - started)
