@@ -112,3 +112,33 @@ def test_ops_refuse_wrong_inputs_clearly():
         native.rms_norm(torch.randn(2, 8).double(), torch.randn(8), 1e-5)
     with pytest.raises(RuntimeError, match="rope_dim"):
         native.rope(torch.randn(1, 1, 2, 8), torch.randn(1, 1, 3), torch.randn(1, 1, 3), 8, False)
+
+
+@pytest.mark.parametrize("ring", [False, True])
+def test_store_attend_writes_each_cache_and_attends_its_slots(ring):
+    """The batched decode step's op against attend_one over the same caches after the same writes: a plain cache
+    (slot = offset) and a sliding-window ring (slot = offset % window; all slots once it has wrapped)."""
+    from pellucid.engine.kv_cache import KVCache, RotatingKVCache
+
+    torch.manual_seed(5)
+    H, Hkv, D, B = 4, 2, 32, 3
+    make = (
+        (lambda: RotatingKVCache(1, Hkv, 8, D, D, device="cpu", dtype=torch.float32))
+        if ring
+        else (lambda: KVCache(1, Hkv, 16, D, D, device="cpu", dtype=torch.float32))
+    )
+    caches = [make() for _ in range(B)]
+    for c, n in zip(caches, [0, 5, 11 if ring else 9]):
+        c.keys.normal_(), c.values.normal_()
+        c.offset = n
+    q, k, v = torch.randn(B, 1, H, D), torch.randn(B, 1, Hkv, D), torch.randn(B, 1, Hkv, D)
+    slots, lengths = zip(*(c.decode_slot() for c in caches))
+    want_caches = [(c.keys.clone(), c.values.clone()) for c in caches]
+    for (wk, wv), slot, b in zip(want_caches, slots, range(B)):
+        wk[0, :, slot], wv[0, :, slot] = k[b, 0], v[b, 0]
+    got = native.store_attend(q, k, v, [c.keys for c in caches], [c.values for c in caches], slots, lengths, 0.2, None)
+    for b, ((wk, wv), n) in enumerate(zip(want_caches, lengths)):
+        assert torch.equal(caches[b].keys, wk) and torch.equal(caches[b].values, wv)
+        want = native.attend_one(q[b : b + 1], wk[:, :, :n], wv[:, :, :n], None, 0.2, None)
+        close(got[b : b + 1], want)
+    assert lengths == ((1, 6, 8) if ring else (1, 6, 10))

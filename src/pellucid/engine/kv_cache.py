@@ -61,6 +61,10 @@ class KVCache:
         self.values.narrow(2, start, end - start).copy_(v)
         return self.keys.narrow(2, 0, end), self.values.narrow(2, 0, end)
 
+    def decode_slot(self) -> tuple[int, int]:
+        """(slot, length) of a decode step: where its one new token goes, and how many slots it attends to."""
+        return self.offset, self.offset + 1
+
     def store_one(self, k: torch.Tensor, v: torch.Tensor):
         """The batched decode step's `store`: one new token; returns (keys, values, visible), visible = None."""
         keys, values = self.store(k, v)
@@ -100,6 +104,11 @@ class RotatingKVCache:
         if k.shape[2] == 1:
             return self._append_one(k, v)
         return self._append_many(k, v)
+
+    def decode_slot(self) -> tuple[int, int]:
+        """(slot, length) of a decode step: the oldest slot, and the slots that hold a position (all, once the
+        ring has wrapped: slot order does not matter to attention)."""
+        return self.offset % self.window, min(self.offset + 1, self.window)
 
     def store_one(self, k: torch.Tensor, v: torch.Tensor):
         """The batched decode step's `store`: writes one token and returns the whole ring with a mask of the

@@ -98,9 +98,15 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.value_head_dim))
 
     def _attend_one_native(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache) -> torch.Tensor:
-        """A decode step's attention by `native.attend_one`: q (B, 1, H, D), k/v (B, Hkv, 1, D) the new token's;
+        """A decode step's attention by the native ops: q (B, 1, H, D), k/v (B, Hkv, 1, D) the new token's;
         stores them and returns (B, 1, H * Dv). With a list of caches (`Transformer.decode_batch`) each
-        sequence attends to its own."""
+        sequence attends to its own, all in one `native.store_attend`."""
+        caches = cache if isinstance(cache, list) else ([cache] if q.shape[0] == 1 else None)
+        if caches is not None and all(c.keys.dtype == torch.float32 for c in caches):
+            slots, lengths = zip(*(c.decode_slot() for c in caches))
+            keys, values = [c.keys for c in caches], [c.values for c in caches]
+            kt, vt = k.transpose(1, 2), v.transpose(1, 2)  # back to (B, 1, Hkv, D) views
+            return native.store_attend(q, kt, vt, keys, values, slots, lengths, self.scale, self.softcap)
         if isinstance(cache, list):
             outs = []
             for b, c in enumerate(cache):

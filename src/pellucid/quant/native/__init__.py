@@ -97,6 +97,7 @@ FIELD_COUNTS = {
     "IQ4_XS": 3,
     "Q4_Kx8": 1,
     "Q4_0x8": 1,
+    "Q4_1x8": 1,
     "Q8G16": 2,
     "Q8G32": 2,
     "Q8G32M": 3,
@@ -139,11 +140,11 @@ def format_of(packed) -> tuple[str, list[torch.Tensor]] | None:
 def repacked(packed):
     """The kernels' spec of `packed` in the repacked layout (8 rows interleaved, as llama.cpp repacks for its CPU
     kernels: gemv.cpp's Q4KX8), built now (~0.2 s per GB), or None for a format or shape that is not repacked.
-    Q4_K (the bulk of Q4_K_M files) and Q4_0 are: their products run 1.3-2x faster so, where the other formats
-    already stream at or near the memory's speed. The file's pages of the matrix are handed back to the OS afterwards,
+    Q4_K (the bulk of Q4_K_M files), Q4_0 and Q4_1 are: their products run 1.3-2x faster so, where the other
+    formats already stream at or near the memory's speed. The file's pages of the matrix are handed back to the OS afterwards,
     so the copy replaces them in memory."""
     spec = format_of(packed)
-    if spec is None or spec[0] not in ("Q4_K", "Q4_0") or packed.shape[0] % 8:
+    if spec is None or spec[0] not in ("Q4_K", "Q4_0", "Q4_1") or packed.shape[0] % 8:
         return None
     return spec[0] + "x8", [torch.ops.pellucid.repack(spec[0], spec[1])]
 
@@ -191,6 +192,13 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rope_dim: int, i
 def attend_one(q, k, v, visible, scale: float, softcap: float | None) -> torch.Tensor:
     """One query per sequence: q (B, 1, H, D) over k (B, Hkv, S, D), v (B, Hkv, S, Dv) -> (B, 1, H * Dv)."""
     return torch.ops.pellucid.attend_one(q, k, v, visible, scale, softcap or 0.0)
+
+
+def store_attend(q, k, v, keys, values, slots, lengths, scale: float, softcap: float | None) -> torch.Tensor:
+    """The decode step of B sequences with a cache each: k/v (B, 1, Hkv, D) written into slot slots[b] of
+    keys[b]/values[b] (1, Hkv, capacity, D), then q[b] (B, 1, H, D) attends over their first lengths[b] slots.
+    Returns (B, 1, H * Dv)."""
+    return torch.ops.pellucid.store_attend(q, k, v, keys, values, slots, lengths, scale, softcap or 0.0)
 
 
 ACTIVATION_IDS = {"silu": 0, "gelu_tanh": 1}

@@ -505,13 +505,15 @@ struct Q4KX8 {
   }
 };
 
-// Q4_0 repacked the same way: per 8 rows and 32-weight block, 144 bytes (8 x 18):
-//   0: d[8] f16   16: qs[c][r][4]: bytes 4c..4c+3 of row r's 16 (low nibbles: weights 4c..4c+3, high: 16 + 4c..)
-// One vpdpbusd per 4 bytes of x gives 8 rows' sums; w = d * (q - 8) is applied once per block for 8 rows.
-constexpr int64_t kQ40X8Bytes = 144;
-
-struct Q40X8 {
-  const uint8_t* base;  // (N / 8, G, 144)
+// Q4_0 and Q4_1 repacked the same way: per 8 rows and 32-weight block, 144 (Q4_0) or 160 (Q4_1) bytes:
+//   0: d[8] f16   [16: m[8] f16, Q4_1]   then qs[c][r][4]: bytes 4c..4c+3 of row r's 16 (low nibbles: weights
+//   4c..4c+3, high: 16 + 4c..)
+// One vpdpbusd per 4 bytes of x gives 8 rows' sums; w = d * (q - 8) (Q4_0) or d * q + m (Q4_1) is applied once
+// per block for 8 rows.
+template <bool kMin>
+struct Q4X8 {
+  static constexpr int64_t kBytes = kMin ? 160 : 144, kQs = kMin ? 32 : 16;
+  const uint8_t* base;  // (N / 8, G, kBytes)
   int64_t gn, gg;
 
   template <int MM>
@@ -527,7 +529,7 @@ struct Q40X8 {
       for (int m = 0; m < MM; ++m) t[m] = _mm256_setzero_si256();
 #pragma GCC unroll 4
       for (int c = 0; c < 4; ++c) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16 + 32 * c));
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + kQs + 32 * c));
         const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
 #pragma GCC unroll 2
         for (int m = 0; m < MM; ++m) {
@@ -539,10 +541,16 @@ struct Q40X8 {
           t[m] = _mm256_dpbusd_epi32(t[m], hi, _mm256_set1_epi32(xh));
         }
       }
-      for (int m = 0; m < MM; ++m) {  // d * (dx * sum(q * xq) - 8 * dx * sum(xq)); x.s holds dx * sum(xq)
-        const __m256 dot = _mm256_fmsub_ps(_mm256_cvtepi32_ps(t[m]), _mm256_set1_ps(x.d[(r0 + m) * G + g]),
-                                           _mm256_set1_ps(8.0f * x.s[(r0 + m) * G + g]));
-        acc[m] = _mm256_fmadd_ps(d8, dot, acc[m]);
+      for (int m = 0; m < MM; ++m) {  // x.s holds dx * sum(xq): the min terms
+        const __m256 xs = _mm256_set1_ps(x.s[(r0 + m) * G + g]);
+        const __m256 dot = _mm256_cvtepi32_ps(t[m]);
+        const __m256 dx = _mm256_set1_ps(x.d[(r0 + m) * G + g]);
+        if (kMin) {  // d * dx * sum(q xq) + m * dx * sum(xq)
+          const __m256 m8 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 16)));
+          acc[m] = _mm256_fmadd_ps(_mm256_mul_ps(d8, dx), dot, _mm256_fmadd_ps(m8, xs, acc[m]));
+        } else {  // d * (dx * sum(q xq) - 8 * dx * sum(xq))
+          acc[m] = _mm256_fmadd_ps(d8, _mm256_fmsub_ps(dot, dx, _mm256_mul_ps(_mm256_set1_ps(8.0f), xs)), acc[m]);
+        }
       }
     }
     for (int m = 0; m < MM; ++m) _mm256_storeu_ps(out + (r0 + m) * ld + R * 8, acc[m]);
@@ -560,19 +568,23 @@ struct Q40X8 {
   void unpack8(int64_t R, int64_t K, float* out) const {
     for (int64_t g = 0; g < K / QK; ++g) {
       const uint8_t* b = base + R * gn + g * gg;
-      alignas(32) float d[8];
+      alignas(32) float d[8], mn[8];
       _mm256_store_ps(d, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b))));
+      if (kMin) _mm256_store_ps(mn, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 16))));
       for (int r = 0; r < 8; ++r) {
-        const __m128 dv = _mm_set1_ps(d[r]), eight = _mm_set1_ps(8.0f);
+        const __m128 dv = _mm_set1_ps(d[r]);
+        const __m128 add = kMin ? _mm_set1_ps(mn[r]) : _mm_set1_ps(-8.0f * d[r]);
         float* o = out + r * K + g * QK;
         for (int c = 0; c < 4; ++c) {
           int32_t raw;
-          std::memcpy(&raw, b + 16 + 32 * c + 4 * r, 4);
+          std::memcpy(&raw, b + kQs + 32 * c + 4 * r, 4);
           const __m128i q = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(raw));
           const __m128 qlo = _mm_cvtepi32_ps(_mm_and_si128(q, _mm_set1_epi32(15)));
           const __m128 qhi = _mm_cvtepi32_ps(_mm_srli_epi32(q, 4));
-          _mm_storeu_ps(o + 4 * c, _mm_mul_ps(dv, _mm_sub_ps(qlo, eight)));
-          _mm_storeu_ps(o + 16 + 4 * c, _mm_mul_ps(dv, _mm_sub_ps(qhi, eight)));
+          // Q4_0: d * q - 8 d (the reference computes d * (q - 8): equal, q - 8 and the products are exact
+          // in float32 only up to rounding of d * q; see the unpacking test's tolerance)
+          _mm_storeu_ps(o + 4 * c, _mm_fmadd_ps(dv, qlo, add));
+          _mm_storeu_ps(o + 16 + 4 * c, _mm_fmadd_ps(dv, qhi, add));
         }
       }
     }
@@ -885,8 +897,13 @@ Matrix parse(const std::string& fmt, at::TensorList f, size_t& i, int64_t M) {
   }
   if (fmt == "Q4_0x8") {  // one (N / 8, G, 144) buffer made by `repack`
     auto t = take(1);
-    TORCH_CHECK(t[0].dim() == 3 && t[0].size(2) == kQ40X8Bytes && t[0].stride(2) == 1, "pellucid::gemv: bad Q4_0x8");
-    return matrix_x8(Q40X8{ptr<uint8_t>(t[0]), t[0].stride(0), t[0].stride(1)}, t[0].size(0) * 8, M, false);
+    TORCH_CHECK(t[0].dim() == 3 && t[0].size(2) == Q4X8<false>::kBytes && t[0].stride(2) == 1, "pellucid::gemv: bad Q4_0x8");
+    return matrix_x8(Q4X8<false>{ptr<uint8_t>(t[0]), t[0].stride(0), t[0].stride(1)}, t[0].size(0) * 8, M, false);
+  }
+  if (fmt == "Q4_1x8") {  // one (N / 8, G, 160) buffer made by `repack`
+    auto t = take(1);
+    TORCH_CHECK(t[0].dim() == 3 && t[0].size(2) == Q4X8<true>::kBytes && t[0].stride(2) == 1, "pellucid::gemv: bad Q4_1x8");
+    return matrix_x8(Q4X8<true>{ptr<uint8_t>(t[0]), t[0].stride(0), t[0].stride(1)}, t[0].size(0) * 8, M, false);
   }
   if (fmt == "IQ4_XS") {  // qs, d, ls
     auto t = take(3);
@@ -1074,26 +1091,31 @@ void page_out(const void* start, int64_t bytes) {
 #endif
 }
 
-at::Tensor repack_q4_0(at::TensorList f) {
-  TORCH_CHECK(f.size() == 2, "pellucid::repack: Q4_0 takes qs and d");
+// Q4_0 (qs, d) or Q4_1 (qs, d, m) -> (N / 8, G, 144 or 160) repacked (see Q4X8).
+at::Tensor repack_q4(at::TensorList f) {
+  const bool has_min = f.size() == 3;
+  TORCH_CHECK(f.size() == 2 || has_min, "pellucid::repack: Q4_0 takes qs and d, Q4_1 qs, d and m");
   const at::Tensor &qs = f[0], &d = f[1];
-  const int64_t N = qs.size(0), G = qs.size(1);
+  const int64_t N = qs.size(0), G = qs.size(1), bytes = has_min ? Q4X8<true>::kBytes : Q4X8<false>::kBytes;
+  const int64_t qoff = has_min ? 32 : 16;
   TORCH_CHECK(N % 8 == 0 && qs.stride(2) == 1, "pellucid::repack: rows must be a multiple of 8, got ", N);
-  at::Tensor out = at::empty({N / 8, G, kQ40X8Bytes}, at::TensorOptions().dtype(at::kByte));
+  at::Tensor out = at::empty({N / 8, G, bytes}, at::TensorOptions().dtype(at::kByte));
   uint8_t* o = out.data_ptr<uint8_t>();
   const uint8_t* q = ptr<uint8_t>(qs);
   const uint16_t* dp = reinterpret_cast<const uint16_t*>(d.data_ptr());
+  const uint16_t* mp = has_min ? reinterpret_cast<const uint16_t*>(f[2].data_ptr()) : nullptr;
   {
     NoGil released;
     at::parallel_for(0, N / 8, 1, [&](int64_t g0, int64_t g1) {
       for (int64_t R = g0; R < g1; ++R)
         for (int64_t g = 0; g < G; ++g) {
-          uint8_t* b = o + (R * G + g) * kQ40X8Bytes;
+          uint8_t* b = o + (R * G + g) * bytes;
           for (int r = 0; r < 8; ++r) {
             const int64_t n = R * 8 + r;
             std::memcpy(b + 2 * r, dp + n * d.stride(0) + g * d.stride(1), 2);
+            if (has_min) std::memcpy(b + 16 + 2 * r, mp + n * f[2].stride(0) + g * f[2].stride(1), 2);
             const uint8_t* src = q + n * qs.stride(0) + g * qs.stride(1);
-            for (int c = 0; c < 4; ++c) std::memcpy(b + 16 + 32 * c + 4 * r, src + 4 * c, 4);
+            for (int c = 0; c < 4; ++c) std::memcpy(b + qoff + 32 * c + 4 * r, src + 4 * c, 4);
           }
         }
     });
@@ -1107,8 +1129,8 @@ at::Tensor repack_q4_0(at::TensorList f) {
 // if anything reads them again), so the repacked copy replaces them in memory instead of doubling it.
 at::Tensor repack(c10::string_view format_in, at::TensorList f) {
   const std::string fmt(format_in.data(), format_in.size());
-  if (fmt == "Q4_0") return repack_q4_0(f);
-  TORCH_CHECK(fmt == "Q4_K" && f.size() == 5, "pellucid::repack: only Q4_0 and Q4_K are repacked, not ", fmt);
+  if (fmt == "Q4_0" || fmt == "Q4_1") return repack_q4(f);
+  TORCH_CHECK(fmt == "Q4_K" && f.size() == 5, "pellucid::repack: only Q4_0, Q4_1 and Q4_K are repacked, not ", fmt);
   const at::Tensor &qs = f[0], &d = f[1], &dmin = f[2], &sc = f[3], &mn = f[4];
   const int64_t N = qs.size(0), S = qs.size(1);
   TORCH_CHECK(N % 8 == 0, "pellucid::repack: rows must be a multiple of 8, got ", N);

@@ -11,6 +11,8 @@
 //   rope(x (B, T, H, D), cos (B, T, R/2), sin, R, interleaved)   rotate the first R dims of every head
 //   attend_one(q (B, 1, H, D), k (B, Hkv, S, D), v (B, Hkv, S, Dv), visible (S,) or None, scale, softcap)
 //                                                      -> (B, 1, H * Dv), softmax(q.k * scale) . v per head
+//   store_attend(q, k, v, keys[], values[], slots[], lengths[], scale, softcap)
+//                                                      the batched decode step's cache writes and attention
 //   glu(gate (..., N), up (..., N), act)               act(gate) * up, act 0 = SiLU, 1 = GELU (tanh form)
 //
 // Inputs may be strided views (the split outputs of a fused projection, the KV cache's slices) as long as
@@ -25,6 +27,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -203,6 +206,81 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   return out;
 }
 
+// A decode step's attention for B sequences, each with its own cache: writes sequence b's new key and value
+// (k, v: (B, 1, Hkv, D)) into slot slots[b] of its cache (keys[b], values[b]: (1, Hkv, capacity, D)), then
+// attends q[b] over the first lengths[b] slots. One op per layer for the whole batch instead of a store and an
+// attention per sequence from Python. Slot order does not matter (positions are already rotated into the keys),
+// which is what lets a sliding-window ring attend to its slots as they lie.
+at::Tensor store_attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::TensorList keys,
+                        at::TensorList values, at::IntArrayRef slots, at::IntArrayRef lengths, double scale,
+                        double softcap) {
+  check_last_contiguous(q, "store_attend", "q");
+  check_last_contiguous(k, "store_attend", "k");
+  check_last_contiguous(v, "store_attend", "v");
+  const int64_t B = q.size(0), H = q.size(2), D = q.size(3), Hkv = k.size(2), Dv = v.size(3);
+  TORCH_CHECK(q.size(1) == 1 && k.size(0) == B && v.size(0) == B && (int64_t)keys.size() == B &&
+                  (int64_t)values.size() == B && (int64_t)slots.size() == B && (int64_t)lengths.size() == B &&
+                  H % Hkv == 0, "pellucid::store_attend: one cache, slot and length per sequence");
+  for (int64_t b = 0; b < B; ++b) {
+    check_last_contiguous(keys[b], "store_attend", "keys");
+    check_last_contiguous(values[b], "store_attend", "values");
+    TORCH_CHECK(keys[b].size(1) == Hkv && keys[b].size(3) == D && values[b].size(3) == Dv &&
+                    0 <= slots[b] && slots[b] < keys[b].size(2) && 0 < lengths[b] && lengths[b] <= keys[b].size(2),
+                "pellucid::store_attend: a cache does not fit its slot or length");
+  }
+  at::Tensor out = at::empty({B, 1, H * Dv}, q.options());
+  float* op = out.data_ptr<float>();
+  const int64_t group = H / Hkv;
+  const float sc = (float)scale, cap = (float)softcap;
+  at::parallel_for(0, B * Hkv, 1, [&](int64_t g0, int64_t g1) {
+    std::vector<float> scores;
+    for (int64_t bg = g0; bg < g1; ++bg) {
+      const int64_t b = bg / Hkv, g = bg % Hkv, S = lengths[b];
+      const at::Tensor &kc = keys[b], &vc = values[b];
+      float* kb = kc.data_ptr<float>() + g * kc.stride(1);
+      float* vb = vc.data_ptr<float>() + g * vc.stride(1);
+      std::memcpy(kb + slots[b] * kc.stride(2), k.data_ptr<float>() + b * k.stride(0) + g * k.stride(2), D * 4);
+      std::memcpy(vb + slots[b] * vc.stride(2), v.data_ptr<float>() + b * v.stride(0) + g * v.stride(2), Dv * 4);
+      scores.resize(S);
+      for (int64_t j = 0; j < group; ++j) {
+        const int64_t h = g * group + j;
+        const float* qh = q.data_ptr<float>() + b * q.stride(0) + h * q.stride(2);
+        float mx = -INFINITY;
+        for (int64_t s = 0; s < S; ++s) {
+          float a = dot(qh, kb + s * kc.stride(2), D) * sc;
+          if (cap > 0) a = std::tanh(a / cap) * cap;
+          scores[s] = a;
+          mx = std::max(mx, a);
+        }
+        float total = 0;
+        for (int64_t s = 0; s < S; s += 16) {
+          const __mmask16 m = tail_mask(S - s);
+          const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores.data() + s), _mm512_set1_ps(mx)));
+          _mm512_mask_storeu_ps(scores.data() + s, m, e);
+          total += _mm512_mask_reduce_add_ps(m, e);
+        }
+        float* o = op + b * H * Dv + h * Dv;
+        for (int64_t i = 0; i < Dv; ++i) o[i] = 0;
+        for (int64_t s = 0; s < S; ++s) {
+          const __m512 w = _mm512_set1_ps(scores[s]);
+          const float* vr = vb + s * vc.stride(2);
+          for (int64_t i = 0; i < Dv; i += 16) {
+            const __mmask16 m = tail_mask(Dv - i);
+            _mm512_mask_storeu_ps(o + i, m, _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, vr + i),
+                                                            _mm512_maskz_loadu_ps(m, o + i)));
+          }
+        }
+        const __m512 inv = _mm512_set1_ps(1.0f / total);
+        for (int64_t i = 0; i < Dv; i += 16) {
+          const __mmask16 m = tail_mask(Dv - i);
+          _mm512_mask_storeu_ps(o + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, o + i), inv));
+        }
+      }
+    }
+  });
+  return out;
+}
+
 at::Tensor glu(const at::Tensor& gate, const at::Tensor& up, int64_t act) {
   check_last_contiguous(gate, "glu", "gate");
   check_last_contiguous(up, "glu", "up");
@@ -244,6 +322,8 @@ TORCH_LIBRARY_FRAGMENT(pellucid, m) {
   m.def("rope(Tensor x, Tensor cos, Tensor sin, int rope_dim, bool interleaved) -> Tensor");
   m.def("attend_one(Tensor q, Tensor k, Tensor v, Tensor? visible, float scale, float softcap) -> Tensor");
   m.def("glu(Tensor gate, Tensor up, int act) -> Tensor");
+  m.def("store_attend(Tensor q, Tensor k, Tensor v, Tensor[] keys, Tensor[] values, int[] slots, int[] lengths, "
+        "float scale, float softcap) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pellucid, CPU, m) {
@@ -251,4 +331,5 @@ TORCH_LIBRARY_IMPL(pellucid, CPU, m) {
   m.impl("rope", &rope);
   m.impl("attend_one", &attend_one);
   m.impl("glu", &glu);
+  m.impl("store_attend", &store_attend);
 }
