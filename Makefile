@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# pellucid's native CPU kernels (g++, ~20 s once per machine) now, so the first answer does not wait for them
+	$(BIN)/python -c "from pellucid.quant import native; native.available()"
 	touch $(STAMP)
 
 # One chat answer from the default model, greedy so it is the same every time.

@@ -20,7 +20,8 @@
 
 #include <Python.h>  // only to let other Python threads run while a product runs (see NoGil)
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>  // not ATen/ATen.h: the lighter headers save ~2.5 s of every build
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
