@@ -208,9 +208,12 @@ def test_fast_mode_model_still_agrees_with_llama_cpp(fast, smollm2_path, referen
 
 
 @pytest.mark.parametrize("model", ["smollm2_path", "gemma3_path"])
-def test_fast_mode_perplexity_within_2_percent_of_llama_cpp(fast, model, request, reference):
-    """The quality cost of fast mode, measured as llama-perplexity measures it (test_engine_perplexity's bound).
-    Measured: SmolLM2 12.383 vs llama.cpp 12.378 (default mode 12.405); Gemma 3 11.429 vs 11.572 (11.418)."""
+def test_fast_mode_perplexity_within_1_percent_of_llama_cpp(fast, model, request, reference):
+    """The quality cost of the default arithmetic, measured as llama-perplexity measures it: within 1% of
+    llama.cpp's (SmolLM2 12.409 vs 12.378, +0.25%). Gemma 3 gets 2%: 11.412 vs 11.572 (-1.38%), and float32
+    exact mode sits at the same distance (11.418, -1.33%), so the offset is not this arithmetic's. Emulating
+    llama.cpp's float16 GELU table moved it to -1.27% or -1.52% (two float32 formulas before the table's
+    rounding), rounding q/k/v to float16 as its KV cache does by 0.15 points: neither explains it (not kept)."""
     from model_helpers import GEMMA3, SMOLLM2, loaded
     from pellucid.engine.perplexity import sequence_perplexity
     from pellucid.tokenizer import load_tokenizer
@@ -220,7 +223,8 @@ def test_fast_mode_perplexity_within_2_percent_of_llama_cpp(fast, model, request
     ids = load_tokenizer(path).encode(fixture["text"], add_special=True)
     with torch.inference_mode():
         result = sequence_perplexity(loaded(path), ids)
-    assert result.ppl == pytest.approx(fixture["ppl"], rel=0.02), f"ppl {result.ppl:.4f} vs {fixture['ppl']:.4f}"
+    bound = 0.01 if model == "smollm2_path" else 0.02
+    assert result.ppl == pytest.approx(fixture["ppl"], rel=bound), f"ppl {result.ppl:.4f} vs {fixture['ppl']:.4f}"
 
 
 @pytest.mark.parametrize("ggml_type", [GGMLType.F16, GGMLType.BF16], ids=lambda t: t.name)
