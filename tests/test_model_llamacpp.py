@@ -82,6 +82,36 @@ def test_smollm2_first_chat_free_running_reply_is_exact(model_for, reference, sm
     assert reply == chat["reply_ids"], f"reply {reply} vs llama.cpp {chat['reply_ids']} ({chat['reply']!r})"
 
 
+@torch.inference_mode()
+def test_smollm2_greedy_reply_does_not_depend_on_a_reused_prefix(smollm2_path, reference, default_arithmetic):
+    """The default arithmetic (int8 decode, bfloat16 prefill) computes a token differently in prefill and in
+    decode, so a reused prompt prefix could in principle change a greedy reply, as it can in llama.cpp. On the
+    fixture chats it does not: after another chat filled the cache (its ChatML header reused), and again with
+    the whole prompt cached, the reply is llama.cpp's."""
+    from pellucid.engine.generate import Session
+    from pellucid.engine.results import GenerationStats
+    from pellucid.engine.sampling import SamplingParams, make_sampler
+
+    with GGUFFile(smollm2_path) as gguf:
+        tokens = gguf.metadata["tokenizer.ggml.tokens"]
+        stop = {tokens.index("<|im_end|>"), gguf.metadata["tokenizer.ggml.eos_token_id"]}
+    first, chat = reference[SMOLLM2]["chat"][1], reference[SMOLLM2]["chat"][0]
+    session = Session(loaded(smollm2_path), 256)
+
+    def reply(prompt_ids, stats=None):
+        sampler = make_sampler(SamplingParams(temperature=0))
+        steps = session.generate_ids(prompt_ids, sampler, max_tokens=48, stop_ids=stop, stats=stats)
+        return [step.token_id for step in steps]
+
+    reply(first["prompt_ids"])
+    stats = GenerationStats()
+    assert reply(chat["prompt_ids"], stats) == chat["reply_ids"]
+    assert stats.cached_tokens > 0  # the shared header came from the cache
+    stats = GenerationStats()
+    assert reply(chat["prompt_ids"], stats) == chat["reply_ids"]
+    assert stats.cached_tokens >= len(chat["prompt_ids"]) - 1
+
+
 # -- incremental decode through the KV cache equals a full re-forward --------------------------------------
 # In exact mode (the test session's: conftest.py): the same float32 arithmetic on different shapes, so
 # differences are rounding only. We compare the final hidden
