@@ -506,14 +506,30 @@ struct Q4KX8 {
   }
 };
 
-// Q4_0 and Q4_1 repacked the same way: per 8 rows and 32-weight block, 144 (Q4_0) or 160 (Q4_1) bytes:
-//   0: d[8] f16   [16: m[8] f16, Q4_1]   then qs[c][r][4]: bytes 4c..4c+3 of row r's 16 (low nibbles: weights
-//   4c..4c+3, high: 16 + 4c..)
-// One vpdpbusd per 4 bytes of x gives 8 rows' sums; w = d * (q - 8) (Q4_0) or d * q + m (Q4_1) is applied once
-// per block for 8 rows.
-template <bool kMin>
+// 4 fifth bits per 32-bit lane (bit t: byte t's weight) -> 0x10 in each byte whose bit is set.
+inline __m256i fifth_bits(__m256i nibble) {
+  auto pattern = [](int t) {
+    int v = 0;
+    for (int b = 0; b < 4; ++b) v |= ((t >> b) & 1) << (8 * b + 4);
+    return v;
+  };
+  const __m256i lo = _mm256_setr_epi32(pattern(0), pattern(1), pattern(2), pattern(3), pattern(4), pattern(5),
+                                       pattern(6), pattern(7));
+  const __m256i hi = _mm256_setr_epi32(pattern(8), pattern(9), pattern(10), pattern(11), pattern(12), pattern(13),
+                                       pattern(14), pattern(15));
+  return _mm256_permutex2var_epi32(lo, nibble, hi);
+}
+
+// Q4_0, Q4_1, Q5_0 and Q5_1 repacked the same way: per 8 rows and 32-weight block,
+//   0: d[8] f16   [m[8] f16: Q4_1, Q5_1]   [qh[8] u32, the fifth bits: Q5_0, Q5_1]
+//   then qs[c][r][4]: bytes 4c..4c+3 of row r's 16 (low nibbles: weights 4c..4c+3, high: 16 + 4c..)
+// (144, 160, 176, 192 bytes). One vpdpbusd per 4 bytes of x gives 8 rows' sums; w = d * (q - 8 or 16)
+// (Q4_0, Q5_0) or d * q + m (Q4_1, Q5_1) is applied once per block for 8 rows. A fifth bit goes into its byte
+// by one vpermt2d: the 4 bits of a lane index a table of the 16 patterns of 0x00/0x10 bytes.
+template <bool kMin, bool kFifth = false>
 struct Q4X8 {
-  static constexpr int64_t kBytes = kMin ? 160 : 144, kQs = kMin ? 32 : 16;
+  static constexpr int64_t kQh = kMin ? 32 : 16, kQs = kQh + (kFifth ? 32 : 0), kBytes = kQs + 128;
+  static constexpr float kOffset = kFifth ? 16.0f : 8.0f;
   const uint8_t* base;  // (N / 8, G, kBytes)
   int64_t gn, gg;
 
@@ -531,7 +547,13 @@ struct Q4X8 {
 #pragma GCC unroll 4
       for (int c = 0; c < 4; ++c) {
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + kQs + 32 * c));
-        const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        if (kFifth) {
+          const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + kQh));
+          const __m256i four = _mm256_set1_epi32(15);
+          lo = _mm256_or_si256(lo, fifth_bits(_mm256_and_si256(_mm256_srli_epi32(qh, 4 * c), four)));
+          hi = _mm256_or_si256(hi, fifth_bits(_mm256_and_si256(_mm256_srli_epi32(qh, 16 + 4 * c), four)));
+        }
 #pragma GCC unroll 2
         for (int m = 0; m < MM; ++m) {
           const int8_t* xq = x.q.data() + (r0 + m) * K + g * QK + 4 * c;
@@ -550,7 +572,7 @@ struct Q4X8 {
           const __m256 m8 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 16)));
           acc[m] = _mm256_fmadd_ps(_mm256_mul_ps(d8, dx), dot, _mm256_fmadd_ps(m8, xs, acc[m]));
         } else {  // d * (dx * sum(q xq) - 8 * dx * sum(xq))
-          acc[m] = _mm256_fmadd_ps(d8, _mm256_fmsub_ps(dot, dx, _mm256_mul_ps(_mm256_set1_ps(8.0f), xs)), acc[m]);
+          acc[m] = _mm256_fmadd_ps(d8, _mm256_fmsub_ps(dot, dx, _mm256_mul_ps(_mm256_set1_ps(kOffset), xs)), acc[m]);
         }
       }
     }
@@ -574,14 +596,24 @@ struct Q4X8 {
       if (kMin) _mm256_store_ps(mn, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 16))));
       for (int r = 0; r < 8; ++r) {
         const __m128 dv = _mm_set1_ps(d[r]);
-        const __m128 add = kMin ? _mm_set1_ps(mn[r]) : _mm_set1_ps(-8.0f * d[r]);
+        const __m128 add = kMin ? _mm_set1_ps(mn[r]) : _mm_set1_ps(-kOffset * d[r]);
         float* o = out + r * K + g * QK;
         for (int c = 0; c < 4; ++c) {
           int32_t raw;
           std::memcpy(&raw, b + kQs + 32 * c + 4 * r, 4);
           const __m128i q = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(raw));
-          const __m128 qlo = _mm_cvtepi32_ps(_mm_and_si128(q, _mm_set1_epi32(15)));
-          const __m128 qhi = _mm_cvtepi32_ps(_mm_srli_epi32(q, 4));
+          __m128i ilo = _mm_and_si128(q, _mm_set1_epi32(15)), ihi = _mm_srli_epi32(q, 4);
+          if (kFifth) {  // bit j of row r's qh: weight j's fifth bit
+            uint32_t h;
+            std::memcpy(&h, b + kQh + 4 * r, 4);
+            const __m128i shifts = _mm_setr_epi32(4 * c, 4 * c + 1, 4 * c + 2, 4 * c + 3);
+            const __m128i one = _mm_set1_epi32(1);
+            ilo = _mm_or_si128(ilo, _mm_slli_epi32(_mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32(h), shifts), one), 4));
+            ihi = _mm_or_si128(ihi, _mm_slli_epi32(
+                _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32(h), _mm_add_epi32(shifts, _mm_set1_epi32(16))), one), 4));
+          }
+          const __m128 qlo = _mm_cvtepi32_ps(ilo);
+          const __m128 qhi = _mm_cvtepi32_ps(ihi);
           // Q4_0: d * q - 8 d (the reference computes d * (q - 8): equal, q - 8 and the products are exact
           // in float32 only up to rounding of d * q; see the unpacking test's tolerance)
           _mm_storeu_ps(o + 4 * c, _mm_fmadd_ps(dv, qlo, add));
@@ -901,6 +933,15 @@ Matrix parse(const std::string& fmt, at::TensorList f, size_t& i, int64_t M) {
     TORCH_CHECK(t[0].dim() == 3 && t[0].size(2) == Q4X8<false>::kBytes && t[0].stride(2) == 1, "pellucid::gemv: bad Q4_0x8");
     return matrix_x8(Q4X8<false>{ptr<uint8_t>(t[0]), t[0].stride(0), t[0].stride(1)}, t[0].size(0) * 8, M, false);
   }
+  if (fmt == "Q5_0x8" || fmt == "Q5_1x8") {  // one (N / 8, G, 176 or 192) buffer made by `repack`
+    auto t = take(1);
+    const bool has_min = fmt == "Q5_1x8";
+    const int64_t bytes = has_min ? Q4X8<true, true>::kBytes : Q4X8<false, true>::kBytes;
+    TORCH_CHECK(t[0].dim() == 3 && t[0].size(2) == bytes && t[0].stride(2) == 1, "pellucid::gemv: bad ", fmt);
+    if (has_min)
+      return matrix_x8(Q4X8<true, true>{ptr<uint8_t>(t[0]), t[0].stride(0), t[0].stride(1)}, t[0].size(0) * 8, M, false);
+    return matrix_x8(Q4X8<false, true>{ptr<uint8_t>(t[0]), t[0].stride(0), t[0].stride(1)}, t[0].size(0) * 8, M, false);
+  }
   if (fmt == "Q4_1x8") {  // one (N / 8, G, 160) buffer made by `repack`
     auto t = take(1);
     TORCH_CHECK(t[0].dim() == 3 && t[0].size(2) == Q4X8<true>::kBytes && t[0].stride(2) == 1, "pellucid::gemv: bad Q4_1x8");
@@ -1092,6 +1133,43 @@ void page_out(const void* start, int64_t bytes) {
 #endif
 }
 
+// Q5_0 (qs, qh, d) or Q5_1 (qs, qh, d, m) -> (N / 8, G, 176 or 192) repacked (see Q4X8).
+at::Tensor repack_q5(at::TensorList f) {
+  const bool has_min = f.size() == 4;
+  TORCH_CHECK(f.size() == 3 || has_min, "pellucid::repack: Q5_0 takes qs, qh and d, Q5_1 also m");
+  const at::Tensor &qs = f[0], &qh = f[1], &d = f[2];
+  const int64_t N = qs.size(0), G = qs.size(1);
+  const int64_t bytes = has_min ? Q4X8<true, true>::kBytes : Q4X8<false, true>::kBytes;
+  const int64_t hoff = has_min ? Q4X8<true, true>::kQh : Q4X8<false, true>::kQh;
+  const int64_t qoff = has_min ? Q4X8<true, true>::kQs : Q4X8<false, true>::kQs;
+  TORCH_CHECK(N % 8 == 0 && qs.stride(2) == 1, "pellucid::repack: rows must be a multiple of 8, got ", N);
+  at::Tensor out = at::empty({N / 8, G, bytes}, at::TensorOptions().dtype(at::kByte));
+  uint8_t* o = out.data_ptr<uint8_t>();
+  const uint8_t* q = ptr<uint8_t>(qs);
+  const int32_t* hp = ptr<int32_t>(qh);
+  const uint16_t* dp = reinterpret_cast<const uint16_t*>(d.data_ptr());
+  const uint16_t* mp = has_min ? reinterpret_cast<const uint16_t*>(f[3].data_ptr()) : nullptr;
+  {
+    NoGil released;
+    at::parallel_for(0, N / 8, 1, [&](int64_t g0, int64_t g1) {
+      for (int64_t R = g0; R < g1; ++R)
+        for (int64_t g = 0; g < G; ++g) {
+          uint8_t* b = o + (R * G + g) * bytes;
+          for (int r = 0; r < 8; ++r) {
+            const int64_t n = R * 8 + r;
+            std::memcpy(b + 2 * r, dp + n * d.stride(0) + g * d.stride(1), 2);
+            if (has_min) std::memcpy(b + 16 + 2 * r, mp + n * f[3].stride(0) + g * f[3].stride(1), 2);
+            std::memcpy(b + hoff + 4 * r, hp + n * qh.stride(0) + g * qh.stride(1), 4);
+            const uint8_t* src = q + n * qs.stride(0) + g * qs.stride(1);
+            for (int c = 0; c < 4; ++c) std::memcpy(b + qoff + 32 * c + 4 * r, src + 4 * c, 4);
+          }
+        }
+    });
+  }
+  page_out(reinterpret_cast<const uint8_t*>(dp), N * d.stride(0) * 2);
+  return out;
+}
+
 // Q4_0 (qs, d) or Q4_1 (qs, d, m) -> (N / 8, G, 144 or 160) repacked (see Q4X8).
 at::Tensor repack_q4(at::TensorList f) {
   const bool has_min = f.size() == 3;
@@ -1131,7 +1209,8 @@ at::Tensor repack_q4(at::TensorList f) {
 at::Tensor repack(c10::string_view format_in, at::TensorList f) {
   const std::string fmt(format_in.data(), format_in.size());
   if (fmt == "Q4_0" || fmt == "Q4_1") return repack_q4(f);
-  TORCH_CHECK(fmt == "Q4_K" && f.size() == 5, "pellucid::repack: only Q4_0, Q4_1 and Q4_K are repacked, not ", fmt);
+  if (fmt == "Q5_0" || fmt == "Q5_1") return repack_q5(f);
+  TORCH_CHECK(fmt == "Q4_K" && f.size() == 5, "pellucid::repack: only Q4_0, Q4_1, Q5_0, Q5_1 and Q4_K are repacked, not ", fmt);
   const at::Tensor &qs = f[0], &d = f[1], &dmin = f[2], &sc = f[3], &mn = f[4];
   const int64_t N = qs.size(0), S = qs.size(1);
   TORCH_CHECK(N % 8 == 0, "pellucid::repack: rows must be a multiple of 8, got ", N);
