@@ -976,25 +976,29 @@ Matrix parse(const std::string& fmt, at::TensorList f, size_t& i, int64_t M) {
 
 // x (M, K) @ [W_1; W_2; ...].T -> (M, N_1 + N_2 + ...): several matrices that read the same x (q/k/v, gate/up)
 // share its quantization and one parallel region.
-at::Tensor gemv(const at::Tensor& x_in, c10::string_view formats_in, at::TensorList fields) {
-  TORCH_CHECK(x_in.dim() == 2 && x_in.scalar_type() == at::kFloat, "pellucid::gemv: x must be (M, K) float32");
-  const at::Tensor x = x_in.contiguous();
-  const int64_t M = x.size(0), K = x.size(1);
-  TORCH_CHECK(K % QK == 0, "pellucid::gemv: K must be a multiple of 32, got ", K);
+// The matrices of a call ("Q4_1,Q4_1,Q8_0": one format per matrix, then their fields), each with its column
+// offset `col` in the concatenated output.
+std::vector<Matrix> parse_all(c10::string_view formats_in, at::TensorList fields, int64_t M, int64_t& total) {
   std::vector<Matrix> mats;
   size_t i = 0;
-  int64_t total = 0;
-  std::string formats(formats_in.data(), formats_in.size()), name;
-  for (size_t start = 0; start <= formats.size();) {  // "Q4_1,Q4_1,Q8_0": one format per matrix
+  total = 0;
+  const std::string formats(formats_in.data(), formats_in.size());
+  for (size_t start = 0; start <= formats.size();) {
     size_t end = formats.find(',', start);
     if (end == std::string::npos) end = formats.size();
-    name = formats.substr(start, end - start);
+    mats.push_back(parse(formats.substr(start, end - start), fields, i, M));
     start = end + 1;
-    mats.push_back(parse(name, fields, i, M));
     mats.back().col = total;
     total += mats.back().N;
   }
-  at::Tensor out = at::empty({M, total}, x.options());
+  return mats;
+}
+
+// x quantized once for all the matrices, then their rows split over the threads in chunks of 16 (a multiple
+// of every tile) in one parallel region; matrix j's rows go to out[j] with row stride ld[j].
+void run_all(const at::Tensor& x, const std::vector<Matrix>& mats, int64_t total, const std::vector<float*>& out,
+             const std::vector<int64_t>& ld) {
+  const int64_t M = x.size(0), K = x.size(1);
   NoGil released;
   QuantX qx;
   bool any_k = false, any_32 = false;
@@ -1005,15 +1009,30 @@ at::Tensor gemv(const at::Tensor& x_in, c10::string_view formats_in, at::TensorL
     qx.K = K;
     quantize_x_k(x.data_ptr<float>(), M, K, qx);
   }
-  float* o = out.data_ptr<float>();
-  // Split the concatenated rows over the threads in chunks of 16 rows (a multiple of every tile).
   at::parallel_for(0, (total + 15) / 16, 1, [&](int64_t c0, int64_t c1) {
     const int64_t a = c0 * 16, b = std::min(total, c1 * 16);
-    for (const Matrix& m : mats) {
+    for (size_t j = 0; j < mats.size(); ++j) {
+      const Matrix& m = mats[j];
       const int64_t lo = std::max(a, m.col), hi = std::min(b, m.col + m.N);
-      if (lo < hi) m.run(qx, lo - m.col, hi - m.col, o + m.col, total);
+      if (lo < hi) m.run(qx, lo - m.col, hi - m.col, out[j], ld[j]);
     }
   });
+}
+
+at::Tensor checked_x(const at::Tensor& x_in) {
+  TORCH_CHECK(x_in.dim() == 2 && x_in.scalar_type() == at::kFloat, "pellucid::gemv: x must be (M, K) float32");
+  TORCH_CHECK(x_in.size(1) % QK == 0, "pellucid::gemv: K must be a multiple of 32, got ", x_in.size(1));
+  return x_in.contiguous();
+}
+
+at::Tensor gemv(const at::Tensor& x_in, c10::string_view formats, at::TensorList fields) {
+  const at::Tensor x = checked_x(x_in);
+  int64_t total;
+  const std::vector<Matrix> mats = parse_all(formats, fields, x.size(0), total);
+  at::Tensor out = at::empty({x.size(0), total}, x.options());
+  std::vector<float*> ptrs;
+  for (const Matrix& m : mats) ptrs.push_back(out.data_ptr<float>() + m.col);
+  run_all(x, mats, total, ptrs, std::vector<int64_t>(mats.size(), total));
   return out;
 }
 
@@ -1078,47 +1097,19 @@ at::Tensor dequantize(c10::string_view format_in, at::TensorList fields, int64_t
 
 // `gemv` with each matrix's product in its own (M, N_i) tensor: what q/k/v (or gate/up) are used as, without
 // splitting and reshaping a shared output in Python (a few ATen ops per layer per token).
-std::vector<at::Tensor> gemv_parts(const at::Tensor& x_in, c10::string_view formats_in, at::TensorList fields) {
-  TORCH_CHECK(x_in.dim() == 2 && x_in.scalar_type() == at::kFloat, "pellucid::gemv: x must be (M, K) float32");
-  const at::Tensor x = x_in.contiguous();
-  const int64_t M = x.size(0), K = x.size(1);
-  TORCH_CHECK(K % QK == 0, "pellucid::gemv: K must be a multiple of 32, got ", K);
-  std::vector<Matrix> mats;
-  size_t i = 0;
-  int64_t total = 0;
-  std::string formats(formats_in.data(), formats_in.size());
-  for (size_t start = 0; start <= formats.size();) {
-    size_t end = formats.find(',', start);
-    if (end == std::string::npos) end = formats.size();
-    mats.push_back(parse(formats.substr(start, end - start), fields, i, M));
-    start = end + 1;
-    mats.back().col = total;
-    total += mats.back().N;
-  }
+std::vector<at::Tensor> gemv_parts(const at::Tensor& x_in, c10::string_view formats, at::TensorList fields) {
+  const at::Tensor x = checked_x(x_in);
+  int64_t total;
+  const std::vector<Matrix> mats = parse_all(formats, fields, x.size(0), total);
   std::vector<at::Tensor> outs;
   std::vector<float*> ptrs;
+  std::vector<int64_t> lds;
   for (const Matrix& m : mats) {
-    outs.push_back(at::empty({M, m.N}, x.options()));
+    outs.push_back(at::empty({x.size(0), m.N}, x.options()));
     ptrs.push_back(outs.back().data_ptr<float>());
+    lds.push_back(m.N);
   }
-  NoGil released;
-  QuantX qx;
-  bool any_k = false, any_32 = false;
-  for (const Matrix& m : mats) (m.k_quant ? any_k : any_32) = true;
-  if (any_32) quantize_x(x.data_ptr<float>(), M, K, qx);
-  if (any_k) {
-    TORCH_CHECK(K % 256 == 0, "pellucid::gemv: K-quant rows are whole 256-blocks, got K = ", K);
-    qx.K = K;
-    quantize_x_k(x.data_ptr<float>(), M, K, qx);
-  }
-  at::parallel_for(0, (total + 15) / 16, 1, [&](int64_t c0, int64_t c1) {
-    const int64_t a = c0 * 16, b = std::min(total, c1 * 16);
-    for (size_t j = 0; j < mats.size(); ++j) {
-      const Matrix& m = mats[j];
-      const int64_t lo = std::max(a, m.col), hi = std::min(b, m.col + m.N);
-      if (lo < hi) m.run(qx, lo - m.col, hi - m.col, ptrs[j], m.N);
-    }
-  });
+  run_all(x, mats, total, ptrs, lds);
   return outs;
 }
 

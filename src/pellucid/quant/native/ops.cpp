@@ -138,6 +138,43 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
   return out;
 }
 
+// One query head over S keys and values (rows `ks` / `vs` floats apart): scores q.k * scale (soft-capped,
+// hidden where `visible` is false), softmax, then the weighted sum of the values into out (Dv floats).
+// `scores` is scratch for S floats.
+void attend_head(const float* q, const float* k, int64_t ks, const float* v, int64_t vs, int64_t S, int64_t D,
+                 int64_t Dv, float scale, float cap, const bool* visible, float* scores, float* out) {
+  float mx = -INFINITY;
+  for (int64_t s = 0; s < S; ++s) {
+    float a = dot(q, k + s * ks, D) * scale;
+    if (cap > 0) a = std::tanh(a / cap) * cap;
+    if (visible && !visible[s]) a = -INFINITY;
+    scores[s] = a;
+    mx = std::max(mx, a);
+  }
+  float total = 0;
+  for (int64_t s = 0; s < S; s += 16) {
+    const __mmask16 m = tail_mask(S - s);
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores + s), _mm512_set1_ps(mx)));
+    _mm512_mask_storeu_ps(scores + s, m, e);
+    total += _mm512_mask_reduce_add_ps(m, e);
+  }
+  for (int64_t i = 0; i < Dv; ++i) out[i] = 0;
+  for (int64_t s = 0; s < S; ++s) {
+    const __m512 w = _mm512_set1_ps(scores[s]);
+    const float* vr = v + s * vs;
+    for (int64_t i = 0; i < Dv; i += 16) {
+      const __mmask16 m = tail_mask(Dv - i);
+      _mm512_mask_storeu_ps(out + i, m, _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, vr + i),
+                                                        _mm512_maskz_loadu_ps(m, out + i)));
+    }
+  }
+  const __m512 inv = _mm512_set1_ps(1.0f / total);
+  for (int64_t i = 0; i < Dv; i += 16) {
+    const __mmask16 m = tail_mask(Dv - i);
+    _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, out + i), inv));
+  }
+}
+
 at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                       const c10::optional<at::Tensor>& visible_in, double scale, double softcap) {
   check_last_contiguous(q, "attend_one", "q");
@@ -161,46 +198,15 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   const float sc = (float)scale, cap = (float)softcap;
   const int64_t work = S * (D + Dv) * group;  // per KV head
   at::parallel_for(0, B * Hkv, std::max<int64_t>(1, 65536 / std::max<int64_t>(work, 1)), [&](int64_t g0, int64_t g1) {
-    std::vector<float> scores(group * S);
+    std::vector<float> scores(S);
     for (int64_t bg = g0; bg < g1; ++bg) {
       const int64_t b = bg / Hkv, g = bg % Hkv;
       const float* kb = kp + b * k.stride(0) + g * k.stride(1);
       const float* vb = vp + b * v.stride(0) + g * v.stride(1);
       for (int64_t j = 0; j < group; ++j) {  // the query heads that share this KV head
         const int64_t h = g * group + j;
-        const float* qh = qp + b * q.stride(0) + h * q.stride(2);
-        float* sj = scores.data() + j * S;
-        float mx = -INFINITY;
-        for (int64_t s = 0; s < S; ++s) {
-          float a = dot(qh, kb + s * k.stride(2), D) * sc;
-          if (cap > 0) a = std::tanh(a / cap) * cap;
-          if (vis && !vis[s]) a = -INFINITY;
-          sj[s] = a;
-          mx = std::max(mx, a);
-        }
-        float total = 0;
-        for (int64_t s = 0; s < S; s += 16) {
-          const __mmask16 m = tail_mask(S - s);
-          const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sj + s), _mm512_set1_ps(mx)));
-          _mm512_mask_storeu_ps(sj + s, m, e);
-          total += _mm512_mask_reduce_add_ps(m, e);
-        }
-        float* o = op + b * H * Dv + h * Dv;
-        for (int64_t i = 0; i < Dv; ++i) o[i] = 0;
-        for (int64_t s = 0; s < S; ++s) {
-          const __m512 w = _mm512_set1_ps(sj[s]);
-          const float* vr = vb + s * v.stride(2);
-          for (int64_t i = 0; i < Dv; i += 16) {
-            const __mmask16 m = tail_mask(Dv - i);
-            _mm512_mask_storeu_ps(o + i, m, _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, vr + i),
-                                                            _mm512_maskz_loadu_ps(m, o + i)));
-          }
-        }
-        const __m512 inv = _mm512_set1_ps(1.0f / total);
-        for (int64_t i = 0; i < Dv; i += 16) {
-          const __mmask16 m = tail_mask(Dv - i);
-          _mm512_mask_storeu_ps(o + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, o + i), inv));
-        }
+        attend_head(qp + b * q.stride(0) + h * q.stride(2), kb, k.stride(2), vb, v.stride(2), S, D, Dv, sc, cap, vis,
+                    scores.data(), op + b * H * Dv + h * Dv);
       }
     }
   });
@@ -245,37 +251,8 @@ at::Tensor store_attend(const at::Tensor& q, const at::Tensor& k, const at::Tens
       scores.resize(S);
       for (int64_t j = 0; j < group; ++j) {
         const int64_t h = g * group + j;
-        const float* qh = q.data_ptr<float>() + b * q.stride(0) + h * q.stride(2);
-        float mx = -INFINITY;
-        for (int64_t s = 0; s < S; ++s) {
-          float a = dot(qh, kb + s * kc.stride(2), D) * sc;
-          if (cap > 0) a = std::tanh(a / cap) * cap;
-          scores[s] = a;
-          mx = std::max(mx, a);
-        }
-        float total = 0;
-        for (int64_t s = 0; s < S; s += 16) {
-          const __mmask16 m = tail_mask(S - s);
-          const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores.data() + s), _mm512_set1_ps(mx)));
-          _mm512_mask_storeu_ps(scores.data() + s, m, e);
-          total += _mm512_mask_reduce_add_ps(m, e);
-        }
-        float* o = op + b * H * Dv + h * Dv;
-        for (int64_t i = 0; i < Dv; ++i) o[i] = 0;
-        for (int64_t s = 0; s < S; ++s) {
-          const __m512 w = _mm512_set1_ps(scores[s]);
-          const float* vr = vb + s * vc.stride(2);
-          for (int64_t i = 0; i < Dv; i += 16) {
-            const __mmask16 m = tail_mask(Dv - i);
-            _mm512_mask_storeu_ps(o + i, m, _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, vr + i),
-                                                            _mm512_maskz_loadu_ps(m, o + i)));
-          }
-        }
-        const __m512 inv = _mm512_set1_ps(1.0f / total);
-        for (int64_t i = 0; i < Dv; i += 16) {
-          const __mmask16 m = tail_mask(Dv - i);
-          _mm512_mask_storeu_ps(o + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, o + i), inv));
-        }
+        attend_head(q.data_ptr<float>() + b * q.stride(0) + h * q.stride(2), kb, kc.stride(2), vb, vc.stride(2), S,
+                    D, Dv, sc, cap, nullptr, scores.data(), op + b * H * Dv + h * Dv);
       }
     }
   });
