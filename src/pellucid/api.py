@@ -22,6 +22,7 @@ from dataclasses import fields
 
 import torch
 
+from pellucid.engine.constrain import Grammar, constraint_for
 from pellucid.engine.generate import Session, stream_text
 from pellucid.engine.results import Generation, GenerationStats
 from pellucid.engine.sampling import SamplingParams, SamplingParamsError, make_sampler
@@ -106,20 +107,38 @@ class LLM:
         max_tokens: int | None = None,
         stop: str | Sequence[str] | None = None,
         ignore_eos: bool = False,
+        schema: dict | str | None = None,
+        grammar: Grammar | str | None = None,
         **sampling,
     ) -> Generation:
         """Complete `prompt` (text, or token ids) as is. Sampling keywords are SamplingParams fields
         (temperature, top_k, top_p, min_p, typical_p, repeat_penalty, repeat_last_n, presence_penalty,
         frequency_penalty, seed, logprobs). max_tokens None = until an end token or a full context.
         ignore_eos: keep going past end-of-text / end-of-turn tokens (llama.cpp's --ignore-eos), e.g. to
-        benchmark a fixed number of tokens."""
+        benchmark a fixed number of tokens.
+
+        schema: the output is JSON valid against this JSON schema (a dict or its text; {"type": "object"}
+        for any object). grammar: the output matches this `Grammar` (or the text of a Lark or GBNF
+        grammar). Either is enforced token by token (engine/constrain.py); a bad one is a GrammarError."""
         ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
-        return self._generate(ids, max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos, **sampling)
+        return self._generate(
+            ids, max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos, grammar=output_grammar(schema, grammar),
+            **sampling,
+        )  # fmt: skip
 
     def chat(
-        self, messages: list[dict], *, tools=None, stop=None, max_tokens=None, ignore_eos=False, **sampling
+        self,
+        messages: list[dict],
+        *,
+        stop=None,
+        max_tokens=None,
+        ignore_eos=False,
+        schema: dict | str | None = None,
+        grammar: Grammar | str | None = None,
+        **sampling,
     ) -> Generation:
-        """Answer the conversation `messages` ([{"role": "user", "content": "..."}, ...]).
+        """Answer the conversation `messages` ([{"role": "user", "content": "..."}, ...]). `schema` and
+        `grammar` constrain the answer as in `generate`; for tool calls, see `chat_with_tools`.
 
         A model without a chat template (a base model) gets a plain "User:/Assistant:" prompt; it was not
         trained for chat, which `has_chat_template` tells (the CLI warns: NO_TEMPLATE_WARNING)."""
@@ -127,14 +146,18 @@ class LLM:
         if not self.has_chat_template:
             stops += BASE_MODEL_STOPS
         return self._generate(
-            self.chat_prompt_ids(messages, tools=tools),
+            self.chat_prompt_ids(messages),
             max_tokens=max_tokens,
             stop=stops,
             ignore_eos=ignore_eos,
+            grammar=output_grammar(schema, grammar),
             **sampling,
         )
 
-    def _generate(self, prompt_ids: list[int], *, max_tokens, stop, ignore_eos=False, **sampling) -> Generation:
+    def _generate(
+        self, prompt_ids: list[int], *, max_tokens, stop, ignore_eos=False, grammar=None, constraint=None,
+        keep_special=False, **sampling,
+    ) -> Generation:  # fmt: skip
         unknown = set(sampling) - _SAMPLING_FIELDS
         if unknown:
             raise SamplingParamsError(
@@ -152,9 +175,22 @@ class LLM:
             stop_ids=() if ignore_eos else self.tokenizer.eot_ids,
             logprobs=params.logprobs,
             stats=stats,
+            constraint=constraint or constraint_for(grammar, self.tokenizer),
         )
-        chunks = stream_text(steps, self.tokenizer.stream_decoder(skip_special=True), stats, stop_strings=stops)
+        decoder = self.tokenizer.stream_decoder(skip_special=not keep_special)
+        chunks = stream_text(steps, decoder, stats, stop_strings=stops)
         return Generation(chunks, prompt_ids, stats)
+
+
+def output_grammar(schema: dict | str | None, grammar: Grammar | str | None) -> Grammar | None:
+    """The Grammar that `schema=` or `grammar=` asks for (not both), or None."""
+    if schema is not None and grammar is not None:
+        raise PellucidError("give schema= or grammar=, not both")
+    if schema is not None:
+        return Grammar.json_schema(schema)
+    if isinstance(grammar, str):
+        return Grammar.from_grammar_text(grammar)
+    return grammar
 
 
 def load(

@@ -120,10 +120,12 @@ class Session:
         stop_ids: Iterable[int] = (),
         logprobs: int | None = None,
         stats: GenerationStats | None = None,
+        constraint=None,
     ) -> Iterator[_Step]:
         """Prefill `prompt_ids` (reusing the cached prefix) and yield sampled tokens until a stop condition.
 
-        A stop token is not yielded. `stats` (if given) is filled in as generation proceeds.
+        A stop token is not yielded. `stats` (if given) is filled in as generation proceeds. `constraint` (an
+        engine.constrain.Constraint) masks the logits before each sample and follows the sampled tokens.
         """
         stats = stats if stats is not None else GenerationStats()
         prompt_ids = check_prompt(prompt_ids, self.capacity, self.model.config.context_length)
@@ -139,13 +141,15 @@ class Session:
             if stats.generated_tokens >= max_tokens:
                 stats.stop_reason = "length"
                 return
-            token = sampler.sample(logits, history)
+            token = sampler.sample(logits if constraint is None else constraint.mask(logits), history)
             if first_token_at is None:
                 first_token_at = time.perf_counter()
                 stats.ttft_s = first_token_at - start
             if token in stop_ids:
                 stats.stop_reason, stats.stop_detail = "stop", f"token {token}"
                 return
+            if constraint is not None:
+                constraint.accept(token)
             step = _Step(token, token_logprobs(logits, token, logprobs) if logprobs is not None else None)
             history.append(token)
             stats.generated_tokens += 1

@@ -16,7 +16,8 @@ which the server answers with 429). The worker loops over steps:
    instead of once per stream, which is where continuous batching's throughput comes from (how much it
    saves is up to the packed kernels; docs/benchmarks.md, "Serving"). Prompt chunks run one sequence at a
    time (they are matrix-matrix products already).
-4. Sample: each sequence samples with its own `Sampler` (its own seed and settings), then its text goes out
+4. Sample: each sequence samples with its own `Sampler` (its own seed and settings), on logits masked by its
+   own grammar when it has one (`Request.constraint`: a JSON schema, a tool call), then its text goes out
    through the request's `on_update` callback. A sequence that hit a stop token, a stop string, max_tokens or
    a full context finishes and frees its slot for the next step.
 
@@ -91,6 +92,8 @@ class Request:
         max_tokens: int | None,
         stop: Sequence[str],
         ignore_eos: bool = False,
+        constraint=None,
+        keep_special: bool = False,
         on_update: Callable[[Update], None],
     ):
         self.id = id
@@ -100,6 +103,8 @@ class Request:
         self.max_tokens = max_tokens
         self.stop = list(stop)
         self.ignore_eos = ignore_eos  # generate past end-of-generation tokens
+        self.constraint = constraint  # engine.constrain: masks each step's logits (structured output, tool calls)
+        self.keep_special = keep_special  # special tokens stay in the text (tool-call and reasoning markers)
         self.on_update = on_update
         self.cancelled = False
         self.submitted_at = time.perf_counter()
@@ -281,6 +286,8 @@ class Scheduler:
         max_tokens: int | None = None,
         stop: Sequence[str] = (),
         ignore_eos: bool = False,
+        constraint=None,
+        keep_special: bool = False,
         on_update: Callable[[Update], None],
     ) -> Request:
         """Queue a generation; `on_update` gets its Updates on the worker thread, the last one with stats.
@@ -302,6 +309,8 @@ class Scheduler:
             max_tokens=max_tokens,
             stop=stop,
             ignore_eos=ignore_eos,
+            constraint=constraint,
+            keep_special=keep_special,
             on_update=on_update,
         )
         with self._cv:
@@ -405,7 +414,8 @@ class Scheduler:
         cached = slot.session._reuse_prefix(request.prompt_ids)  # trims the cache to the shared prefix
         request.admitted_at = time.perf_counter()
         request.slot, request.cached_tokens = slot.index, cached
-        slot.seq = _Sequence(request, slot.session, self.tokenizer.stream_decoder(skip_special=True), cached)
+        decoder = self.tokenizer.stream_decoder(skip_special=not request.keep_special)
+        slot.seq = _Sequence(request, slot.session, decoder, cached)
 
     def _drop(self, request: Request) -> None:
         """A request cancelled while it waited: tell it, it never ran."""
@@ -434,7 +444,8 @@ class Scheduler:
         if stats.generated_tokens >= seq.max_tokens:
             self._finish(slot, "length")
             return 0
-        token = seq.request.sampler.sample(logits, seq.history)
+        constraint = seq.request.constraint
+        token = seq.request.sampler.sample(logits if constraint is None else constraint.mask(logits), seq.history)
         now = time.perf_counter()
         if seq.first_token_at is None:
             seq.first_token_at = now
@@ -442,6 +453,8 @@ class Scheduler:
         if token in self.stop_ids and not seq.request.ignore_eos:
             self._finish(slot, "stop", f"token {token}", stop_token=token)
             return 0
+        if constraint is not None:
+            constraint.accept(token)
         seq.history.append(token)
         stats.generated_tokens += 1
         stats.decode_s = now - seq.first_token_at
