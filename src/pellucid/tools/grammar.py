@@ -1,0 +1,96 @@
+"""Grammars that make a reply a valid tool call: llguidance Lark text, with each call's JSON an inline
+`%json { schema }` whose `anyOf` ties a tool's name to its own parameters' schema.
+
+Two shapes, for the engine's two uses:
+- `call_grammar`: the whole reply is one call (or, `parallel`, one or more), for `tool_choice: required` or a
+  named tool;
+- `call_body_grammar`: what follows the format's trigger (`<tool_call>`), for `tool_choice: auto`, where the
+  model writes freely until it writes the trigger and the call's body is constrained from there.
+
+The JSON is written the one way `json.dumps` writes it (`{"a": 1, "b": [2, 3]}`), as the chat templates
+render calls in the prompt: a small model given free whitespace can wander into newlines forever.
+
+Markers that are special tokens in the model's vocabulary (Mistral's `[TOOL_CALLS]`, harmony's `<|channel|>`,
+DeepSeek's fullwidth markers) cannot be written as text in a grammar, which matches bytes of ordinary tokens,
+so formats built on them raise NotImplementedError (the engine then generates unconstrained and parses).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pellucid.tools.formats import ToolFormat
+
+# llguidance's JSON options (the "x-guidance" key of a schema): json.dumps's separators, no free whitespace.
+JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+ANY_OBJECT = {"type": "object"}
+
+
+def tool_functions(tools: list[dict], named: str | None = None) -> list[dict]:
+    """The `function` parts of OpenAI-shaped tools ({"type": "function", "function": {...}}; a bare function
+    dict is accepted too), only `named` if given."""
+    if not tools:
+        raise ValueError("a tool-call grammar needs at least one tool")
+    functions = []
+    for i, tool in enumerate(tools):
+        function = tool.get("function", tool) if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise ValueError(
+                f"tools[{i}] has no function name; expected {{'type': 'function', 'function': {{'name': ...}}}}"
+            )
+        functions.append(function)
+    if named is not None:
+        functions = [f for f in functions if f["name"] == named]
+        if not functions:
+            have = ", ".join(f["name"] for f in tool_functions(tools))
+            raise ValueError(f"tool_choice names {named!r}, which is not one of the tools ({have})")
+    return functions
+
+
+def call_schema(functions: list[dict], arguments_key: str = "arguments") -> dict:
+    """JSON schema of one call object: {"name": <a tool's name>, <arguments_key>: <that tool's parameters>}."""
+    choices = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": f["name"]}, arguments_key: f.get("parameters") or ANY_OBJECT},
+            "required": ["name", arguments_key],
+            "additionalProperties": False,
+        }
+        for f in functions
+    ]
+    schema = choices[0] if len(choices) == 1 else {"anyOf": choices}
+    return {**schema, "x-guidance": JSON_STYLE}
+
+
+def _json_rule(schema: dict) -> str:
+    return "%json " + json.dumps(schema, ensure_ascii=False)
+
+
+def call_grammar(fmt: ToolFormat, tools: list[dict], *, parallel: bool, named: str | None = None) -> str:
+    functions = tool_functions(tools, named)
+    if fmt.name in ("hermes", "generic"):
+        call = f'"{fmt.start}\\n" call_json "\\n{fmt.end}"'
+        arguments_key = "arguments"
+    elif fmt.name == "llama3":
+        call = "call_json"  # the template's own words: {"name": function name, "parameters": dictionary ...}
+        arguments_key = "parameters"
+    else:
+        raise NotImplementedError(_not_implemented(fmt))
+    repeat = ' ("\\n" call)*' if parallel else ""
+    return f"start: call{repeat}\ncall: {call}\ncall_json: {_json_rule(call_schema(functions, arguments_key))}\n"
+
+
+def call_body_grammar(fmt: ToolFormat, tools: list[dict]) -> str:
+    if fmt.name not in ("hermes", "generic"):
+        raise NotImplementedError(_not_implemented(fmt))
+    functions = tool_functions(tools)
+    return f'start: "\\n" call_json "\\n{fmt.end}"\ncall_json: {_json_rule(call_schema(functions))}\n'
+
+
+def _not_implemented(fmt: ToolFormat) -> str:
+    return (
+        f"no tool-call grammar for the {fmt.name!r} format yet (grammars exist for hermes, generic and llama3); "
+        "generate unconstrained and parse the calls from the text"
+    )
