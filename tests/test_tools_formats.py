@@ -593,6 +593,30 @@ def test_llama3_grammar(lltok):
     assert LLAMA3.trigger() is None
 
 
+def test_mistral_grammars(lltok):
+    tok, _ = lltok
+    listed = MISTRAL.call_grammar(TOOLS, parallel=True)
+    call = {"name": "get_weather", "arguments": {"city": "Paris"}}
+    assert accepts(lltok, listed, "[TOOL_CALLS]" + json.dumps([call, {"name": "now", "arguments": {}}]))
+    assert not accepts(
+        lltok, listed, "[TOOL_CALLS]" + json.dumps([{"name": "now", "arguments": {"x": {"city": 1}}}]) + "x"
+    )
+    assert not accepts(lltok, MISTRAL.call_grammar(TOOLS, parallel=False), "[TOOL_CALLS]" + json.dumps([call, call]))
+    named = MISTRAL_ARGS.call_grammar(TOOLS, parallel=True)
+    assert accepts(lltok, named, '[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}[TOOL_CALLS]now[ARGS]{}')
+    assert not accepts(lltok, named, '[TOOL_CALLS]now[ARGS]{"city": "Paris"}[TOOL_CALLS]get_weather[ARGS]{}')
+    # a marker that is a special token in the model's vocabulary is asked for as that token
+    special = next(i for i in range(tok.vocab_size) if tok.is_special(i) and i not in tok.eot_ids)
+    grammar = MISTRAL_ARGS.call_grammar(TOOLS, parallel=False, token_ids={"[TOOL_CALLS]": special})
+    assert f"<[{special}]>" in grammar
+    from llguidance import LLMatcher
+
+    matcher = LLMatcher(lltok[1], grammar)
+    tokens = [special, *tok.encode('now[ARGS]{"a": 1}', add_special=False)]
+    assert matcher.consume_tokens(tokens) and matcher.is_accepting()
+    assert not accepts(lltok, grammar, '[TOOL_CALLS]now[ARGS]{"a": 1}')  # the spelling is not the token
+
+
 def test_formats_without_grammar_say_so():
     for fmt in (HARMONY, DEEPSEEK, KIMI):
         with pytest.raises(NotImplementedError, match="unconstrained"):

@@ -27,6 +27,7 @@ Reasoning is a `<think>...</think>` block (Qwen3, QwQ, DeepSeek-R1, SmolLM3, Kim
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pellucid.tools import grammar
@@ -60,11 +61,20 @@ class ToolFormat:
         cls = HarmonyParser if self.name == "harmony" else ReplyParser
         return cls(self, reasoning=reasoning, starts_in_thinking=starts_in_thinking, tools=tools)
 
-    def call_grammar(self, tools: list[dict], *, parallel: bool, named: str | None = None) -> str:
+    def call_grammar(
+        self,
+        tools: list[dict],
+        *,
+        parallel: bool,
+        named: str | None = None,
+        token_ids: Mapping[str, int] | None = None,
+    ) -> str:
         """llguidance Lark grammar for a reply that is exactly one call (or one or more, `parallel`) of one of
         `tools` (only `named`, if given), its arguments valid against that tool's parameter schema.
+        `token_ids` maps markers that are special tokens in the model's vocabulary to their ids (Mistral's
+        "[TOOL_CALLS]", "[ARGS]"), so the grammar asks for the token rather than its spelling.
         NotImplementedError for formats without one."""
-        return grammar.call_grammar(self, tools, parallel=parallel, named=named)
+        return grammar.call_grammar(self, tools, parallel=parallel, named=named, token_ids=token_ids)
 
     def trigger(self) -> str | None:
         """The text that starts a call in free text ("<tool_call>"), None where there is none a grammar can

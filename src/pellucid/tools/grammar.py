@@ -10,14 +10,16 @@ Two shapes, for the engine's two uses:
 The JSON is written the one way `json.dumps` writes it (`{"a": 1, "b": [2, 3]}`), as the chat templates
 render calls in the prompt: a small model given free whitespace can wander into newlines forever.
 
-Markers that are special tokens in the model's vocabulary (Mistral's `[TOOL_CALLS]`, harmony's `<|channel|>`,
-DeepSeek's fullwidth markers) cannot be written as text in a grammar, which matches bytes of ordinary tokens,
-so formats built on them raise NotImplementedError (the engine then generates unconstrained and parses).
+A marker that is a special token in the model's vocabulary (Mistral's `[TOOL_CALLS]` and `[ARGS]`) cannot be
+written as text in a grammar, which matches the bytes of ordinary tokens: pass `token_ids` ({"[TOOL_CALLS]": 9,
+...}) and it is written as that token. Harmony, DeepSeek and Kimi (markers that are special tokens all through)
+raise NotImplementedError; the engine then generates unconstrained and parses.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -68,18 +70,53 @@ def _json_rule(schema: dict) -> str:
     return "%json " + json.dumps(schema, ensure_ascii=False)
 
 
-def call_grammar(fmt: ToolFormat, tools: list[dict], *, parallel: bool, named: str | None = None) -> str:
+def call_grammar(
+    fmt: ToolFormat,
+    tools: list[dict],
+    *,
+    parallel: bool,
+    named: str | None = None,
+    token_ids: Mapping[str, int] | None = None,
+) -> str:
     functions = tool_functions(tools, named)
+    repeat = "+" if parallel else ""
     if fmt.name in ("hermes", "generic"):
         call = f'"{fmt.start}\\n" call_json "\\n{fmt.end}"'
-        arguments_key = "arguments"
+        rules = [f"call_json: {_json_rule(call_schema(functions))}"]
+        repeat = ' ("\\n" call)*' if parallel else ""
     elif fmt.name == "llama3":
         call = "call_json"  # the template's own words: {"name": function name, "parameters": dictionary ...}
-        arguments_key = "parameters"
+        rules = [f"call_json: {_json_rule(call_schema(functions, 'parameters'))}"]
+        repeat = ' ("\\n" call)*' if parallel else ""
+    elif fmt.name == "mistral" and fmt.variant == "list":
+        # [TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]: parallel calls share one list
+        more = ' (", " call_json)*' if parallel else ""
+        call = f'{_marker(fmt.start, token_ids)} "[" call_json{more} "]"'
+        rules = [f"call_json: {_json_rule(call_schema(functions))}"]
+        repeat = ""
+    elif fmt.name == "mistral":
+        # [TOOL_CALLS]NAME[ARGS]{...} per call; one alternative per tool ties the name to its arguments
+        args = _marker("[ARGS]", token_ids)
+        names = " | ".join(f"tool_{i}" for i in range(len(functions)))
+        call = f"{_marker(fmt.start, token_ids)} ({names})"
+        rules = [
+            f"tool_{i}: {json.dumps(f['name'])} {args} {_json_rule(_arguments_schema(f))}"
+            for i, f in enumerate(functions)
+        ]
     else:
         raise NotImplementedError(_not_implemented(fmt))
-    repeat = ' ("\\n" call)*' if parallel else ""
-    return f"start: call{repeat}\ncall: {call}\ncall_json: {_json_rule(call_schema(functions, arguments_key))}\n"
+    return "\n".join([f"start: call{repeat}", f"call: {call}", *rules]) + "\n"
+
+
+def _arguments_schema(function: dict) -> dict:
+    return {**(function.get("parameters") or ANY_OBJECT), "x-guidance": JSON_STYLE}
+
+
+def _marker(text: str, token_ids: Mapping[str, int] | None) -> str:
+    """A marker in a grammar: the special token it is in the model's vocabulary (`<[id]>`), else its text."""
+    if token_ids and text in token_ids:
+        return f"<[{int(token_ids[text])}]>"
+    return json.dumps(text)
 
 
 def call_body_grammar(fmt: ToolFormat, tools: list[dict]) -> str:
@@ -91,6 +128,6 @@ def call_body_grammar(fmt: ToolFormat, tools: list[dict]) -> str:
 
 def _not_implemented(fmt: ToolFormat) -> str:
     return (
-        f"no tool-call grammar for the {fmt.name!r} format yet (grammars exist for hermes, generic and llama3); "
+        f"no tool-call grammar for the {fmt.name!r} format yet (grammars exist for hermes, generic, llama3 and mistral); "
         "generate unconstrained and parse the calls from the text"
     )
