@@ -416,7 +416,9 @@ class ReplyParser:
             if not final:
                 return False
             if not region.close_optional:
-                self._give_back_as_text(events, self._buf, f"the call never closed ({region.close or 'JSON'})")
+                self._give_back_as_text(
+                    events, self._opened_with + self._buf, f"the call never closed ({region.close or 'JSON'})"
+                )
                 self._buf = ""
                 self._close_region(as_text=True)
                 return False
@@ -443,7 +445,7 @@ class ReplyParser:
         self._strip_lead = "" if as_text else " \t\r\n" + separators
 
     def _give_back_as_text(self, events: list[Event], raw: str, reason: str) -> None:
-        text = raw if raw.startswith(self._opened_with) else self._opened_with + raw
+        text = raw  # the marker that opened the region and everything after it
         log.warning(
             "the model wrote a malformed %s tool call (%s); passing it on as text: %r",
             self.format.name,
