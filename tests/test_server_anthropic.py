@@ -134,6 +134,41 @@ def test_errors_have_anthropics_shape(server, client):
         ),
         ({"max_tokens": 5, "temperature": -1, "messages": [{"role": "user", "content": "hi"}]}, 200, None, ""),
         (
+            {"max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], "tools": [{"input_schema": {}}]},
+            400,
+            "invalid_request_error",
+            "tools[0].name is missing",
+        ),
+        (
+            {
+                "max_tokens": 5,
+                "messages": [{"role": "user", "content": "hi"}],
+                "tools": [{"name": "f", "input_schema": {"type": "object", "if": {}}}],
+            },
+            400,
+            "invalid_request_error",
+            "tools[0].input_schema: the JSON schema cannot be enforced: Unimplemented keys",
+        ),  # fmt: skip
+        (
+            {
+                "max_tokens": 5,
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "ok"},
+                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_x", "content": "1"}]},
+                ],
+            },
+            400,
+            "invalid_request_error",
+            "messages[2].content[0].tool_use_id 'toolu_x' answers no tool_use block",
+        ),  # fmt: skip
+        (
+            {"max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], "tool_choice": {"type": "any"}},
+            400,
+            "invalid_request_error",
+            "asks for a tool call, but the request has no tools",
+        ),
+        (
             {"max_tokens": 5, "messages": [{"role": "user", "content": "hello " * 600}]},
             400,
             "invalid_request_error",

@@ -182,10 +182,61 @@ BAD_REQUESTS = [  # (path, body (str = raw bytes), status, words the message mus
     ),
     (
         "/v1/chat/completions",
-        {"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}},
+        {
+            "messages": [{"role": "user", "content": "hi"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strng"}}},
+        },
         400,
-        "cannot constrain output to JSON",
-        "response_format",
+        "Invalid type: strng",
+        "response_format.json_schema.schema",
+    ),  # fmt: skip
+    (
+        "/v1/chat/completions",
+        {
+            "messages": [{"role": "user", "content": "hi"}],
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"not": {"type": "null"}}},
+            },
+        },
+        400,
+        "Unimplemented keys",
+        "response_format.json_schema.schema",
+    ),  # fmt: skip
+    (
+        "/v1/chat/completions",
+        {
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"parameters": {}}}],
+        },
+        400,
+        "every tool needs a name",
+        "tools[0].function.name",
+    ),
+    (
+        "/v1/chat/completions",
+        {
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+            "tool_choice": {"type": "function", "function": {"name": "g"}},
+        },
+        400,
+        "names 'g', which is not among the tools",
+        "tool_choice",
+    ),  # fmt: skip
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "call_x", "content": "1"}]},
+        400,
+        "answers no tool call",
+        "messages[1].tool_call_id",
+    ),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "hi"}], "grammar": "root ::= undefined"},
+        400,
+        "undefined",
+        "grammar",
     ),
     (
         "/v1/chat/completions",

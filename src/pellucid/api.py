@@ -93,11 +93,20 @@ class LLM:
         return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
 
     def chat_prompt_ids(self, messages: list[dict], *, tools=None) -> list[int]:
+        return self.chat_prompt(messages, tools=tools)[1]
+
+    def chat_prompt(self, messages: list[dict], *, tools=None) -> tuple[str, list[int]]:
+        """The rendered prompt text and its token ids."""
         text = self.render_chat(messages, tools=tools)
         bos = self.chat_template.bos_token
         if self.tokenizer.add_bos and bos and text.startswith(bos):
             text = text[len(bos) :]  # the template wrote BOS itself; the tokenizer adds it (as llama.cpp does)
-        return self.tokenize(text, add_special=True, parse_special=True)
+        return text, self.tokenize(text, add_special=True, parse_special=True)
+
+    @property
+    def template_source(self) -> str | None:
+        """The model's own chat template (None for a base model, which gets the plain fallback)."""
+        return self.chat_template.source if self.has_chat_template else None
 
     # -- generation -------------------------------------------------------------------------------------
     def generate(

@@ -94,6 +94,7 @@ class Request:
         ignore_eos: bool = False,
         constraint=None,
         keep_special: bool = False,
+        watch: Callable[[str], bool] | None = None,
         on_update: Callable[[Update], None],
     ):
         self.id = id
@@ -105,6 +106,7 @@ class Request:
         self.ignore_eos = ignore_eos  # generate past end-of-generation tokens
         self.constraint = constraint  # engine.constrain: masks each step's logits (structured output, tool calls)
         self.keep_special = keep_special  # special tokens stay in the text (tool-call and reasoning markers)
+        self.watch = watch  # sees each new piece of text; True ends the generation there (a repeated tool call)
         self.on_update = on_update
         self.cancelled = False
         self.submitted_at = time.perf_counter()
@@ -288,6 +290,7 @@ class Scheduler:
         ignore_eos: bool = False,
         constraint=None,
         keep_special: bool = False,
+        watch: Callable[[str], bool] | None = None,
         on_update: Callable[[Update], None],
     ) -> Request:
         """Queue a generation; `on_update` gets its Updates on the worker thread, the last one with stats.
@@ -311,6 +314,7 @@ class Scheduler:
             ignore_eos=ignore_eos,
             constraint=constraint,
             keep_special=keep_special,
+            watch=watch,
             on_update=on_update,
         )
         with self._cv:
@@ -466,6 +470,9 @@ class Scheduler:
         if matched is not None:
             self._send(seq, text)
             self._finish(slot, "stop", f"stop string {matched!r}", stop_string=matched)
+        elif text and seq.request.watch is not None and seq.request.watch(text):
+            self._send(seq, text)
+            self._finish(slot, "stop", "the reply began to repeat itself (a tool call it already made)")
         elif stats.generated_tokens >= seq.max_tokens:
             self._send(seq, text)
             self._finish(slot, "length")

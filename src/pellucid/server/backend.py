@@ -148,6 +148,33 @@ class Backend:
             raise from_pellucid(e) from None
         return ids, ([] if self.llm.has_chat_template else list(BASE_MODEL_STOPS))
 
+    async def chat_turn(self, plan) -> tuple[list[int], list[str], object]:
+        """A chat turn with tools and/or a grammar (tools.turn.TurnPlan): its prompt ids, stop strings and the
+        request's constraint (None without a grammar). The first constrained request builds the tokenizer's
+        index for the grammar library (0.1-1 s, once)."""
+
+        def run():
+            text, ids = self.llm.chat_prompt(plan.messages, tools=plan.template_tools)
+            plan.after_render(text)
+            return ids, plan.constraint(self.llm.tokenizer)
+
+        try:
+            ids, constraint = await self._off_loop(run)
+        except PellucidError as e:
+            raise from_pellucid(e) from None
+        return ids, ([] if self.llm.has_chat_template else list(BASE_MODEL_STOPS)), constraint
+
+    async def constraint(self, grammar, param: str):
+        """A Constraint for `grammar` (engine.constrain.Grammar) or None; a bad grammar is a 400 on `param`."""
+        if grammar is None:
+            return None
+        from pellucid.engine.constrain import Constraint
+
+        try:
+            return await self._off_loop(Constraint, grammar, self.llm.tokenizer)
+        except PellucidError as e:
+            raise bad_request(str(e), param=param) from None
+
     async def tokenize(self, text: str) -> list[int]:
         """BOS as the model wants it, special tokens parsed (as llama-server tokenizes prompts)."""
         return await self._off_loop(self.llm.tokenize, text)
@@ -176,13 +203,17 @@ class Backend:
         stop: list[str],
         ignore_eos: bool = False,
         prompt_param: str = "messages",
+        constraint=None,
+        keep_special: bool = False,
+        watch=None,
     ) -> Stream:
         """Queue a generation; its Updates arrive on the returned Stream. A full queue is a 429."""
         stream = Stream(asyncio.get_running_loop())
         try:
             stream.request = self.scheduler.submit(
-                prompt_ids, params, max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos, on_update=stream.put
-            )
+                prompt_ids, params, max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos, constraint=constraint,
+                keep_special=keep_special, watch=watch, on_update=stream.put,
+            )  # fmt: skip
         except PellucidError as e:
             raise from_pellucid(e, prompt_param) from None
         return stream

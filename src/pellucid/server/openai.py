@@ -9,6 +9,13 @@ the KV cache already held), `logprobs` as OpenAI reports them. Each response als
 vLLM's `return_token_ids: true`, the response also has `prompt_token_ids` (the first chunk of a stream) and
 each choice (or streamed delta) its `token_ids`: `pellucid run --json` reads them.
 
+Structured output and tools (chat): `response_format` (`json_object`, `json_schema`; the schema is enforced
+token by token whether or not `strict` is set) and llama-server's `json_schema` / `grammar` fields
+constrain the reply (engine/constrain.py); `tools`, `tool_choice` (auto, none, required, a named function),
+`parallel_tool_calls`, assistant `tool_calls` and `role: tool` results go through tools/turn.py, and a reply's
+calls come back as `message.tool_calls` (streamed as `tool_calls` deltas) with finish_reason "tool_calls";
+a reasoning model's thinking comes back as `reasoning_content`, not in `content`.
+
 Sampling fields that are not set keep llama.cpp's defaults (temperature 0.8, top_k 40, top_p 0.95,
 min_p 0.05), as llama-server does; OpenAI's own defaults differ (temperature 1, no truncation).
 """
@@ -16,12 +23,14 @@ min_p 0.05), as llama-server does; OpenAI's own defaults differ (temperature 1, 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import time
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from pellucid.engine.constrain import Grammar, GrammarError
 from pellucid.engine.results import GenerationStats
 from pellucid.engine.sampling import TokenLogprobs
 from pellucid.engine.scheduler import Update
@@ -36,6 +45,7 @@ from pellucid.server.schemas import (
     parse,
 )
 from pellucid.server.streams import Completion, EventStream, Stream, sse, until_done
+from pellucid.tools.turn import ToolChoice, ToolsError, check_tools, plan_turn
 
 log = logging.getLogger("pellucid.server")
 
@@ -55,39 +65,44 @@ async def chat_completions(request: Request) -> Response:
     body = await parse(request, ChatCompletionRequest)
     model = backend.find(body.model, "chat")
     refuse_unsupported(body)
-    if body.response_format is not None and body.response_format.type != "text":
-        raise bad_request(
-            f"response_format {body.response_format.type!r} is not supported: pellucid cannot constrain output to "
-            f"JSON yet; ask for JSON in the prompt and leave response_format out",
-            param="response_format",
-        )
-    if body.tools:
-        log.warning("%s: tools ignored; the model answers in text (pellucid does not parse tool calls)", _id(request))
     if body.top_logprobs is not None and not body.logprobs:
         raise bad_request("top_logprobs needs logprobs: true", param="top_logprobs")
-    prompt_ids, stops = await backend.chat_prompt([template_message(m, i) for i, m in enumerate(body.messages)])
+    plan = turn_plan(backend, body)
+    for note in plan.notes:
+        log.warning("%s: %s", _id(request), note)
+    prompt_ids, stops, constraint = await backend.chat_turn(plan)
     params = sampling_params(**sampling_fields(body), logprobs=(body.top_logprobs or 0) if body.logprobs else None)
     max_tokens = max_tokens_param(
         body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens,
         "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens",
     )
     stream = backend.generate(
-        prompt_ids, params, max_tokens=max_tokens, stop=stop_list(body.stop) + stops, ignore_eos=body.ignore_eos
-    )
+        prompt_ids, params, max_tokens=max_tokens, stop=stop_list(body.stop) + stops, ignore_eos=body.ignore_eos,
+        constraint=constraint, keep_special=plan.keep_special, watch=plan.repeat_watch(),
+    )  # fmt: skip
     request.state.generation = stream
     head = {"id": f"chatcmpl-{_id(request)}", "created": int(time.time()), "model": model.name}
     tokenizer = backend.llm.tokenizer
     ids = prompt_ids if body.return_token_ids else None
     if body.stream:
         usage = body.stream_options is not None and body.stream_options.include_usage
-        return EventStream(chat_events(stream, head, tokenizer, include_usage=usage, prompt_ids=ids), stream)
+        events = chat_events(stream, head, tokenizer, plan.reader(), include_usage=usage, prompt_ids=ids)
+        return EventStream(events, stream)
     done = await until_done(request, stream)
     if done is None:
         return Response(status_code=499)  # nginx's "client closed request": nobody reads it
     check_error(done)
-    message = {"role": "assistant", "content": done.text}
+    reader = plan.reader()
+    reader.feed(done.text)
+    reader.finish()
+    message = {"role": "assistant", "content": reader.text if reader.text or not reader.calls else None}
+    if reader.reasoning:
+        message["reasoning_content"] = reader.reasoning
+    if reader.calls:
+        message["tool_calls"] = [tool_call_json(call) for call in reader.calls]
     logprobs = {"content": [logprob_entry(tokenizer, lp) for lp in done.logprobs]} if body.logprobs else None
-    choice = {"index": 0, "message": message, "logprobs": logprobs, **finish_of(done, token_ids=ids is not None)}
+    finish = finish_of(done, token_ids=ids is not None, tool_calls=bool(reader.calls))
+    choice = {"index": 0, "message": message, "logprobs": logprobs, **finish}
     return JSONResponse(
         {
             **head,
@@ -100,9 +115,11 @@ async def chat_completions(request: Request) -> Response:
     )
 
 
-async def chat_events(stream: Stream, head: dict, tokenizer, *, include_usage: bool, prompt_ids=None):
-    """The chat.completion.chunk events: the role first, then the text as it comes, then finish_reason.
-    With `prompt_ids` (return_token_ids), the first carries them and each piece of text its token ids."""
+async def chat_events(stream: Stream, head: dict, tokenizer, reader, *, include_usage: bool, prompt_ids=None):
+    """The chat.completion.chunk events: the role first, then the answer as it comes (reasoning as
+    `reasoning_content` deltas, each finished tool call as a `tool_calls` delta: its id, type and name, then
+    its arguments, which is how the OpenAI SDK assembles them), then finish_reason. With `prompt_ids`
+    (return_token_ids), the first carries them and each piece of text its token ids."""
     head = {**head, "object": "chat.completion.chunk"}
     extra = {"usage": None} if include_usage else {}
     with_ids = prompt_ids is not None
@@ -111,19 +128,159 @@ async def chat_events(stream: Stream, head: dict, tokenizer, *, include_usage: b
         choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": None, **(fields or {})}
         return sse({**head, "choices": [choice], **extra, **more})
 
+    def event_chunks(events, logprobs=None, fields=None):
+        for event in events:
+            if event.kind == "tool_call":
+                index = calls_sent[0]
+                calls_sent[0] += 1
+                call = tool_call_json(event.call)
+                head_delta = {"index": index, "id": call["id"], "type": "function",
+                              "function": {"name": call["function"]["name"], "arguments": ""}}  # fmt: skip
+                yield chunk({"tool_calls": [head_delta]})
+                yield chunk(
+                    {"tool_calls": [{"index": index, "function": {"arguments": call["function"]["arguments"]}}]}
+                )
+            elif event.kind == "reasoning":
+                yield chunk({"reasoning_content": event.text})
+            elif event.text:
+                yield chunk({"content": event.text}, logprobs, fields)
+                logprobs = fields = None
+        if logprobs is not None or fields is not None:  # token ids / logprobs of text held back or parsed away
+            yield chunk({"content": ""}, logprobs, fields)
+
+    calls_sent = [0]
     yield chunk({"role": "assistant", "content": ""}, **({"prompt_token_ids": prompt_ids} if with_ids else {}))
     async for update in stream:
         if update.error:
             yield sse(error_body(ApiError(500, update.error, kind="server_error")))
             return
-        if update.text or update.logprobs or (with_ids and update.token_ids):
-            lps = {"content": [logprob_entry(tokenizer, lp) for lp in update.logprobs]} if update.logprobs else None
-            yield chunk({"content": update.text}, lps, {"token_ids": update.token_ids} if with_ids else None)
+        lps = {"content": [logprob_entry(tokenizer, lp) for lp in update.logprobs]} if update.logprobs else None
+        fields = {"token_ids": update.token_ids} if with_ids and update.token_ids else None
+        for frame in event_chunks(reader.feed(update.text) if update.text else [], lps, fields):
+            yield frame
         if update.final:
-            yield chunk({}, fields=finish_of(update, token_ids=False), timings=timings_of(update.stats))
+            for frame in event_chunks(reader.finish()):
+                yield frame
+            finish = finish_of(update, token_ids=False, tool_calls=bool(reader.calls))
+            yield chunk({}, fields=finish, timings=timings_of(update.stats))
             if include_usage:
                 yield sse({**head, "choices": [], "usage": usage_of(update.stats)})
     yield sse("[DONE]")
+
+
+def tool_call_json(call) -> dict:
+    """A parsed call as OpenAI writes it: arguments as a JSON string."""
+    arguments = json.dumps(call.arguments, ensure_ascii=False)
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": arguments}}
+
+
+def turn_plan(backend: Backend, body: ChatCompletionRequest):
+    """The request's tools, tool choice and response format, checked, as a tools.turn.TurnPlan."""
+    try:
+        tools = check_tools(body.tools)
+        plan = plan_turn(
+            backend.llm.template_source,
+            template_messages(body.messages),
+            tools=tools,
+            choice=openai_tool_choice(body.tool_choice, bool(tools)),
+            parallel=body.parallel_tool_calls,
+            response_grammar=response_grammar(body),
+            tokenizer=backend.llm.tokenizer,
+        )
+    except ToolsError as e:
+        raise bad_request(str(e), param=e.param) from None
+    return plan
+
+
+def openai_tool_choice(value, has_tools: bool) -> ToolChoice:
+    """OpenAI's tool_choice: "auto" | "none" | "required" | {"type": "function", "function": {"name": ...}}."""
+    if value is None:
+        return ToolChoice("auto" if has_tools else "none")
+    if value in ("auto", "none", "required"):
+        return ToolChoice(value)
+    if isinstance(value, dict):
+        name = (value.get("function") or {}).get("name") if value.get("type", "function") == "function" else None
+        if isinstance(name, str) and name:
+            return ToolChoice("named", name)
+    raise ToolsError(
+        f"tool_choice must be 'auto', 'none', 'required' or {{'type': 'function', 'function': {{'name': ...}}}}, "
+        f"got {json.dumps(value)[:80]}",
+        "tool_choice",
+    )
+
+
+def response_grammar(body) -> Grammar | None:
+    """The grammar that response_format (or llama-server's json_schema / grammar fields) asks for."""
+    asked = []
+    fmt = getattr(body, "response_format", None)
+    try:
+        if fmt is not None and fmt.type == "json_object":
+            asked.append(("response_format", Grammar.any_json_object()))
+        elif fmt is not None and fmt.type == "json_schema":
+            if fmt.json_schema is None or fmt.json_schema.schema_ is None:
+                raise ToolsError("response_format json_schema needs json_schema.schema", "response_format.json_schema")
+            asked.append(("response_format.json_schema.schema", Grammar.json_schema(fmt.json_schema.schema_)))
+        if body.json_schema is not None:
+            asked.append(("json_schema", Grammar.json_schema(body.json_schema)))
+        if body.grammar:
+            asked.append(("grammar", Grammar.from_grammar_text(body.grammar)))
+    except GrammarError as e:
+        raise ToolsError(str(e), "response_format") from None
+    if len(asked) > 1:
+        raise ToolsError(f"give one of {', '.join(p for p, _ in asked)}, not several", asked[1][0])
+    if not asked:
+        return None
+    param, grammar = asked[0]
+    try:
+        grammar.compile()  # a wrong schema is this request's 400, before anything runs
+    except GrammarError as e:
+        raise ToolsError(str(e), param) from None
+    return grammar
+
+
+def template_messages(messages: list[ChatMessage]) -> list[dict]:
+    """OpenAI messages as chat templates want them: plain-text content, an assistant's tool_calls with their
+    arguments as objects, a tool result with its call's id and function name. A result for a call no earlier
+    assistant message made is a 400."""
+    out, names = [], {}
+    for i, message in enumerate(messages):
+        entry = template_message(message, i)
+        if message.tool_calls:
+            calls = []
+            for j, call in enumerate(message.tool_calls):
+                calls.append({"id": call.id, "type": "function",
+                              "function": {"name": call.function.name,
+                                           "arguments": call_arguments(call.function.arguments,
+                                                                       f"messages[{i}].tool_calls[{j}].function.arguments")}})  # fmt: skip
+                names[call.id] = call.function.name
+            entry["tool_calls"] = calls  # content stays "" beside them: several templates fail on a missing one
+        if message.role == "tool":
+            if message.tool_call_id is None:
+                raise bad_request(f"messages[{i}] (tool) needs tool_call_id", param=f"messages[{i}].tool_call_id")
+            if message.tool_call_id not in names:
+                raise bad_request(
+                    f"messages[{i}].tool_call_id {message.tool_call_id!r} answers no tool call of an earlier "
+                    f"assistant message",
+                    param=f"messages[{i}].tool_call_id",
+                )
+            entry["tool_call_id"] = message.tool_call_id
+            entry["name"] = names[message.tool_call_id]
+        if message.reasoning_content:
+            entry["reasoning_content"] = message.reasoning_content
+        out.append(entry)
+    return out
+
+
+def call_arguments(arguments: str | dict, param: str) -> dict:
+    if isinstance(arguments, dict):
+        return arguments
+    try:
+        value = json.loads(arguments or "{}")
+    except json.JSONDecodeError as e:
+        raise bad_request(f"{param} is not valid JSON: {e}", param=param) from None
+    if not isinstance(value, dict):
+        raise bad_request(f"{param} must be a JSON object", param=param)
+    return value
 
 
 def template_message(message: ChatMessage, index: int) -> dict:
@@ -168,6 +325,10 @@ async def completions(request: Request) -> Response:
     if not prompt_ids:
         raise bad_request("prompt is empty", param="prompt")
     params = sampling_params(**sampling_fields(body), logprobs=body.logprobs)
+    try:
+        grammar = response_grammar(body)
+    except ToolsError as e:
+        raise bad_request(str(e), param=e.param) from None
     stream = backend.generate(
         prompt_ids,
         params,
@@ -175,6 +336,7 @@ async def completions(request: Request) -> Response:
         stop=stop_list(body.stop),
         ignore_eos=body.ignore_eos,
         prompt_param="prompt",
+        constraint=await backend.constraint(grammar, "json_schema" if body.json_schema is not None else "grammar"),
     )
     request.state.generation = stream
     head = {"id": f"cmpl-{_id(request)}", "object": "text_completion", "created": int(time.time()), "model": model.name}
@@ -300,11 +462,13 @@ def finish_reason(stats: GenerationStats | None) -> str | None:
     return FINISH_REASONS.get(stats.stop_reason) if stats is not None else None
 
 
-def finish_of(done: Completion | Update, *, token_ids: bool) -> dict:
-    """A finished choice's fields: finish_reason, vLLM's stop_reason (the stop string or the end token's id;
-    None when max_tokens or the context ended it), and with `token_ids` the ids of the whole answer."""
+def finish_of(done: Completion | Update, *, token_ids: bool, tool_calls: bool = False) -> dict:
+    """A finished choice's fields: finish_reason ("tool_calls" when the answer called tools and ended by
+    itself), vLLM's stop_reason (the stop string or the end token's id; None when max_tokens or the context
+    ended it), and with `token_ids` the ids of the whole answer."""
     stop = done.stop_string if done.stop_string is not None else done.stop_token
-    fields = {"finish_reason": finish_reason(done.stats), "stop_reason": stop}
+    reason = finish_reason(done.stats)
+    fields = {"finish_reason": "tool_calls" if tool_calls and reason == "stop" else reason, "stop_reason": stop}
     return fields | ({"token_ids": done.token_ids} if token_ids else {})
 
 

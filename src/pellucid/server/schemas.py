@@ -3,7 +3,7 @@
 Unknown fields are ignored, as OpenAI's and Anthropic's servers and llama-server do, so clients that send
 extra options keep working. Wrong types are a 400 that names the field ("temperature: Input should be a
 valid number"); malformed JSON is a 400 that says where it broke. Fields whose meaning pellucid does not
-implement (n > 1, JSON response formats, logit_bias, echo) are accepted by the schema and refused by the
+implement (n > 1, logit_bias, echo) are accepted by the schema and refused by the
 endpoint with a message, never silently ignored.
 
 Beyond OpenAI's fields, the chat and completion bodies take llama-server's sampling extensions (top_k,
@@ -36,17 +36,40 @@ class ContentPart(_Body):
     text: str | None = None
 
 
+class FunctionCall(_Body):
+    name: str
+    arguments: str | dict = "{}"  # OpenAI sends a JSON string; some clients send the object
+
+
+class ToolCallItem(_Body):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCallItem] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool result: which call it answers
+    name: str | None = None
+    reasoning_content: str | None = None  # an assistant's earlier reasoning (vLLM / DeepSeek field)
 
 
 class StreamOptions(_Body):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(_Body):
+    name: str | None = None
+    description: str | None = None
+    schema_: dict | bool | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
 class ResponseFormat(_Body):
-    type: str = "text"
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaFormat | None = None
 
 
 class SamplingFields(_Body):
@@ -80,7 +103,10 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
     tools: list[Any] | None = None
-    tool_choice: Any = None
+    tool_choice: str | dict | None = None
+    parallel_tool_calls: bool = True
+    json_schema: dict | None = None  # llama-server's: constrain the reply to this JSON schema
+    grammar: str | None = None  # llama-server's: a GBNF (or Lark) grammar for the reply
 
 
 class CompletionRequest(SamplingFields):
@@ -89,6 +115,8 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
+    json_schema: dict | None = None  # llama-server's: constrain the completion to this JSON schema
+    grammar: str | None = None  # llama-server's: a GBNF (or Lark) grammar for the completion
 
 
 class EmbeddingRequest(_Body):
@@ -104,11 +132,24 @@ class EmbeddingRequest(_Body):
 class AnthropicBlock(_Body):
     type: str
     text: str | None = None
+    id: str | None = None  # tool_use
+    name: str | None = None  # tool_use
+    input: dict | None = None  # tool_use
+    tool_use_id: str | None = None  # tool_result
+    content: str | list[AnthropicBlock] | None = None  # tool_result
+    is_error: bool | None = None  # tool_result
+    thinking: str | None = None  # thinking
 
 
 class AnthropicMessage(_Body):
     role: Literal["user", "assistant"]
     content: str | list[AnthropicBlock]
+
+
+class AnthropicToolChoice(_Body):
+    type: Literal["auto", "any", "tool", "none"] = "auto"
+    name: str | None = None
+    disable_parallel_tool_use: bool = False
 
 
 class MessagesRequest(_Body):
@@ -122,12 +163,14 @@ class MessagesRequest(_Body):
     top_k: int | None = None
     stream: bool = False
     tools: list[Any] | None = None
+    tool_choice: AnthropicToolChoice | None = None
 
 
 class CountTokensRequest(_Body):
     model: str | None = None
     messages: list[AnthropicMessage] = Field(min_length=1)
     system: str | list[AnthropicBlock] | None = None
+    tools: list[Any] | None = None
 
 
 # -- reading a body ------------------------------------------------------------------------------------------

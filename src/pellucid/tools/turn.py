@@ -18,6 +18,7 @@ Both HTTP APIs and `LLM.chat(tools=...)` take the same steps, so they live here 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 
@@ -124,6 +125,21 @@ class TurnPlan:
     def reader(self) -> TurnReader:
         return TurnReader(self)
 
+    def repeat_watch(self):
+        """For the scheduler (Request.watch): a function of each new piece of text that says when the reply
+        has started repeating a call it already made, to end it there. Small models, once they may make
+        several calls, tend to make the same one again and again until max_tokens; an identical call in the
+        same reply is never useful (the reader drops it). None when no calls are possible."""
+        if not self.calls_possible:
+            return None
+        reader = TurnReader(self)
+
+        def watch(text: str) -> bool:
+            reader.feed(text)
+            return reader.repeating
+
+        return watch
+
 
 def plan_turn(
     template_source: str | None,
@@ -133,8 +149,10 @@ def plan_turn(
     choice: ToolChoice | None = None,
     parallel: bool = True,
     response_grammar: Grammar | None = None,
+    tokenizer=None,
 ) -> TurnPlan:
-    """The plan for one turn (see the module docstring). `tools` must have passed `check_tools`."""
+    """The plan for one turn (see the module docstring). `tools` must have passed `check_tools`. With the
+    model's `tokenizer`, a grammar asks for a marker that is a special token ([TOOL_CALLS]) as that token."""
     tools = list(tools or [])
     choice = check_choice(choice or ToolChoice(), tools)
     own_syntax = template_supports_tools(template_source)
@@ -142,6 +160,8 @@ def plan_turn(
     calls = bool(tools) and choice.mode != "none"
     if own_syntax:
         rendered_messages, template_tools = messages, (tools if calls else None)
+        if fmt.name == "mistral":
+            rendered_messages = mistral_call_ids(messages)
     else:
         rendered_messages, template_tools = messages_for_generic(messages, tools if calls else None), None
     plan = TurnPlan(rendered_messages, template_tools, tools, choice, fmt, parallel=parallel)
@@ -156,7 +176,9 @@ def plan_turn(
         plan.grammar = response_grammar
     elif calls and choice.mode in ("required", "named"):
         try:
-            plan.grammar = fmt.call_grammar(tools, parallel=parallel, named=choice.name)
+            plan.grammar = fmt.call_grammar(
+                tools, parallel=parallel, named=choice.name, token_ids=special_marker_ids(tokenizer)
+            )
         except NotImplementedError as e:
             plan.notes.append(f"{fmt.name} calls are not constrained: {e}")
     elif calls:
@@ -169,6 +191,37 @@ def plan_turn(
     return plan
 
 
+MARKERS_AS_TOKENS = ("[TOOL_CALLS]", "[ARGS]")
+
+
+def special_marker_ids(tokenizer) -> dict[str, int]:
+    """The call markers that are special tokens of this vocabulary, and their ids."""
+    if tokenizer is None:
+        return {}
+    found = {marker: tokenizer.token_to_id(marker) for marker in MARKERS_AS_TOKENS}
+    return {marker: i for marker, i in found.items() if i is not None and tokenizer.is_special(i)}
+
+
+def mistral_call_ids(messages: list[dict]) -> list[dict]:
+    """Mistral's templates refuse call ids that are not 9 letters or digits (its own ids' form): map ours
+    (call_ + 24) onto 9-character ones, the same for a call and its result."""
+
+    def short(call_id: str) -> str:
+        if len(call_id) == 9 and call_id.isalnum():
+            return call_id
+        return hashlib.sha256(call_id.encode()).hexdigest()[:9]
+
+    out = []
+    for message in messages:
+        message = dict(message)
+        if message.get("tool_calls"):
+            message["tool_calls"] = [{**call, "id": short(call["id"])} for call in message["tool_calls"]]
+        if message.get("tool_call_id"):
+            message["tool_call_id"] = short(message["tool_call_id"])
+        out.append(message)
+    return out
+
+
 class TurnReader:
     """Streamed reply text in, events out: ("text", str), ("reasoning", str), ("tool_call", ToolCall)."""
 
@@ -178,6 +231,8 @@ class TurnReader:
         self.calls: list[ToolCall] = []
         self.text = ""
         self.reasoning = ""
+        self.repeating = False  # a call came again, the same name and arguments: dropped
+        self._seen: set[str] = set()
 
     def feed(self, text: str) -> list[Event]:
         return self._keep(self._parser.feed(text))
@@ -191,6 +246,11 @@ class TurnReader:
             if event.kind == "tool_call" and not self.plan.calls_possible:
                 event = Event("text", text=_call_as_text(event.call))  # tool_choice none: a call is just text
             if event.kind == "tool_call":
+                key = json.dumps([event.call.name, event.call.arguments], sort_keys=True)
+                if key in self._seen:
+                    self.repeating = True
+                    continue
+                self._seen.add(key)
                 self.calls.append(event.call)
             elif event.kind == "reasoning":
                 self.reasoning += event.text
