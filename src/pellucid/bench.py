@@ -14,6 +14,11 @@ PELLUCID_LLAMA_CPP_PYTHON) can run it by path.
 
 Peers: "llama.cpp" (llama-cpp-python on the same GGUF) and "transformers" (the GGUF dequantized to float32 by
 transformers' GGUF loader). A peer that is not installed is skipped with a line saying how to install it.
+
+`--constrained` adds what constrained decoding costs (engine/constrain.py): tgN through the engine's own
+generation loop (`Session.generate_ids`: greedy sampling, end-of-text ignored) from a short prompt, free and
+with a JSON schema whose shortest answer is longer than N tokens (`LONG_SCHEMA`), so both decode exactly N
+tokens; reps alternate the two. The overhead is the schema's decode tok/s below the free one's.
 """
 
 from __future__ import annotations
@@ -47,6 +52,9 @@ class Measurement:
     # pellucid's: bytes a decode step reads (every matrix once, one embedding row, the KV cache at tg's middle
     # position); the same file's weights are what any engine reads, so peers' GB/s use it too
     bytes_per_token: float | None = None
+    # pellucid's, with --constrained: decode tok/s of the generation loop, free and with LONG_SCHEMA's mask
+    free_tok_s: list[float] = field(default_factory=list)
+    schema_tok_s: list[float] = field(default_factory=list)
 
     @staticmethod
     def summary(values: list[float]) -> tuple[float, float]:
@@ -66,6 +74,20 @@ class BenchReport:
     peers: list[Measurement]
     bandwidth_gb_s: float | None = None  # this machine's streaming read, measured beside the engines
 
+    def constrained(self) -> dict | None:
+        """With --constrained: {"n", "free_tok_s", "schema_tok_s", "overhead_pct", "reps": {...}}, else None."""
+        m = self.ours
+        if not m.free_tok_s or not m.schema_tok_s:
+            return None
+        free, schema = Measurement.summary(m.free_tok_s)[0], Measurement.summary(m.schema_tok_s)[0]
+        return {
+            "n": self.tg,
+            "free_tok_s": round(free, 2),
+            "schema_tok_s": round(schema, 2),
+            "overhead_pct": round(100 * (free - schema) / free, 1),
+            "reps": {"free": [round(v, 2) for v in m.free_tok_s], "schema": [round(v, 2) for v in m.schema_tok_s]},
+        }
+
     def gb_s(self, m: Measurement) -> float | None:
         """The weights an engine streams per second in decode: bytes per token x tg tokens per second."""
         if not self.ours.bytes_per_token or not m.tg_tok_s:
@@ -73,13 +95,15 @@ class BenchReport:
         return self.ours.bytes_per_token * Measurement.summary(m.tg_tok_s)[0] / 1e9
 
     def as_dict(self) -> dict:
-        """The `--json` object: {"model", "load_s", "pp": {"n", "tok_s"}, "tg": {...}, "peak_rss_mb", "peers"}."""
+        """The `--json` object: {"model", "load_s", "pp": {"n", "tok_s"}, "tg": {...}, "peak_rss_mb", "peers",
+        "constrained"} ("constrained": None without --constrained)."""
         out = {"model": self.model, "path": self.path, "threads": self.threads, "reps": self.reps}
         out["arithmetic"] = self.ours.arithmetic
         out["bandwidth_gb_s"] = _round(self.bandwidth_gb_s, 1)
         out["bytes_per_token"] = self.ours.bytes_per_token
         out.update(_numbers(self.ours, self.pp, self.tg))
         out["tg"]["gb_s"] = _round(self.gb_s(self.ours), 2)
+        out["constrained"] = self.constrained()
         out["peers"] = {}
         for peer in self.peers:
             if peer.skipped:
@@ -128,18 +152,20 @@ def run_bench(
     compare: list[str],
     log=None,
     quantize: str | None = None,
+    constrained: bool = False,
 ) -> BenchReport:
     """Measure pellucid and each peer in `compare` on the GGUF file or HF folder at `path`; peers that are not
     installed, or cannot read the format, are skipped. `quantize` is pellucid's --quantize (peers run the file
-    as it is)."""
+    as it is); `constrained` adds pellucid's decode speed with and without a JSON schema."""
     from pellucid.errors import PellucidError
 
     unknown = [p for p in compare if p not in PEERS]
     if unknown:
         raise PellucidError(f"unknown peer {', '.join(unknown)}; --compare takes {', '.join(PEERS)}")
     log = log or (lambda line: None)
-    log(f"pellucid: pp{pp} tg{tg} x{reps} on {threads} threads ...")
-    ours = _spawn(sys.executable, "pellucid", path, pp, tg, reps, threads, quantize=quantize)
+    extra = f", tg{tg} free and with a JSON schema" if constrained else ""
+    log(f"pellucid: pp{pp} tg{tg}{extra} x{reps} on {threads} threads ...")
+    ours = _spawn(sys.executable, "pellucid", path, pp, tg, reps, threads, quantize=quantize, constrained=constrained)
     if ours.skipped:
         raise PellucidError(f"the pellucid benchmark failed: {ours.skipped}")
     peers = []
@@ -183,15 +209,17 @@ def peer_python(name: str, path: str | Path | None = None) -> tuple[str | None, 
 
 
 def _spawn(
-    python: str, engine: str, path, pp: int, tg: int, reps: int, threads: int, quantize: str | None = None
-) -> Measurement:
+    python: str, engine: str, path, pp: int, tg: int, reps: int, threads: int, quantize: str | None = None,
+    constrained: bool = False,
+) -> Measurement:  # fmt: skip
     """Run one engine's worker in a fresh process; its last stdout line is the JSON of its Measurement."""
     # Run by path through runpy rather than `python bench.py`, which would put src/pellucid/ first on sys.path,
     # where our inspect.py would shadow the standard library's.
     runner = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__main__')"
     script = str(Path(__file__).resolve())
     cmd = [python, "-c", runner, script, "--worker", engine, str(path), str(pp), str(tg), str(reps)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), BENCH_THREADS=str(threads), BENCH_QUANTIZE=quantize or "")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), BENCH_THREADS=str(threads), BENCH_QUANTIZE=quantize or "",
+               BENCH_CONSTRAINED="1" if constrained else "")  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
@@ -259,12 +287,81 @@ def _worker_pellucid(path: str, pp: int, tg: int, reps: int, threads: int) -> di
         first_tg, tg_speeds = _timed_reps(generate, tg, reps)
     from pellucid.quant.kernels import fast_mode
 
-    result = _result(load_s, pp_speeds, tg_speeds, first_pp, first_tg)
+    result = _result(load_s, pp_speeds, tg_speeds, first_pp, first_tg)  # peak RSS: before --constrained
     kv_middle = cache.n_bytes * (tg / 2) / cache.capacity  # the cache read at tg's middle position
-    return result | {
+    result |= {
         "arithmetic": "rounded" if fast_mode() else "float32",
         "bytes_per_token": decode_bytes(model) + kv_middle,
     }
+    if os.environ.get("BENCH_CONSTRAINED"):
+        result |= constrained_decode(model, path, tg, reps)
+    return result
+
+
+# A JSON object holding `minItems` rows of at least 4 tokens each (`{`, "id", a digit, "true"/"false", `}`...):
+# minItems = tg // 4 + 1 means the grammar cannot end within tg tokens, so end-of-text is never allowed and
+# the run decodes exactly tg tokens, as the free one does. Objects, integers with bounds and booleans: the
+# usual things a schema holds, and none of them lets the model run off into free text.
+LONG_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "rows": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"id": {"type": "integer", "minimum": 0, "maximum": 999}, "ok": {"type": "boolean"}},
+                "required": ["id", "ok"],
+                "additionalProperties": False,
+            },
+        }
+    },
+    "required": ["rows"],
+    "additionalProperties": False,
+}
+CONSTRAINED_PROMPT = "Here is the table as JSON, one row per item:"
+
+
+def long_schema(n_tokens: int) -> dict:
+    """LONG_SCHEMA with enough rows that no valid answer is shorter than `n_tokens` tokens."""
+    schema = json.loads(json.dumps(LONG_SCHEMA))
+    schema["properties"]["rows"]["minItems"] = n_tokens // 4 + 1
+    return schema
+
+
+def constrained_decode(model, path: str, tg: int, reps: int) -> dict:
+    """{"free_tok_s", "schema_tok_s"}: decode tok/s of `tg` greedy tokens through the engine's generation loop,
+    without and with long_schema(tg)'s mask, each rep running both (after an untimed warm-up of each)."""
+    import torch
+
+    from pellucid.engine.constrain import Constraint, Grammar
+    from pellucid.engine.generate import Session
+    from pellucid.engine.results import GenerationStats
+    from pellucid.engine.sampling import SamplingParams, make_sampler
+    from pellucid.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(path)
+    prompt = tokenizer.encode(CONSTRAINED_PROMPT)
+    session = Session(model, len(prompt) + tg + 1)
+    grammar = Grammar.json_schema(long_schema(tg)).compile()
+
+    def decode(constraint) -> float:
+        session.reset()
+        stats = GenerationStats()
+        sampler = make_sampler(SamplingParams(temperature=0))
+        for _ in session.generate_ids(prompt, sampler, max_tokens=tg, stats=stats, constraint=constraint):
+            pass
+        if stats.generated_tokens != tg or (constraint is not None and constraint.failed):
+            raise RuntimeError(f"the constrained bench decoded {stats.generated_tokens} of {tg} tokens")
+        return stats.decode_tok_s
+
+    free, schema = [], []
+    with torch.inference_mode():
+        for rep in range(reps + 1):  # rep 0 warms both up (and builds the tokenizer's index for the mask)
+            speeds = decode(None), decode(Constraint(grammar, tokenizer))
+            if rep:
+                free.append(speeds[0])
+                schema.append(speeds[1])
+    return {"free_tok_s": free, "schema_tok_s": schema}
 
 
 def decode_bytes(model) -> int:
@@ -425,6 +522,15 @@ def format_report(report: BenchReport) -> str:
         lines.append(line)
     lines.append("")
     lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    constrained = report.constrained()
+    if constrained:
+        free_spread = Measurement.summary(report.ours.free_tok_s)[1]
+        schema_spread = Measurement.summary(report.ours.schema_tok_s)[1]
+        notes.append(
+            f"constrained decode (tg{report.tg}, greedy, a JSON schema): {constrained['schema_tok_s']:.1f} ± "
+            f"{schema_spread:.1f} tok/s (schema) vs {constrained['free_tok_s']:.1f} ± {free_spread:.1f} tok/s "
+            f"(free), overhead {constrained['overhead_pct']:.1f}%"
+        )
     return "\n".join(lines + ([""] + notes if notes else []))
 
 

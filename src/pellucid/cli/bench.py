@@ -21,6 +21,11 @@ def _add_bench(commands) -> None:
         default="",
         help="comma-separated peers to run on the same file: llama.cpp, transformers",
     )
+    p.add_argument(
+        "--constrained",
+        action="store_true",
+        help="also decode tgN free and with a JSON schema: what constrained decoding's mask costs",
+    )
     add_quantize_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
 
@@ -46,6 +51,7 @@ def cmd_bench(args) -> int:
         compare=compare,
         log=log,
         quantize=args.quantize,
+        constrained=args.constrained,
     )
     if args.json:
         print_json(report.as_dict())
