@@ -17,14 +17,14 @@ only run the new tokens through the model. The CLI and the server both use this 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import fields
 
 import torch
 
 from pellucid.engine.constrain import Grammar, constraint_for
 from pellucid.engine.generate import Session, stream_text
-from pellucid.engine.results import Generation, GenerationStats
+from pellucid.engine.results import Chunk, Generation, GenerationStats
 from pellucid.engine.sampling import SamplingParams, SamplingParamsError, make_sampler
 from pellucid.errors import PellucidError
 from pellucid.store import ResolvedModel, resolve
@@ -139,6 +139,9 @@ class LLM:
         self,
         messages: list[dict],
         *,
+        tools: list[dict] | None = None,
+        tool_choice=None,
+        parallel_tool_calls: bool = True,
         stop=None,
         max_tokens=None,
         ignore_eos=False,
@@ -146,22 +149,49 @@ class LLM:
         grammar: Grammar | str | None = None,
         **sampling,
     ) -> Generation:
-        """Answer the conversation `messages` ([{"role": "user", "content": "..."}, ...]). `schema` and
-        `grammar` constrain the answer as in `generate`; for tool calls, see `chat_with_tools`.
+        """Answer the conversation `messages` ([{"role": "user", "content": "..."}, ...]).
+
+        The answer's chunks carry the answer's text; a reasoning model's thinking comes separately
+        (`chunk.reasoning`, `Generation.reasoning`). `tools` (OpenAI-shaped, or bare {"name", "description",
+        "parameters"} functions) are rendered through the model's chat template (or pellucid's generic tool
+        prompt when the template has none) and the calls the model makes come back parsed and checked
+        against their schemas: `chunk.tool_calls`, `Generation.tool_calls` (pellucid.tools.ToolCall: name,
+        arguments, id). `tool_choice`: "auto" (default), "none", "required", or a tool's name as
+        {"type": "function", "function": {"name": ...}}; a required call is constrained to the tools'
+        schemas, so it always parses. History may hold assistant `tool_calls` and `role: tool` results.
+        `schema` / `grammar` constrain the answer as in `generate`.
 
         A model without a chat template (a base model) gets a plain "User:/Assistant:" prompt; it was not
         trained for chat, which `has_chat_template` tells (the CLI warns: NO_TEMPLATE_WARNING)."""
+        from pellucid.tools.turn import check_tools, parse_tool_choice, plan_turn
+
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if not self.has_chat_template:
             stops += BASE_MODEL_STOPS
-        return self._generate(
-            self.chat_prompt_ids(messages),
+        if isinstance(tool_choice, str) and tool_choice not in ("auto", "none", "required", "any"):
+            tool_choice = {"type": "function", "function": {"name": tool_choice}}  # a tool's name
+        tools = check_tools(tools)
+        plan = plan_turn(
+            self.template_source,
+            messages,
+            tools=tools,
+            choice=parse_tool_choice(tool_choice, bool(tools)),
+            parallel=parallel_tool_calls,
+            response_grammar=output_grammar(schema, grammar),
+            tokenizer=self.tokenizer,
+        )
+        text, prompt_ids = self.chat_prompt(plan.messages, tools=plan.template_tools)
+        plan.after_render(text)
+        generation = self._generate(
+            prompt_ids,
             max_tokens=max_tokens,
             stop=stops,
             ignore_eos=ignore_eos,
-            grammar=output_grammar(schema, grammar),
+            constraint=plan.constraint(self.tokenizer),
+            keep_special=plan.keep_special,
             **sampling,
         )
+        return Generation(read_turn(generation._chunks, plan.reader(), generation.stats), prompt_ids, generation.stats)
 
     def _generate(
         self, prompt_ids: list[int], *, max_tokens, stop, ignore_eos=False, grammar=None, constraint=None,
@@ -189,6 +219,33 @@ class LLM:
         decoder = self.tokenizer.stream_decoder(skip_special=not keep_special)
         chunks = stream_text(steps, decoder, stats, stop_strings=stops)
         return Generation(chunks, prompt_ids, stats)
+
+
+def read_turn(chunks, reader, stats: GenerationStats) -> Iterator[Chunk]:
+    """The chunks of a chat answer with its text read by a tools.turn.TurnReader: answer text in `text`,
+    thinking in `reasoning`, finished calls in `tool_calls` (the ids and logprobs stay with their chunk).
+    An answer that starts repeating a call it made ends there, as the server's do (TurnPlan.repeat_watch)."""
+
+    def parsed(chunk: Chunk, events) -> Chunk:
+        text = "".join(e.text for e in events if e.kind == "text")
+        reasoning = "".join(e.text for e in events if e.kind == "reasoning")
+        calls = [e.call for e in events if e.kind == "tool_call"] or None
+        return Chunk(text, chunk.token_ids, chunk.logprobs, chunk.stats, reasoning=reasoning, tool_calls=calls)
+
+    try:
+        for chunk in chunks:
+            events = reader.feed(chunk.text) if chunk.text else []
+            if reader.repeating and chunk.stats is None:
+                stats.stop_reason, stats.stop_detail = "stop", "the reply began to repeat a tool call it made"
+                chunks.close()
+                yield parsed(chunk, events + reader.finish())
+                yield Chunk("", stats=stats)
+                return
+            if chunk.stats is not None:
+                events += reader.finish()
+            yield parsed(chunk, events)
+    finally:
+        chunks.close()
 
 
 def output_grammar(schema: dict | str | None, grammar: Grammar | str | None) -> Grammar | None:

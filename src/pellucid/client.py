@@ -46,7 +46,8 @@ class RemoteLLM:
         """Nothing to do: the conversation lives in the client, and the server's cache follows the prompts."""
 
     def chat(self, messages: list[dict], *, stop=None, max_tokens=None, ignore_eos=False, **sampling) -> Generation:
-        """Answer `messages`, as `LLM.chat` does (the server applies the chat template)."""
+        """Answer `messages`, as `LLM.chat` does (the server applies the chat template). `schema=` and
+        `grammar=` (text) go as llama-server's json_schema / grammar fields."""
         body = {"messages": messages, **self._options(stop, max_tokens, ignore_eos, sampling)}
         return self._post("/v1/chat/completions", body, max_tokens)
 
@@ -56,6 +57,12 @@ class RemoteLLM:
         return self._post("/v1/completions", body, max_tokens)
 
     def _options(self, stop, max_tokens, ignore_eos: bool, sampling: dict) -> dict:
+        sampling = dict(sampling)
+        if sampling.get("schema") is not None:
+            sampling["json_schema"] = sampling.pop("schema")
+        if not isinstance(sampling.get("grammar", ""), str | None):
+            raise PellucidError("grammar= must be grammar text (GBNF or Lark) when a server answers")
+        sampling = {k: v for k, v in sampling.items() if v is not None}
         options = {"model": self.name, "stream": True, "return_token_ids": True, **sampling}
         if max_tokens is not None and max_tokens >= 0:  # negative, as in-process: no limit but the context
             options["max_tokens"] = max_tokens

@@ -129,13 +129,23 @@ def _add_run(commands) -> None:
     p.add_argument("--raw", action="store_true", help="complete the text as is, without the chat template")
     p.add_argument("--system", metavar="TEXT", help="a system message (chat models)")
     p.add_argument("--json", action="store_true", help='print {"text", "ids", "prompt_ids", "stop_reason", "stats"}')
+    structured = p.add_argument_group("structured output (the answer is valid by construction)")
+    structured.add_argument(
+        "--json-schema",
+        metavar="FILE|JSON",
+        help='the answer is JSON valid against this JSON schema: a file, or the schema itself (\'{"type": "object"}\')',
+    )
+    structured.add_argument(
+        "--grammar", metavar="FILE", help="the answer matches this GBNF (llama.cpp) or Lark grammar"
+    )
     _add_generation_args(p)
 
 
 def cmd_run(args) -> int:
     """Answer PROMPT with MODEL. Chat models get their chat template (use --raw for plain completion); the
-    answer streams to stdout and a stats line follows on stderr."""
+    answer streams to stdout and a stats line follows on stderr. --json-schema / --grammar constrain it."""
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    args.constraint = _output_constraint(args)
     llm = _load(args)
     try:
         generation = _answer(llm, args, prompt)
@@ -159,8 +169,42 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _output_constraint(args) -> dict:
+    """{"schema": ...} or {"grammar": text} from --json-schema / --grammar (read and checked here: a bad
+    schema is an error before any model loads)."""
+    if args.json_schema and args.grammar:
+        raise PellucidError("give --json-schema or --grammar, not both")
+    if args.json_schema:
+        text = args.json_schema
+        if not text.lstrip().startswith(("{", "true")):
+            text = _read_text(text, "--json-schema")
+        try:
+            schema = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PellucidError(f"--json-schema is neither a file nor valid JSON: {e}") from None
+        from pellucid.engine.constrain import Grammar
+
+        Grammar.json_schema(schema).compile()  # GrammarError names what is wrong
+        return {"schema": schema}
+    if args.grammar:
+        from pellucid.engine.constrain import Grammar
+
+        text = _read_text(args.grammar, "--grammar")
+        Grammar.from_grammar_text(text).compile()
+        return {"grammar": text}
+    return {}
+
+
+def _read_text(path: str, flag: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise PellucidError(f"{flag}: cannot read {path}: {e.strerror or e}") from None
+
+
 def _answer(llm, args, prompt: str):
     kwargs = {"max_tokens": args.max_tokens, "stop": args.stop, "ignore_eos": args.ignore_eos, **_sampling(args)}
+    kwargs.update(getattr(args, "constraint", None) or {})
     if args.raw:
         return llm.generate(prompt, **kwargs)
     _warn_base_model(llm)

@@ -64,10 +64,13 @@ class Chunk:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprobs] | None = None
     stats: GenerationStats | None = None  # only on the last chunk
+    reasoning: str = ""  # a reasoning model's thinking (<think>...</think>), kept out of `text`
+    tool_calls: list | None = None  # tool calls finished in this chunk (pellucid.tools.ToolCall)
 
 
 class Generation:
-    """A running generation: iterate for `Chunk`s; `.text`, `.ids`, `.stats` accumulate as it runs.
+    """A running generation: iterate for `Chunk`s; `.text`, `.ids`, `.stats` accumulate as it runs (and, for a
+    chat, `.reasoning` and `.tool_calls`).
 
     Breaking out of the loop (or calling `.close()`) cancels it; the stats then say "cancelled".
     """
@@ -79,6 +82,8 @@ class Generation:
         self.text = ""
         self.ids: list[int] = []
         self.logprobs: list[TokenLogprobs] = []
+        self.reasoning = ""  # the thinking, when the model reasons (chat)
+        self.tool_calls: list = []  # the calls the answer made (chat with tools): pellucid.tools.ToolCall
         self.done = False
 
     def __iter__(self) -> Iterator[Chunk]:
@@ -88,6 +93,8 @@ class Generation:
                 self.ids.extend(chunk.token_ids)
                 if chunk.logprobs:
                     self.logprobs.extend(chunk.logprobs)
+                self.reasoning += chunk.reasoning
+                self.tool_calls.extend(chunk.tool_calls or [])
                 yield chunk
             self.done = True
         finally:
@@ -108,8 +115,12 @@ class Generation:
         return self
 
     def as_dict(self) -> dict:
+        extra = {"reasoning": self.reasoning} if self.reasoning else {}
+        if self.tool_calls:
+            extra["tool_calls"] = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in self.tool_calls]
         return {
             "text": self.text,
+            **extra,
             "ids": self.ids,
             "prompt_ids": self.prompt_ids,
             "stop_reason": self.stats.stop_reason,

@@ -45,7 +45,7 @@ from pellucid.server.schemas import (
     parse,
 )
 from pellucid.server.streams import Completion, EventStream, Stream, sse, until_done
-from pellucid.tools.turn import ToolChoice, ToolsError, check_tools, plan_turn
+from pellucid.tools.turn import ToolsError, check_tools, parse_tool_choice, plan_turn
 
 log = logging.getLogger("pellucid.server")
 
@@ -182,7 +182,7 @@ def turn_plan(backend: Backend, body: ChatCompletionRequest):
             backend.llm.template_source,
             template_messages(body.messages),
             tools=tools,
-            choice=openai_tool_choice(body.tool_choice, bool(tools)),
+            choice=parse_tool_choice(body.tool_choice, bool(tools)),
             parallel=body.parallel_tool_calls,
             response_grammar=response_grammar(body),
             tokenizer=backend.llm.tokenizer,
@@ -190,23 +190,6 @@ def turn_plan(backend: Backend, body: ChatCompletionRequest):
     except ToolsError as e:
         raise bad_request(str(e), param=e.param) from None
     return plan
-
-
-def openai_tool_choice(value, has_tools: bool) -> ToolChoice:
-    """OpenAI's tool_choice: "auto" | "none" | "required" | {"type": "function", "function": {"name": ...}}."""
-    if value is None:
-        return ToolChoice("auto" if has_tools else "none")
-    if value in ("auto", "none", "required"):
-        return ToolChoice(value)
-    if isinstance(value, dict):
-        name = (value.get("function") or {}).get("name") if value.get("type", "function") == "function" else None
-        if isinstance(name, str) and name:
-            return ToolChoice("named", name)
-    raise ToolsError(
-        f"tool_choice must be 'auto', 'none', 'required' or {{'type': 'function', 'function': {{'name': ...}}}}, "
-        f"got {json.dumps(value)[:80]}",
-        "tool_choice",
-    )
 
 
 def response_grammar(body) -> Grammar | None:

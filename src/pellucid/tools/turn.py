@@ -51,6 +51,31 @@ class ToolChoice:
     name: str | None = None
 
 
+def parse_tool_choice(value, has_tools: bool, where: str = "tool_choice") -> ToolChoice:
+    """A tool choice as OpenAI writes it ("auto" | "none" | "required" | {"type": "function", "function":
+    {"name": ...}}), or as Anthropic does ({"type": "auto" | "any" | "tool" | "none", "name": ...}; "any" is
+    "required"). None: "auto" when there are tools."""
+    if value is None:
+        return ToolChoice("auto" if has_tools else "none")
+    if isinstance(value, ToolChoice):
+        return value
+    if value in ("auto", "none", "required", "any"):
+        return ToolChoice("required" if value == "any" else value)
+    if isinstance(value, dict):
+        kind = value.get("type", "function")
+        if kind == "function" and isinstance((value.get("function") or {}).get("name"), str):
+            return ToolChoice("named", value["function"]["name"])
+        if kind == "tool" and isinstance(value.get("name"), str):
+            return ToolChoice("named", value["name"])
+        if kind in ("auto", "none", "any"):
+            return ToolChoice("required" if kind == "any" else kind)
+    raise ToolsError(
+        f"{where} must be 'auto', 'none', 'required' or {{'type': 'function', 'function': {{'name': ...}}}}, "
+        f"got {json.dumps(value, default=str)[:80]}",
+        where,
+    )
+
+
 def check_tools(tools: list | None, where: str = "tools") -> list[dict]:
     """OpenAI-shaped tools ({"type": "function", "function": {"name", "description", "parameters"}}), checked:
     each has a name, and its parameters are a JSON schema our grammars can enforce."""
@@ -59,6 +84,10 @@ def check_tools(tools: list | None, where: str = "tools") -> list[dict]:
         at = f"{where}[{i}]"
         if not isinstance(tool, dict):
             raise ToolsError(f"{at} must be an object like {{'type': 'function', 'function': {{...}}}}", at)
+        if (
+            "function" not in tool and "name" in tool
+        ):  # the bare function ({"name", "parameters"}), as Python users write it
+            tool = {"type": "function", "function": tool}
         if tool.get("type", "function") != "function":
             raise ToolsError(f"{at}.type {tool.get('type')!r} is not supported; only 'function' tools", f"{at}.type")
         function = tool.get("function")
@@ -264,4 +293,13 @@ def _call_as_text(call: ToolCall) -> str:
     return json.dumps({"name": call.name, "arguments": call.arguments}, ensure_ascii=False)
 
 
-__all__ = ["ToolChoice", "ToolsError", "TurnPlan", "TurnReader", "check_choice", "check_tools", "plan_turn"]
+__all__ = [
+    "ToolChoice",
+    "ToolsError",
+    "TurnPlan",
+    "TurnReader",
+    "check_choice",
+    "check_tools",
+    "parse_tool_choice",
+    "plan_turn",
+]
