@@ -26,10 +26,16 @@ from pellucid.engine.constrain import Grammar, constraint_for
 from pellucid.engine.generate import Session, stream_text
 from pellucid.engine.results import Chunk, Generation, GenerationStats
 from pellucid.engine.sampling import SamplingParams, SamplingParamsError, make_sampler
-from pellucid.errors import PellucidError
+from pellucid.errors import PellucidError, TemplateError
 from pellucid.store import ResolvedModel, resolve
 from pellucid.tokenizer import load_tokenizer
-from pellucid.tokenizer.chat_template import NO_TEMPLATE_WARNING, ChatTemplate, chat_template_for, plain_chat_template
+from pellucid.tokenizer.chat_template import (
+    NO_TEMPLATE_WARNING,
+    ChatTemplate,
+    chat_template_for,
+    fold_system_message,
+    plain_chat_template,
+)
 
 DEFAULT_CTX = 4096  # llama.cpp's default n_ctx; never more than the model's own context length
 BASE_MODEL_STOPS = ("\nUser:",)  # the plain fallback template's next turn: stop before the model writes it
@@ -90,7 +96,15 @@ class LLM:
         return self.tokenizer.decode(ids, skip_special=skip_special)
 
     def render_chat(self, messages: list[dict], *, tools=None, add_generation_prompt: bool = True) -> str:
-        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
+        try:
+            return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
+        except TemplateError as e:
+            # Some templates (Gemma 2's) refuse a system message: as llama.cpp does, its text then opens the
+            # first user message instead of failing the chat (a system prompt, or the generic tools prompt).
+            folded = fold_system_message(messages) if "system" in str(e).lower() else None
+            if folded is None:
+                raise
+            return self.chat_template.render(folded, add_generation_prompt=add_generation_prompt, tools=tools)
 
     def chat_prompt_ids(self, messages: list[dict], *, tools=None) -> list[int]:
         return self.chat_prompt(messages, tools=tools)[1]

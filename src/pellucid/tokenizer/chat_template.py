@@ -311,6 +311,20 @@ def _validate_messages(messages: Any) -> list[dict]:
     return [_as_transformers_passes_it(m) for m in _plain_data(list(messages), "messages")]
 
 
+def fold_system_message(messages: list[dict]) -> list[dict] | None:
+    """The messages with a leading system message's text put before the first user message's (for templates
+    that refuse a system role, as llama.cpp does for them); None when there is no leading system message or
+    no user message after it to carry it."""
+    if not messages or messages[0].get("role") != "system" or not isinstance(messages[0].get("content"), str):
+        return None
+    rest = list(messages[1:])
+    first_user = next((i for i, m in enumerate(rest) if m.get("role") == "user"), None)
+    if first_user is None or not isinstance(rest[first_user].get("content"), str):
+        return None
+    rest[first_user] = {**rest[first_user], "content": messages[0]["content"] + "\n\n" + rest[first_user]["content"]}
+    return rest
+
+
 def _as_transformers_passes_it(message: dict) -> dict:
     """The message as apply_chat_template hands it to the template: keys whose value is None dropped (an OpenAI
     client's `"content": null` beside tool calls is *missing*, which templates test with `is defined`), and the

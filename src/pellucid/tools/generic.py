@@ -54,7 +54,7 @@ def generic_tools_prompt(tools: list[dict]) -> str:
 
 def messages_for_generic(messages: list[dict], tools: list[dict] | None) -> list[dict]:
     """OpenAI-shaped messages folded into plain system/user/assistant text messages (copies; the input is not
-    changed). Consecutive tool results become one user message."""
+    changed). Consecutive tool results become one user message, with the user's next message if one follows."""
     out: list[dict] = []
     if tools:
         prompt = generic_tools_prompt(tools)
@@ -77,6 +77,11 @@ def messages_for_generic(messages: list[dict], tools: list[dict] | None) -> list
                 out[-1]["content"] += "\n" + response
             else:
                 out.append({"role": "user", "content": response, "_tool_results": True})
+        elif role == "user" and out and out[-1].get("_tool_results"):
+            # the user's next words right after tool results: one user turn, as templates that insist on
+            # alternating roles (Gemma 2, Mistral's) need
+            out[-1]["content"] += "\n\n" + _text(message.get("content"))
+            out[-1]["_tool_results"] = False
         else:
             out.append({k: v for k, v in message.items() if k != "tool_calls"})
     for message in out:
