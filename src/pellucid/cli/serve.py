@@ -39,7 +39,12 @@ def _add_serve(commands) -> None:
         help="require this key from clients (default: $PELLUCID_API_KEY, else no key)",
     )
     net.add_argument(
-        "--alias", action="append", default=[], metavar="NAME", help="another name for `model` (repeatable)"
+        "--alias",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another name for `model` (repeatable); '*' answers any name, for clients that send their own "
+        "model names (Claude Code)",
     )
     net.add_argument(
         "--keep-alive",

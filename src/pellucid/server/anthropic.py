@@ -228,8 +228,10 @@ def anthropic_tools(tools: list | None) -> list[dict]:
             raise ToolsError(f"tools[{i}] must be an object with name, description and input_schema", f"tools[{i}]")
         kind = tool.get("type")
         if kind not in (None, "custom") and "input_schema" not in tool:
-            raise ToolsError(f"tools[{i}]: Anthropic's server tool {kind!r} is not available here; define it as a "
-                             f"custom tool with an input_schema", f"tools[{i}].type")  # fmt: skip
+            # Anthropic's own server tools (web_search_..., code_execution_...) run on Anthropic's side; an
+            # agent sends them beside its own tools, so the request goes on without them rather than failing.
+            log.warning("tools[%d]: Anthropic's server tool %r is not available here; left out", i, kind)
+            continue
         if not isinstance(tool.get("name"), str) or not tool["name"].strip():
             raise ToolsError(f"tools[{i}].name is missing: every tool needs a name", f"tools[{i}].name")
         function = {"name": tool["name"], "parameters": tool.get("input_schema", {"type": "object"})}

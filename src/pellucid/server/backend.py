@@ -107,6 +107,8 @@ class Backend:
         """The served model a request's `model` field names (None or "": the one of `kind`)."""
         if requested:
             model = next((m for m in self.models if requested in m.aliases), None)
+            if model is None:  # --alias '*': this model answers any name (an agent that names its own models)
+                model = next((m for m in self.models if "*" in m.aliases and m.kind == kind), None)
             if model is None:
                 served = ", ".join(f"{m.name} ({m.kind})" for m in self.models)
                 raise ApiError(404, f"model {requested!r} is not served here; this server serves: {served}",

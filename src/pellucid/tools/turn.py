@@ -184,8 +184,10 @@ def plan_turn(
     model's `tokenizer`, a grammar asks for a marker that is a special token ([TOOL_CALLS]) as that token."""
     tools = list(tools or [])
     choice = check_choice(choice or ToolChoice(), tools)
-    own_syntax = template_supports_tools(template_source)
-    fmt = detect_format(template_source) if own_syntax else GENERIC
+    # A template whose tool syntax we cannot read (Functionary's `>>>NAME`) gets the generic format too: the
+    # model then writes calls we can parse, instead of calls nobody would see.
+    fmt = detect_format(template_source) if template_supports_tools(template_source) else GENERIC
+    own_syntax = fmt is not GENERIC
     calls = bool(tools) and choice.mode != "none"
     if own_syntax:
         rendered_messages, template_tools = messages, (tools if calls else None)
