@@ -228,13 +228,20 @@ class Constraint:
         return torch.from_numpy(bits[: self.tokenizer.vocab_size].view(np.bool_))
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
-        """`logits` (vocab,) with every token the grammar refuses next at -inf (a new tensor)."""
-        allowed = self.allowed()
-        out = torch.full_like(logits, float("-inf"))
+        """`logits` (vocab,) with every token the grammar refuses next at -inf (a new tensor).
+
+        On the CPU this is numpy on one thread (~30 us at 49k tokens): the same few element-wise torch ops go
+        through the intra-op thread pool, which costs 0.2 ms on a quiet machine and 5-15 ms on a busy one."""
+        allowed = self.allowed().numpy()
         n = min(len(allowed), logits.shape[-1])  # the model's head may be padded past the tokenizer's vocab
-        keep = allowed[:n].to(logits.device)
-        out[:n] = torch.where(keep, logits[:n], out[:n])
-        return out
+        if logits.device.type == "cpu" and logits.dtype == torch.float32:
+            out = logits.detach().numpy().copy()
+            out[:n][~allowed[:n]] = -np.inf
+            out[n:] = -np.inf
+            return torch.from_numpy(out)
+        keep = torch.zeros(logits.shape[-1], dtype=torch.bool)
+        keep[:n] = torch.from_numpy(allowed[:n])
+        return logits.masked_fill(~keep.to(logits.device), float("-inf"))
 
     def accept(self, token: int) -> None:
         if not self._matcher.consume_token(int(token)):
