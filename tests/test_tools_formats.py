@@ -618,6 +618,36 @@ def test_mistral_grammars(lltok):
 
 
 def test_formats_without_grammar_say_so():
-    for fmt in (HARMONY, DEEPSEEK, KIMI):
+    for fmt in (DEEPSEEK, KIMI):
         with pytest.raises(NotImplementedError, match="unconstrained"):
             fmt.call_grammar(TOOLS, parallel=False)
+
+
+def test_harmony_grammar_with_its_markers_as_special_tokens(smollm2_path):
+    """GPT-OSS's markers are special tokens; SmolLM2's vocabulary has none of them, so five of its own special
+    tokens stand in for them (the grammar only sees ids)."""
+    from pellucid.engine.constrain import Constraint
+    from pellucid.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(smollm2_path)
+    ids = {"<|channel|>": 1, "<|message|>": 3, "<|constrain|>": 5, "<|end|>": 6, "<|start|>": 7}
+    grammar = HARMONY.call_grammar(TOOLS, parallel=True, token_ids=ids)
+
+    def accepted(seq: list[int]) -> bool:
+        constraint = Constraint(grammar, tok)
+        for token in seq:
+            if not constraint.allowed()[token]:
+                return False
+            constraint.accept(token)
+        return constraint.accepting
+
+    def enc(text: str) -> list[int]:
+        return tok.encode(text, add_special=False)
+
+    name = TOOLS[0]["function"]["name"]
+    call = [1, *enc(f"commentary to=functions.{name} "), 5, *enc("json"), 3, *enc(json.dumps(WEATHER))]
+    assert accepted(call)
+    thought = [1, *enc("analysis"), 3, *enc("The user wants <data>.\nCall it."), 6, 7, *enc("assistant")]
+    assert accepted(thought + call)
+    assert not accepted([1, *enc("commentary to=functions.nope "), 5])
+    assert not accepted([1, *enc(f"commentary to=functions.{name} "), 5, *enc("json"), 3, *enc("[1]")])

@@ -12,7 +12,7 @@ render calls in the prompt: a small model given free whitespace can wander into 
 
 A marker that is a special token in the model's vocabulary (Mistral's `[TOOL_CALLS]` and `[ARGS]`) cannot be
 written as text in a grammar, which matches the bytes of ordinary tokens: pass `token_ids` ({"[TOOL_CALLS]": 9,
-...}) and it is written as that token. Harmony, DeepSeek and Kimi (markers that are special tokens all through)
+...}) and it is written as that token; harmony's markers (<|channel|>, <|message|>...) the same. DeepSeek and Kimi
 raise NotImplementedError; the engine then generates unconstrained and parses.
 """
 
@@ -103,9 +103,36 @@ def call_grammar(
             f"tool_{i}: {json.dumps(f['name'])} {args} {_json_rule(_arguments_schema(f))}"
             for i, f in enumerate(functions)
         ]
+    elif fmt.name == "harmony":
+        return _harmony_grammar(functions, token_ids)
     else:
         raise NotImplementedError(_not_implemented(fmt))
     return "\n".join([f"start: call{repeat}", f"call: {call}", *rules]) + "\n"
+
+
+def _harmony_grammar(functions: list[dict], token_ids: Mapping[str, int] | None) -> str:
+    """GPT-OSS's harmony: the generation prompt ends with `<|start|>assistant`; the reply may think first in
+    the analysis channel, then calls a function in the commentary channel:
+    `<|channel|>analysis<|message|>...<|end|><|start|>assistant<|channel|>commentary to=functions.NAME
+    <|constrain|>json<|message|>{...}`, ended by `<|call|>` (an end-of-generation token, so the grammar stops
+    before it and the end is the model's). Harmony makes one call per message: `parallel` changes nothing."""
+
+    def m(marker: str) -> str:
+        return _marker(marker, token_ids)
+
+    tools = " | ".join(f"tool_{i}" for i in range(len(functions)))
+    rules = [
+        f'start: analysis? {m("<|channel|>")} "commentary to=functions." ({tools})',
+        f'analysis: {m("<|channel|>")} "analysis" {m("<|message|>")} THOUGHT {m("<|end|>")} {m("<|start|>")} "assistant"',
+        # the thinking: any text where the markers are special tokens (text never spells one), else up to a "<"
+        "THOUGHT: /(.|\\n)*/" if token_ids and "<|end|>" in token_ids else "THOUGHT: /[^<]*/",
+    ]
+    for i, f in enumerate(functions):
+        head = json.dumps(f["name"] + " ")
+        rules.append(
+            f'tool_{i}: {head} {m("<|constrain|>")} "json" {m("<|message|>")} {_json_rule(_arguments_schema(f))}'
+        )
+    return "\n".join(rules) + "\n"
 
 
 def _arguments_schema(function: dict) -> dict:
@@ -128,6 +155,6 @@ def call_body_grammar(fmt: ToolFormat, tools: list[dict]) -> str:
 
 def _not_implemented(fmt: ToolFormat) -> str:
     return (
-        f"no tool-call grammar for the {fmt.name!r} format yet (grammars exist for hermes, generic, llama3 and mistral); "
+        f"no tool-call grammar for the {fmt.name!r} format yet (grammars exist for hermes, generic, llama3, mistral and harmony); "
         "generate unconstrained and parse the calls from the text"
     )

@@ -222,7 +222,7 @@ def plan_turn(
     return plan
 
 
-MARKERS_AS_TOKENS = ("[TOOL_CALLS]", "[ARGS]")
+MARKERS_AS_TOKENS = ("[TOOL_CALLS]", "[ARGS]", "<|channel|>", "<|message|>", "<|constrain|>", "<|end|>", "<|start|>")
 
 
 def special_marker_ids(tokenizer) -> dict[str, int]:
