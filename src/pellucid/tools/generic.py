@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 
+from pellucid.tools.grammar import tool_functions
+
 GENERIC_INSTRUCTIONS = """\
 # Tools
 
@@ -38,12 +40,7 @@ normally without any <tool_call> tags."""
 def generic_tools_prompt(tools: list[dict]) -> str:
     """The system-prompt text that teaches a template-less model the tools and the <tool_call> syntax."""
     lines = []
-    for i, tool in enumerate(tools):
-        function = tool.get("function", tool) if isinstance(tool, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise ValueError(
-                f"tools[{i}] has no function name; expected {{'type': 'function', 'function': {{'name': ...}}}}"
-            )
+    for function in tool_functions(tools):
         entry = {"name": function["name"]}
         if function.get("description"):
             entry["description"] = function["description"]
