@@ -100,3 +100,19 @@ def test_tool_choice_shapes():
         parse_tool_choice("sometimes", True)
     with pytest.raises(ToolsError, match="named 'f'|two tools"):
         check_tools([WEATHER, {"name": "get_weather"}])
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_without_parallel_calls_a_second_call_is_dropped_and_ends_the_reply(parallel):
+    """`auto` has no grammar holding the reply to one call: the reader keeps the first, drops any other (and the
+    repeat watch ends the reply there), as parallel_tool_calls false / disable_parallel_tool_use ask."""
+    plan = plan_turn(None, HISTORY[:2], tools=check_tools([WEATHER]), choice=ToolChoice("auto"), parallel=parallel)
+    reply = "".join(f'<tool_call>\n{{"name": "get_weather", "arguments": {{"city": "{c}"}}}}\n</tool_call>\n'
+                    for c in ("Rome", "Oslo"))  # fmt: skip
+    reader = plan.reader()
+    reader.feed(reply)
+    reader.finish()
+    assert [call.arguments["city"] for call in reader.calls] == (["Rome", "Oslo"] if parallel else ["Rome"])
+    watch = plan.repeat_watch()
+    ended = [watch(line) for line in reply.splitlines(keepends=True)]  # 3 lines a call; the 6th closes the 2nd
+    assert ended == [False] * 6 if parallel else ended == [False] * 5 + [True]

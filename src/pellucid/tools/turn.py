@@ -158,7 +158,8 @@ class TurnPlan:
         """For the scheduler (Request.watch): a function of each new piece of text that says when the reply
         has started repeating a call it already made, to end it there. Small models, once they may make
         several calls, tend to make the same one again and again until max_tokens; an identical call in the
-        same reply is never useful (the reader drops it). None when no calls are possible."""
+        same reply is never useful (the reader drops it). Without parallel calls, a second call ends it the
+        same way (an `auto` reply is not held to one call by a grammar). None when no calls are possible."""
         if not self.calls_possible:
             return None
         reader = TurnReader(self)
@@ -262,7 +263,10 @@ class TurnReader:
         self.calls: list[ToolCall] = []
         self.text = ""
         self.reasoning = ""
-        self.repeating = False  # a call came again, the same name and arguments: dropped
+        # A call came that the reply may not make: the same name and arguments again, or a second call when
+        # parallel calls are off (parallel_tool_calls false, disable_parallel_tool_use). Dropped; the reply
+        # should end there (repeat_watch).
+        self.repeating = False
         self._seen: set[str] = set()
 
     def feed(self, text: str) -> list[Event]:
@@ -278,7 +282,7 @@ class TurnReader:
                 event = Event("text", text=_call_as_text(event.call))  # tool_choice none: a call is just text
             if event.kind == "tool_call":
                 key = json.dumps([event.call.name, event.call.arguments], sort_keys=True)
-                if key in self._seen:
+                if key in self._seen or (self.calls and not self.plan.parallel):
                     self.repeating = True
                     continue
                 self._seen.add(key)
