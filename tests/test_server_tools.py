@@ -230,6 +230,29 @@ def test_openai_parallel_calls(oai):
     assert one.choices[0].finish_reason == "tool_calls"
 
 
+def test_openai_no_parallel_calls_in_auto(oai):
+    """tool_choice auto has no grammar holding the reply to one call: parallel_tool_calls false must still give
+    at most one. Two earlier turns that each made two calls lead the model to make two again."""
+
+    def calls(*cities):
+        return {"role": "assistant", "content": None, "tool_calls": [
+            {"id": f"call_{c}", "type": "function",
+             "function": {"name": "get_weather", "arguments": json.dumps({"city": c, "unit": "celsius"})}}
+            for c in cities]}  # fmt: skip
+
+    messages = [
+        {"role": "user", "content": "Weather in Rome and Oslo?"}, calls("Rome", "Oslo"),
+        {"role": "user", "content": "Weather in Paris and London?"}, calls("Paris", "London"),
+        {"role": "user", "content": "Weather in Berlin and Madrid?"},
+    ]  # fmt: skip
+    request = dict(model=MODEL, messages=messages, tools=OPENAI_TOOLS, tool_choice="auto", max_tokens=100, **GREEDY)
+    several = oai.chat.completions.create(**request, parallel_tool_calls=True)
+    assert len(valid_calls(several.choices[0].message)) >= 2  # what the model does when it may
+    one = oai.chat.completions.create(**request, parallel_tool_calls=False)
+    assert valid_calls(one.choices[0].message) == valid_calls(several.choices[0].message)[:1]
+    assert one.choices[0].finish_reason == "tool_calls"
+
+
 class City(pydantic.BaseModel):
     name: str
     country: str
