@@ -228,6 +228,13 @@ def test_openai_parallel_calls(oai):
     one = oai.chat.completions.create(**request, parallel_tool_calls=False, max_tokens=120)
     assert len(valid_calls(one.choices[0].message)) == 1
     assert one.choices[0].finish_reason == "tool_calls"
+    # With one tool, SmolLM2 makes the same call again and again: the reply ends at the first repeat.
+    r = oai.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "What time is it in Tokyo?"}], tools=[TIME],
+        tool_choice="required", max_tokens=120, **GREEDY,
+    )  # fmt: skip
+    assert len(valid_calls(r.choices[0].message)) == 1 and r.choices[0].message.content is None
+    assert r.choices[0].finish_reason == "tool_calls" and r.usage.completion_tokens < 120
 
 
 def test_openai_no_parallel_calls_in_auto(oai):
