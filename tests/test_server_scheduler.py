@@ -291,3 +291,24 @@ def test_warm_up_compiles_the_full_ring_decode_step():
     for i in range(2 * window):  # then decode across it and past slot 0
         scheduler_module.advance([(session, [i + 1])])
     assert counters["stats"]["unique_graphs"] == compiled
+
+
+def test_pick_slot_keeps_a_conversation_an_unrelated_prompt_would_cut_back():
+    from types import SimpleNamespace
+
+    from pellucid.engine.scheduler import pick_slot
+
+    def slot(index, tokens, last_used):
+        return SimpleNamespace(index=index, session=SimpleNamespace(tokens=tokens), last_used=last_used)
+
+    conversation = slot(0, list(range(1000)), last_used=5.0)
+    idle = slot(1, [], last_used=1.0)
+    old = slot(2, [7] * 50, last_used=0.5)
+    # the next turn continues the conversation: its slot
+    assert pick_slot([conversation, idle, old], list(range(1000)) + [1, 2]) is conversation
+    # a prompt sharing 22 tokens of 1,000 (a system prompt's start) takes the idle slot, not the conversation's
+    assert pick_slot([conversation, idle, old], list(range(22)) + [9] * 300) is idle
+    # with no empty slot, the one with least to lose
+    assert pick_slot([conversation, old], list(range(22)) + [9] * 300) is old
+    # a short prompt that is all shared still reuses the slot (half of the prompt)
+    assert pick_slot([conversation, idle], list(range(30))) is conversation

@@ -113,6 +113,6 @@ def test_without_parallel_calls_a_second_call_is_dropped_and_ends_the_reply(para
     reader.feed(reply)
     reader.finish()
     assert [call.arguments["city"] for call in reader.calls] == (["Rome", "Oslo"] if parallel else ["Rome"])
-    watch = plan.repeat_watch()
+    watch = plan.call_watch()
     ended = [watch(line) for line in reply.splitlines(keepends=True)]  # 3 lines a call; the 6th closes the 2nd
     assert ended == [False] * 6 if parallel else ended == [False] * 5 + [True]

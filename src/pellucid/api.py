@@ -238,7 +238,7 @@ class LLM:
 def read_turn(chunks, reader, stats: GenerationStats) -> Iterator[Chunk]:
     """The chunks of a chat answer with its text read by a tools.turn.TurnReader: answer text in `text`,
     thinking in `reasoning`, finished calls in `tool_calls` (the ids and logprobs stay with their chunk).
-    An answer that starts repeating a call it made ends there, as the server's do (TurnPlan.repeat_watch)."""
+    An answer that makes a call it may not make (a repeat; a second one without parallel calls) ends there, as the server's do (TurnPlan.call_watch)."""
 
     def parsed(chunk: Chunk, events) -> Chunk:
         text = "".join(e.text for e in events if e.kind == "text")
@@ -249,8 +249,11 @@ def read_turn(chunks, reader, stats: GenerationStats) -> Iterator[Chunk]:
     try:
         for chunk in chunks:
             events = reader.feed(chunk.text) if chunk.text else []
-            if reader.repeating and chunk.stats is None:
-                stats.stop_reason, stats.stop_detail = "stop", "the reply began to repeat a tool call it made"
+            if reader.extra_call and chunk.stats is None:
+                stats.stop_reason, stats.stop_detail = (
+                    "stop",
+                    "a call the reply may not make (a repeat, or a second one without parallel calls)",
+                )
                 chunks.close()
                 yield parsed(chunk, events + reader.finish())
                 yield Chunk("", stats=stats)

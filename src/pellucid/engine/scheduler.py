@@ -7,8 +7,9 @@ which the server answers with 429). The worker loops over steps:
 1. Leave: a cancelled request (its client disconnected, or pressed stop) leaves its slot at once.
 2. Join: waiting requests move into free slots. A request goes to the free slot whose cached tokens share the
    longest prefix with its prompt (as llama-server does), so the same system prompt or the next turn of a
-   chat is not recomputed: `Session` trims its cache back to the shared prefix. Ties go to the slot used
-   least recently, which keeps recent conversations cached longest.
+   chat is not recomputed: `Session` trims its cache back to the shared prefix. When no slot's cache is a
+   real start of the prompt (under half of either), it goes to the slot with the least to lose instead,
+   then the one used least recently, which keeps conversations cached longest (`pick_slot`).
 3. Advance: `advance()` feeds every active sequence its next tokens and returns each one's next-token logits.
    A decoding sequence gets its one new token; a prefilling one gets the next chunk of its prompt. All the
    one-token feeds go through the model together, in ONE batched decode step (`Transformer.decode_batch`:
@@ -411,8 +412,7 @@ class Scheduler:
                 if request.cancelled:
                     self._drop(request)
                     continue
-                slot = max(free, key=lambda s: (common_prefix(s.session.tokens, request.prompt_ids), -s.last_used))
-                self._start(slot, request)
+                self._start(pick_slot(free, request.prompt_ids), request)
 
     def _start(self, slot: _Slot, request: Request) -> None:
         cached = slot.session._reuse_prefix(request.prompt_ids)  # trims the cache to the shared prefix
@@ -472,7 +472,9 @@ class Scheduler:
             self._finish(slot, "stop", f"stop string {matched!r}", stop_string=matched)
         elif text and seq.request.watch is not None and seq.request.watch(text):
             self._send(seq, text)
-            self._finish(slot, "stop", "the reply began to repeat itself (a tool call it already made)")
+            self._finish(
+                slot, "stop", "a call the reply may not make (a repeat, or a second one without parallel calls)"
+            )
         elif stats.generated_tokens >= seq.max_tokens:
             self._send(seq, text)
             self._finish(slot, "length")
@@ -531,6 +533,20 @@ class Scheduler:
             self._emit(request, Update(stats=stats, error="the server is shutting down"))
 
 
+def pick_slot(free: list[_Slot], prompt_ids: Sequence[int]) -> _Slot:
+    """The free slot for a prompt: the one whose cache it continues (the longest shared prefix, when that is at
+    least half of the prompt or of what the slot holds), else the one whose cache is worth least (the fewest
+    tokens to throw away, then the least recently used). So a request that shares only a system prompt's
+    first line with a long conversation does not cut that conversation's cache back while an idle slot waits
+    (llama-server's slot-prompt-similarity does the same)."""
+    shared = {s.index: common_prefix(s.session.tokens, prompt_ids) for s in free}
+    best = max(free, key=lambda s: (shared[s.index], -s.last_used))
+    n = shared[best.index]
+    if n > 0 and (2 * n >= len(prompt_ids) or 2 * n >= len(best.session.tokens)):
+        return best
+    return min(free, key=lambda s: (len(s.session.tokens) - shared[s.index], s.last_used))
+
+
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     """How many leading ids `a` and `b` share."""
     n = 0
@@ -550,4 +566,5 @@ __all__ = [
     "advance",
     "common_prefix",
     "decode_together",
+    "pick_slot",
 ]

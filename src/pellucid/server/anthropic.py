@@ -59,7 +59,7 @@ async def messages(request: Request) -> Response:
     params = sampling_params(temperature=body.temperature, top_p=body.top_p, top_k=body.top_k)
     stream = backend.generate(
         prompt_ids, params, max_tokens=body.max_tokens, stop=list(body.stop_sequences or []) + internal_stops,
-        constraint=constraint, keep_special=plan.keep_special, watch=plan.repeat_watch(),
+        constraint=constraint, keep_special=plan.keep_special, watch=plan.call_watch(),
     )  # fmt: skip
     request.state.generation = stream
     head = {"id": f"msg_{rid}", "type": "message", "role": "assistant", "model": model.name}

@@ -78,7 +78,7 @@ async def chat_completions(request: Request) -> Response:
     )
     stream = backend.generate(
         prompt_ids, params, max_tokens=max_tokens, stop=stop_list(body.stop) + stops, ignore_eos=body.ignore_eos,
-        constraint=constraint, keep_special=plan.keep_special, watch=plan.repeat_watch(),
+        constraint=constraint, keep_special=plan.keep_special, watch=plan.call_watch(),
     )  # fmt: skip
     request.state.generation = stream
     head = {"id": f"chatcmpl-{_id(request)}", "created": int(time.time()), "model": model.name}

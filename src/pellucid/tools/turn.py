@@ -154,7 +154,7 @@ class TurnPlan:
     def reader(self) -> TurnReader:
         return TurnReader(self)
 
-    def repeat_watch(self):
+    def call_watch(self):
         """For the scheduler (Request.watch): a function of each new piece of text that says when the reply
         has started repeating a call it already made, to end it there. Small models, once they may make
         several calls, tend to make the same one again and again until max_tokens; an identical call in the
@@ -166,7 +166,7 @@ class TurnPlan:
 
         def watch(text: str) -> bool:
             reader.feed(text)
-            return reader.repeating
+            return reader.extra_call
 
         return watch
 
@@ -265,8 +265,8 @@ class TurnReader:
         self.reasoning = ""
         # A call came that the reply may not make: the same name and arguments again, or a second call when
         # parallel calls are off (parallel_tool_calls false, disable_parallel_tool_use). Dropped; the reply
-        # should end there (repeat_watch).
-        self.repeating = False
+        # should end there (call_watch).
+        self.extra_call = False
         self._seen: set[str] = set()
 
     def feed(self, text: str) -> list[Event]:
@@ -283,7 +283,7 @@ class TurnReader:
             if event.kind == "tool_call":
                 key = json.dumps([event.call.name, event.call.arguments], sort_keys=True)
                 if key in self._seen or (self.calls and not self.plan.parallel):
-                    self.repeating = True
+                    self.extra_call = True
                     continue
                 self._seen.add(key)
                 self.calls.append(event.call)
