@@ -651,3 +651,24 @@ def test_harmony_grammar_with_its_markers_as_special_tokens(smollm2_path):
     assert accepted(thought + call)
     assert not accepted([1, *enc("commentary to=functions.nope "), 5])
     assert not accepted([1, *enc(f"commentary to=functions.{name} "), 5, *enc("json"), 3, *enc("[1]")])
+
+
+def test_tool_arguments_are_closed_unless_the_schema_says_otherwise():
+    from pellucid.tools.grammar import closed
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "properties": {"type": "object", "properties": {"a": {"type": "string"}}},  # a property named so
+            "open": {"type": "object", "properties": {}, "additionalProperties": True},
+            "rows": {"type": "array", "items": {"type": "object", "properties": {"b": {"enum": [{"properties": 1}]}}}},
+        },
+    }
+    out = closed(schema)
+    assert out["additionalProperties"] is False
+    assert out["properties"]["properties"]["additionalProperties"] is False
+    assert "additionalProperties" not in out["properties"]["properties"]["properties"]  # the mapping is not a schema
+    assert out["properties"]["open"]["additionalProperties"] is True
+    assert out["properties"]["rows"]["items"]["additionalProperties"] is False
+    assert out["properties"]["rows"]["items"]["properties"]["b"]["enum"] == [{"properties": 1}]
+    assert "additionalProperties" not in schema  # a copy

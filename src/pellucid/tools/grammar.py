@@ -7,6 +7,8 @@ Two shapes, for the engine's two uses:
 - `call_body_grammar`: what follows the format's trigger (`<tool_call>`), for `tool_choice: auto`, where the
   model writes freely until it writes the trigger and the call's body is constrained from there.
 
+A call's arguments may hold only the properties their schema lists, unless it says otherwise (`closed`).
+
 The JSON is written the one way `json.dumps` writes it (`{"a": 1, "b": [2, 3]}`), as the chat templates
 render calls in the prompt: a small model given free whitespace can wander into newlines forever.
 
@@ -56,7 +58,7 @@ def call_schema(functions: list[dict], arguments_key: str = "arguments") -> dict
     choices = [
         {
             "type": "object",
-            "properties": {"name": {"const": f["name"]}, arguments_key: f.get("parameters") or ANY_OBJECT},
+            "properties": {"name": {"const": f["name"]}, arguments_key: closed(f.get("parameters") or ANY_OBJECT)},
             "required": ["name", arguments_key],
             "additionalProperties": False,
         }
@@ -136,7 +138,29 @@ def _harmony_grammar(functions: list[dict], token_ids: Mapping[str, int] | None)
 
 
 def _arguments_schema(function: dict) -> dict:
-    return {**(function.get("parameters") or ANY_OBJECT), "x-guidance": JSON_STYLE}
+    return {**closed(function.get("parameters") or ANY_OBJECT), "x-guidance": JSON_STYLE}
+
+
+def closed(schema):
+    """A tool's parameter schema with `additionalProperties: false` on every object that lists its properties
+    and says nothing about others (a copy). JSON Schema allows extra properties by default, and a model
+    given that freedom inside a call keeps inventing arguments until max_tokens; a tool takes the arguments
+    it declares (llama.cpp's grammars close such objects too). An explicit `additionalProperties` is kept."""
+    if isinstance(schema, list):
+        return [closed(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key in ("properties", "$defs", "definitions", "patternProperties") and isinstance(value, dict):
+            out[key] = {name: closed(sub) for name, sub in value.items()}  # a mapping of names to schemas
+        elif key in ("const", "enum", "default", "examples"):
+            out[key] = value  # data, not schemas
+        else:
+            out[key] = closed(value)
+    if "properties" in schema and "additionalProperties" not in schema and "patternProperties" not in schema:
+        out["additionalProperties"] = False
+    return out
 
 
 def _marker(text: str, token_ids: Mapping[str, int] | None) -> str:
