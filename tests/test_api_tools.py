@@ -83,8 +83,19 @@ def test_bad_tools_are_clear_errors(llm):
         llm.chat(ASK, tools=[{"type": "function", "function": {"parameters": {}}}])
     with pytest.raises(ToolsError, match="not among the tools"):
         llm.chat(ASK, tools=[WEATHER], tool_choice="get_time")
-    with pytest.raises(ToolsError, match=r"parameters: .*Unimplemented keys"):
-        llm.chat(ASK, tools=[{"name": "f", "parameters": {"type": "object", "not": {}}}])
+    with pytest.raises(ToolsError, match=r"tools\[0\].function.parameters: .*Invalid type: objct"):
+        llm.chat(ASK, tools=[{"name": "f", "parameters": {"type": "objct"}}])
+
+
+def test_a_tool_keyword_no_grammar_enforces_is_a_warning_not_a_refusal(llm, caplog):
+    """Claude Code's own tools use propertyNames: the agent must not be refused for it."""
+    tool = {"name": "tag", "parameters": {"type": "object", "properties": {"labels": {
+        "type": "object", "propertyNames": {"pattern": "^[a-z]+$"}, "additionalProperties": {"type": "string"}}},
+        "required": ["labels"]}}  # fmt: skip
+    g = llm.chat(ASK, tools=[tool], tool_choice="required", parallel_tool_calls=False, temperature=0, max_tokens=60)
+    g.result()
+    assert "propertyNames" in caplog.text and "held to the rest of the schema" in caplog.text
+    assert [c.name for c in g.tool_calls] == ["tag"] and isinstance(g.tool_calls[0].arguments["labels"], dict)
 
 
 # -- the command line ---------------------------------------------------------------------------------------

@@ -125,7 +125,7 @@ def test_errors_have_anthropics_shape(server, client):
     assert "not served here" in str(e.value)
     cases = [  # body, status, error type, words
         ({"messages": [{"role": "user", "content": "hi"}]}, 400, "invalid_request_error", "max_tokens: Field required"),
-        ({"max_tokens": 5, "messages": [{"role": "system", "content": "hi"}]}, 400, "invalid_request_error", "role"),
+        ({"max_tokens": 5, "messages": [{"role": "tool", "content": "hi"}]}, 400, "invalid_request_error", "role"),
         (
             {"max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},
             400,
@@ -143,11 +143,11 @@ def test_errors_have_anthropics_shape(server, client):
             {
                 "max_tokens": 5,
                 "messages": [{"role": "user", "content": "hi"}],
-                "tools": [{"name": "f", "input_schema": {"type": "object", "if": {}}}],
+                "tools": [{"name": "f", "input_schema": {"type": "objct"}}],
             },
             400,
             "invalid_request_error",
-            "tools[0].input_schema: the JSON schema cannot be enforced: Unimplemented keys",
+            "tools[0].input_schema: the JSON schema cannot be enforced: Invalid type: objct",
         ),  # fmt: skip
         (
             {

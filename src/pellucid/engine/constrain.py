@@ -71,6 +71,7 @@ class Grammar:
 
     kind: str
     source: str
+    lenient: bool = False  # a JSON schema's keywords that cannot be enforced are left out instead of refused
 
     def __post_init__(self) -> None:
         if self.kind not in GRAMMAR_KINDS:
@@ -79,8 +80,10 @@ class Grammar:
             raise GrammarError(f"the {self.kind} grammar is empty")
 
     @staticmethod
-    def json_schema(schema: dict | bool | str) -> Grammar:
-        """A JSON value valid against `schema` (a dict, true, or its JSON text)."""
+    def json_schema(schema: dict | bool | str, *, lenient: bool = False) -> Grammar:
+        """A JSON value valid against `schema` (a dict, true, or its JSON text). `lenient`: keywords llguidance
+        cannot enforce (`propertyNames`, `not`, `if`/`then`) are left out, so the output is valid against the
+        rest of the schema only; without it they are a GrammarError."""
         if isinstance(schema, str):
             try:
                 schema = json.loads(schema)
@@ -88,7 +91,7 @@ class Grammar:
                 raise GrammarError(f"the JSON schema is not valid JSON: {e}") from None
         if not isinstance(schema, (dict, bool)):
             raise GrammarError(f"a JSON schema must be an object (or true), got {type(schema).__name__}")
-        return Grammar("json_schema", json.dumps(schema))
+        return Grammar("json_schema", json.dumps(schema), lenient)
 
     @staticmethod
     def any_json_object() -> Grammar:
@@ -118,7 +121,7 @@ class Grammar:
         matcher = llg.LLMatcher
         try:
             if self.kind == "json_schema":
-                spec = matcher.grammar_from_json_schema(self.source, defaults=JSON_STYLE)
+                spec = matcher.grammar_from_json_schema(self.source, defaults={**JSON_STYLE, "lenient": self.lenient})
             elif self.kind == "regex":
                 spec = matcher.grammar_from_regex(self.source)
             elif self.kind == "lark":

@@ -262,11 +262,17 @@ def template_messages(system, messages) -> list[dict]:
     tool_use blocks as tool_calls, a user's tool_result blocks as `tool` messages (before its text, as
     Anthropic orders them). A tool_result for an id no earlier tool_use had is a 400 naming the block."""
     out = []
-    if system:
-        out.append({"role": "system", "content": block_text(system, "system")})
+    # System text: the `system` field, then any `role: system` message (Claude Code sends them among the
+    # others); one system message at the start, where every template accepts one.
+    systems = [block_text(system, "system")] if system else []
+    systems += [block_text(m.content, f"messages[{i}].content") for i, m in enumerate(messages) if m.role == "system"]
+    if systems:
+        out.append({"role": "system", "content": "\n\n".join(systems)})
     names: dict[str, str] = {}
     for i, m in enumerate(messages):
         where = f"messages[{i}].content"
+        if m.role == "system":
+            continue
         if isinstance(m.content, str):
             out.append({"role": m.role, "content": m.content})
             continue

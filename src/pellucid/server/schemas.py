@@ -142,7 +142,7 @@ class AnthropicBlock(_Body):
 
 
 class AnthropicMessage(_Body):
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "system"]  # Claude Code sends system messages among the others
     content: str | list[AnthropicBlock]
 
 

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from pellucid.tools.formats import ToolFormat
 
 # llguidance's JSON options (the "x-guidance" key of a schema): json.dumps's separators, no free whitespace.
-JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+# lenient: a tool's keywords that cannot be enforced were accepted (with a warning) by tools.turn.check_tools.
+JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": ", "lenient": True}
 ANY_OBJECT = {"type": "object"}
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 
 from pellucid.engine.constrain import Constraint, Grammar, GrammarError, TriggeredConstraint
@@ -33,6 +34,8 @@ from pellucid.tools.formats import (
     template_supports_tools,
 )
 from pellucid.tools.generic import messages_for_generic
+
+log = logging.getLogger("pellucid.tools")
 
 
 class ToolsError(PellucidError, ValueError):
@@ -100,7 +103,14 @@ def check_tools(tools: list | None, where: str = "tools") -> list[dict]:
         try:
             Grammar.json_schema(parameters).compile()
         except GrammarError as e:
-            raise ToolsError(f"{at}.function.parameters: {e}", f"{at}.function.parameters") from None
+            # Agents' real tools use keywords no grammar library enforces (Claude Code's propertyNames): a call
+            # is then held to the rest of its schema, said in the log, rather than the agent refused. A
+            # response_format schema has no such leeway: there the client asked for the guarantee.
+            try:
+                Grammar.json_schema(parameters, lenient=True).compile()
+            except GrammarError:
+                raise ToolsError(f"{at}.function.parameters: {e}", f"{at}.function.parameters") from None
+            log.warning("%s.function.parameters (%s): %s; calls are held to the rest of the schema", at, name, e)
         out.append({"type": "function", "function": {**function, "parameters": parameters}})
     names = [t["function"]["name"] for t in out]
     duplicate = next((n for n in names if names.count(n) > 1), None)
