@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 import logging
 import random
-from pathlib import Path
 
 import pytest
 
+from conftest import fixtures_dir
 from pellucid.tools import (
     GENERIC,
     Event,
@@ -36,7 +36,7 @@ from pellucid.tools.formats import (
     QWEN3_CODER,
 )
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "chat_templates"
+TEMPLATES = fixtures_dir() / "chat_templates"  # ../shared/fixtures, else the copy in tests/fixtures
 
 WEATHER = {"city": "Paris", "unit": "celsius"}
 NESTED = {

@@ -207,7 +207,9 @@ def plan_turn(
     else:
         rendered_messages, template_tools = messages_for_generic(messages, tools if calls else None), None
     plan = TurnPlan(rendered_messages, template_tools, tools, choice, fmt, parallel=parallel)
-    plan.keep_special = fmt.name in ("harmony", "deepseek", "kimi", "mistral") or calls
+    # Special tokens stay in the text only where parsing needs them (harmony's channels; a call marker that is
+    # a special token of this vocabulary, as Mistral's [TOOL_CALLS]): elsewhere they would leak into answers.
+    plan.keep_special = fmt.name == "harmony" or (calls and marker_is_special(fmt, tokenizer))
     if response_grammar is not None and calls:
         raise ToolsError(
             "response_format with tools is not supported together: constrain the reply to JSON, or let it call "
@@ -231,6 +233,15 @@ def plan_turn(
             plan.trigger, plan.body_grammar = None, None
             plan.notes.append(f"{fmt.name} calls are not constrained: {e}")
     return plan
+
+
+def marker_is_special(fmt: ToolFormat, tokenizer) -> bool:
+    """Whether the format's call marker is a special token of the vocabulary (decoding would drop it);
+    without a tokenizer to ask, whether the format's markers usually are."""
+    if tokenizer is None:
+        return fmt.name in ("mistral", "deepseek", "kimi", "granite")
+    token = tokenizer.token_to_id(fmt.start) if fmt.start else None
+    return token is not None and tokenizer.is_special(token)
 
 
 MARKERS_AS_TOKENS = ("[TOOL_CALLS]", "[ARGS]", "<|channel|>", "<|message|>", "<|constrain|>", "<|end|>", "<|start|>")
