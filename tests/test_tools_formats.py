@@ -618,7 +618,7 @@ def test_mistral_grammars(lltok):
 
 
 def test_formats_without_grammar_say_so():
-    for fmt in (DEEPSEEK, KIMI):
+    for fmt in (DEEPSEEK,):
         with pytest.raises(NotImplementedError, match="unconstrained"):
             fmt.call_grammar(TOOLS, parallel=False)
 
@@ -672,3 +672,22 @@ def test_tool_arguments_are_closed_unless_the_schema_says_otherwise():
     assert out["properties"]["rows"]["items"]["additionalProperties"] is False
     assert out["properties"]["rows"]["items"]["properties"]["b"]["enum"] == [{"properties": 1}]
     assert "additionalProperties" not in schema  # a copy
+
+
+@pytest.mark.parametrize(
+    "fmt_name, reply",
+    [
+        ("granite", '<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}]'),
+        ("kimi", '<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>'
+                 '{"city": "Paris", "unit": "celsius"}<|tool_call_end|><|tool_calls_section_end|>'),
+    ],
+)  # fmt: skip
+def test_granite_and_kimi_grammars_accept_their_calls_and_the_parser_reads_them(fmt_name, reply, lltok):
+    from pellucid.tools import FORMATS
+
+    fmt = FORMATS[fmt_name]
+    grammar = fmt.call_grammar(TOOLS, parallel=True)  # markers as text here: SmolLM2 has none of them
+    assert accepts(lltok, grammar, reply)
+    assert not accepts(lltok, grammar, reply.replace("get_weather", "get_wether"))
+    content, calls, _ = parse_reply(fmt, reply)
+    assert content == "" and [(c.name, c.arguments) for c in calls] == [("get_weather", WEATHER)]

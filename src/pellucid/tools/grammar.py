@@ -15,7 +15,8 @@ render calls in the prompt: a small model given free whitespace can wander into 
 A marker that is a special token in the model's vocabulary (Mistral's `[TOOL_CALLS]` and `[ARGS]`) cannot be
 written as text in a grammar, which matches the bytes of ordinary tokens: pass `token_ids` ({"[TOOL_CALLS]": 9,
 ...}) and it is written as that token; harmony's markers (<|channel|>, <|message|>...) the same. DeepSeek and Kimi
-raise NotImplementedError; the engine then generates unconstrained and parses.
+raise NotImplementedError; the engine then generates unconstrained and parses. Granite and Kimi write their
+markers the same way.
 """
 
 from __future__ import annotations
@@ -106,6 +107,26 @@ def call_grammar(
             f"tool_{i}: {json.dumps(f['name'])} {args} {_json_rule(_arguments_schema(f))}"
             for i, f in enumerate(functions)
         ]
+    elif fmt.name == "granite":
+        # <|tool_call|>[{"name": ..., "arguments": {...}}, ...]: Mistral's list after Granite's marker
+        more = ' (", " call_json)*' if parallel else ""
+        call = f'{_marker(fmt.start, token_ids)} "[" call_json{more} "]"'
+        rules = [f"call_json: {_json_rule(call_schema(functions))}"]
+        repeat = ""
+    elif fmt.name == "kimi":
+        # <|tool_calls_section_begin|><|tool_call_begin|>functions.NAME:0<|tool_call_argument_begin|>{...}
+        # <|tool_call_end|>...<|tool_calls_section_end|>; the index after the name counts the calls
+        names = " | ".join(f"tool_{i}" for i in range(len(functions)))
+        one = f'{_marker("<|tool_call_begin|>", token_ids)} "functions." ({names}) {_marker("<|tool_call_end|>", token_ids)}'
+        calls = "kimi_call+" if parallel else "kimi_call"
+        call = f"{_marker(fmt.start, token_ids)} {calls} {_marker(fmt.end, token_ids)}"
+        args = _marker("<|tool_call_argument_begin|>", token_ids)
+        rules = [f"kimi_call: {one}", "INDEX: /:[0-9]+/"]
+        rules += [
+            f"tool_{i}: {json.dumps(f['name'])} INDEX {args} {_json_rule(_arguments_schema(f))}"
+            for i, f in enumerate(functions)
+        ]
+        repeat = ""
     elif fmt.name == "harmony":
         return _harmony_grammar(functions, token_ids)
     else:
@@ -180,6 +201,6 @@ def call_body_grammar(fmt: ToolFormat, tools: list[dict]) -> str:
 
 def _not_implemented(fmt: ToolFormat) -> str:
     return (
-        f"no tool-call grammar for the {fmt.name!r} format yet (grammars exist for hermes, generic, llama3, mistral and harmony); "
+        f"no tool-call grammar for the {fmt.name!r} format yet (grammars exist for hermes, generic, llama3, mistral, granite, kimi and harmony); "
         "generate unconstrained and parse the calls from the text"
     )

@@ -244,7 +244,21 @@ def marker_is_special(fmt: ToolFormat, tokenizer) -> bool:
     return token is not None and tokenizer.is_special(token)
 
 
-MARKERS_AS_TOKENS = ("[TOOL_CALLS]", "[ARGS]", "<|channel|>", "<|message|>", "<|constrain|>", "<|end|>", "<|start|>")
+MARKERS_AS_TOKENS = (
+    "[TOOL_CALLS]",
+    "[ARGS]",
+    "<|channel|>",
+    "<|message|>",
+    "<|constrain|>",
+    "<|end|>",
+    "<|start|>",
+    "<|tool_call|>",
+    "<|tool_calls_section_begin|>",
+    "<|tool_calls_section_end|>",
+    "<|tool_call_begin|>",
+    "<|tool_call_end|>",
+    "<|tool_call_argument_begin|>",
+)
 
 
 def special_marker_ids(tokenizer) -> dict[str, int]:
