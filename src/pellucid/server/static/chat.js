@@ -84,6 +84,16 @@ async function send(event) {
   messages.push({ role: "user", content: text });
   addMessage("user", text);
   const bubble = addMessage("assistant streaming", "");
+  // A reasoning model's thinking (the server's reasoning_content) goes in a folded block above the answer.
+  const thinking = document.createElement("details");
+  thinking.className = "thinking";
+  thinking.hidden = true;
+  const thinkingSummary = document.createElement("summary");
+  thinkingSummary.textContent = "thinking";
+  const thinkingText = document.createElement("div");
+  thinking.append(thinkingSummary, thinkingText);
+  const answer = document.createElement("span");
+  bubble.append(thinking, answer);
   const system = $("system").value.trim();
   const body = {
     messages: system ? [{ role: "system", content: system }, ...messages] : messages,
@@ -104,12 +114,19 @@ async function send(event) {
     }
     for await (const event of sseEvents(response.body)) {
       if (event.error) throw new Error(event.error.message);
+      const thought = event.choices?.[0]?.delta?.reasoning_content;
+      if (thought) {
+        thinking.hidden = false;
+        thinkingText.textContent += thought;   // text, never HTML
+        pieces += 1;
+        firstAt = firstAt ?? performance.now();
+      }
       const delta = event.choices?.[0]?.delta?.content;
       if (delta) {
         reply += delta;
         pieces += 1;
         firstAt = firstAt ?? performance.now();
-        bubble.textContent = reply;
+        answer.textContent = reply;
         bubble.scrollIntoView({ block: "end" });
         const seconds = (performance.now() - firstAt) / 1000;
         showReadout(seconds > 0 ? (pieces - 1) / seconds : 0, contextUsed + pieces, true);
