@@ -1,4 +1,4 @@
-"""Benchmark commands: bench (speed against peers, llama-bench style)."""
+"""Benchmark commands: bench (speed against peers, llama-bench style; --machine: this machine's limits)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,11 @@ def _add_bench(commands) -> None:
         action="store_true",
         help="also decode tgN free and with a JSON schema: what constrained decoding's mask costs",
     )
+    p.add_argument(
+        "--machine",
+        action="store_true",
+        help="measure this machine's limits instead (memory bandwidth, matrix-multiply GFLOP/s) and cache them",
+    )
     add_quantize_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
 
@@ -37,8 +42,10 @@ def cmd_bench(args) -> int:
     from pellucid.bench import format_report, run_bench
     from pellucid.device import physical_cores
 
-    resolved = store.resolve(args.model)
     threads = args.threads or physical_cores()
+    if args.machine:
+        return _machine(threads, args.json)
+    resolved = store.resolve(args.model)
     compare = [p.strip() for p in args.compare.split(",") if p.strip()]
     log = (lambda line: print(line, file=sys.stderr)) if not args.json else None
     report = run_bench(
@@ -57,6 +64,21 @@ def cmd_bench(args) -> int:
         print_json(report.as_dict())
     else:
         print(format_report(report))
+    return 0
+
+
+def _machine(threads: int, as_json: bool) -> int:
+    """`bench --machine`: measure memory bandwidth and matmul throughput on `threads` threads (pellucid.machine
+    says how), cache them in $PELLUCID_HOME/machine.json for the reports that compare a run against them."""
+    from pellucid import machine
+
+    if not as_json:
+        print(f"measuring this machine on {threads} threads (a few seconds) ...", file=sys.stderr)
+    limits = machine.measure(threads)
+    if as_json:
+        print_json(limits.as_dict())
+    else:
+        print(machine.describe(limits))
     return 0
 
 
