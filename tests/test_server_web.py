@@ -94,3 +94,80 @@ def test_chat_page_streams_stops_and_keeps_the_conversation(server, page):
     assert body["messages"][0]["content"] == "You are a storyteller."
     assert body["messages"][2]["content"].strip() and body["messages"][2]["content"] in partial
     assert external == []  # the page loads nothing from outside the server
+
+
+def streamed_content(sse_text: str) -> str:
+    """The answer text a streamed chat completion carried in its `delta.content` pieces."""
+    text = ""
+    for line in sse_text.splitlines():
+        if line.startswith("data:") and line[5:].strip() != "[DONE]":
+            for choice in json.loads(line[5:]).get("choices", []):
+                text += choice["delta"].get("content") or ""
+    return text
+
+
+@pytest.mark.slow
+def test_show_tokens_colours_each_token_and_shows_alternatives_and_stats(server, page):
+    sent, external, errors = [], [], []
+    page.on("request", lambda r: sent.append(json.loads(r.post_data)) if r.url.endswith("/chat/completions") else None)
+    page.on("request", lambda r: external.append(r.url) if not r.url.startswith(server.url) else None)
+    page.on("console", lambda m: errors.append(f"{m.text} {m.location}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+
+    page.goto(server.url + "/")
+    expect(page.locator("#model")).to_have_text("smollm2-135m")
+    page.check("#show_tokens")
+    page.reload()  # the switch persists like the other settings
+    expect(page.locator("#show_tokens")).to_be_checked()
+    page.click("#reset")
+    page.fill("#system", "")
+    page.fill("#temperature", "0")
+    page.fill("#max_tokens", "24")
+
+    page.fill("#prompt", "What is the capital of France?")
+    with page.expect_response(lambda r: r.url.endswith("/chat/completions")) as response:
+        page.click("#send")
+    answer = page.locator(".msg.assistant").last
+    expect(answer).not_to_have_class("msg assistant streaming")
+    expect(answer.locator(".stats")).to_contain_text("tok/s")
+    assert sent[-1]["logprobs"] is True and sent[-1]["top_logprobs"] == 5
+
+    # One span per token, and together they spell the answer the server streamed as text.
+    tokens = answer.locator(".token")
+    assert tokens.count() > 1
+    reply = streamed_content(response.value.text())
+    assert reply.strip()
+    assert "".join(tokens.all_text_contents()) == reply
+    assert tokens.first.evaluate("e => getComputedStyle(e).backgroundColor") != "rgba(0, 0, 0, 0)"
+
+    # Hovering a token lists the alternatives with their probabilities.
+    tokens.nth(1).hover()
+    popup = page.locator("#token-popup")
+    expect(popup).to_be_visible()
+    expect(popup).to_contain_text("%")
+    assert popup.inner_text().count("%") >= 2  # the chosen token and at least one alternative
+    stats = answer.locator(".stats").inner_text()
+    for part in ("tokens", "prompt", "tok/s", "first token", "finish: "):
+        assert part in stats
+    assert "▸" in popup.inner_text()  # the token that was chosen, marked
+    os.makedirs("/tmp/k", exist_ok=True)
+    page.screenshot(path="/tmp/k/chat_tokens.png")
+    page.mouse.move(0, 0)
+    expect(popup).to_be_hidden()
+    page.emulate_media(color_scheme="dark")
+    page.screenshot(path="/tmp/k/chat_tokens_dark.png")
+    page.emulate_media(color_scheme="light")
+
+    # Switched off, the next reply is plain text again and the earlier one keeps its tokens.
+    page.uncheck("#show_tokens")
+    page.fill("#max_tokens", "8")
+    page.fill("#prompt", "And of Italy?")
+    page.press("#prompt", "Enter")
+    second = page.locator(".msg.assistant").nth(1)
+    expect(second).not_to_have_class("msg assistant streaming")
+    assert "logprobs" not in sent[-1] and sent[-1]["messages"][1]["content"] == reply
+    assert second.locator(".token").count() == 0 and second.locator(".stats").count() == 0
+    assert answer.locator(".token").count() == tokens.count()
+
+    assert errors == []
+    assert external == []  # the page loads nothing from outside the server

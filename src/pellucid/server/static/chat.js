@@ -1,11 +1,15 @@
 // The chat page: talks to this server's /v1/chat/completions with stream: true, like any OpenAI client.
 // No framework and no build step; the conversation lives in `messages` and is sent whole every turn (the
-// server's prefix cache makes the repeated part free). Settings persist in localStorage.
+// server's prefix cache makes the repeated part free). Settings persist in localStorage. With "show tokens" on,
+// a reply asks for logprobs and is drawn one span per token, coloured by its probability, with the
+// alternatives on hover and the server's timings under it.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const SAMPLING = ["temperature", "top_k", "top_p", "min_p", "repeat_penalty", "presence_penalty",
                   "frequency_penalty", "max_tokens", "seed"];
+const SETTINGS = [...SAMPLING, "system", "api_key", "show_tokens"];
+const TOP_LOGPROBS = 5;   // alternatives per token asked for when "show tokens" is on
 const DEFAULTS = { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1,
                    presence_penalty: 0, frequency_penalty: 0, max_tokens: 512, seed: -1 };
 
@@ -13,20 +17,25 @@ let messages = [];        // [{role, content}] without the system prompt
 let controller = null;    // the AbortController of the reply being streamed
 let contextLength = null; // tokens per sequence, from /health
 let contextUsed = 0;      // prompt + completion tokens of the last reply
+const tokenEntries = new WeakMap();   // token span -> its logprobs entry, for the hover popup
 
 // -- settings -------------------------------------------------------------------------------------------
 
 function loadSettings() {
   const saved = JSON.parse(localStorage.getItem("pellucid.settings") || "{}");
-  for (const name of [...SAMPLING, "system", "api_key"]) {
-    if (saved[name] !== undefined) $(name).value = saved[name];
-    $(name).addEventListener("change", saveSettings);
+  for (const name of SETTINGS) {
+    const field = $(name);
+    if (saved[name] !== undefined) field[field.type === "checkbox" ? "checked" : "value"] = saved[name];
+    field.addEventListener("change", saveSettings);
   }
 }
 
 function saveSettings() {
   const values = {};
-  for (const name of [...SAMPLING, "system", "api_key"]) values[name] = $(name).value;
+  for (const name of SETTINGS) {
+    const field = $(name);
+    values[name] = field.type === "checkbox" ? field.checked : field.value;
+  }
   localStorage.setItem("pellucid.settings", JSON.stringify(values));
 }
 
@@ -44,6 +53,60 @@ function headers() {
   const key = $("api_key").value.trim();
   if (key) h["Authorization"] = "Bearer " + key;
   return h;
+}
+
+// -- show tokens: probabilities and alternatives -------------------------------------------------------
+
+const percent = (logprob) => (100 * Math.exp(logprob)).toFixed(1) + "%";
+
+// One token of logprobs.content as a span: its text as the server decoded it (a token that is part of a
+// UTF-8 character shows as U+FFFD), its background hue from red (p = 0) to green (p = 1).
+function tokenSpan(entry) {
+  const span = document.createElement("span");
+  span.className = "token";
+  span.textContent = entry.token;   // text, never HTML
+  span.style.backgroundColor = `hsl(${Math.round(120 * Math.exp(entry.logprob))} 75% 50% / 0.32)`;
+  tokenEntries.set(span, entry);
+  return span;
+}
+
+// The popup's lines: the alternatives the model weighed, most likely first, the chosen one marked ▸ (and
+// added under them when sampling picked a token outside the top few).
+function alternativesText(entry) {
+  const line = (t, mark) => `${mark} ${JSON.stringify(t.token).padEnd(16)} ${percent(t.logprob).padStart(6)}`;
+  const top = entry.top_logprobs || [];
+  const chosen = top.findIndex((t) => t.token === entry.token);
+  const lines = top.map((t, i) => line(t, i === chosen ? "▸" : " "));
+  if (chosen < 0) lines.push(...(lines.length ? ["  …"] : []), line(entry, "▸"));
+  return lines.join("\n");
+}
+
+function showAlternatives(event) {
+  const popup = $("token-popup");
+  const entry = tokenEntries.get(event.target);
+  if (!entry) {
+    popup.hidden = true;
+    return;
+  }
+  popup.textContent = alternativesText(entry);
+  popup.hidden = false;
+  const box = event.target.getBoundingClientRect();
+  const left = Math.min(box.left, window.innerWidth - popup.offsetWidth - 8);
+  const below = box.bottom + 4 + popup.offsetHeight < window.innerHeight;
+  popup.style.left = Math.max(4, left) + "px";
+  popup.style.top = (below ? box.bottom + 4 : box.top - 4 - popup.offsetHeight) + "px";
+}
+
+// The line under a token-shown reply, from the last chunk's llama-server-style timings.
+function statsText(timings, finish) {
+  const cached = timings.cache_n ? ` (${timings.cache_n.toLocaleString()} cached)` : "";
+  return [
+    `${timings.predicted_n.toLocaleString()} tokens`,
+    `prompt ${(timings.prompt_n + timings.cache_n).toLocaleString()}${cached}`,
+    `${timings.predicted_per_second.toFixed(1)} tok/s`,
+    `first token ${Math.round(timings.ttft_ms).toLocaleString()} ms`,
+    `finish: ${finish ?? "–"}`,
+  ].join(" · ");
 }
 
 // -- the conversation -----------------------------------------------------------------------------------
@@ -94,16 +157,18 @@ async function send(event) {
   thinking.append(thinkingSummary, thinkingText);
   const answer = document.createElement("span");
   bubble.append(thinking, answer);
+  const showTokens = $("show_tokens").checked;   // read once: the switch applies from the next reply on
   const system = $("system").value.trim();
   const body = {
     messages: system ? [{ role: "system", content: system }, ...messages] : messages,
     stream: true,
     stream_options: { include_usage: true },
+    ...(showTokens ? { logprobs: true, top_logprobs: TOP_LOGPROBS } : {}),
     ...samplingFields(),
   };
   controller = new AbortController();
   setBusy(true);
-  let reply = "", pieces = 0, firstAt = null, stopped = false, speed = null;
+  let reply = "", pieces = 0, firstAt = null, stopped = false, speed = null, timings = null, finish = null;
   try {
     const response = await fetch("/v1/chat/completions", {
       method: "POST", headers: headers(), body: JSON.stringify(body), signal: controller.signal,
@@ -122,16 +187,21 @@ async function send(event) {
         firstAt = firstAt ?? performance.now();
       }
       const delta = event.choices?.[0]?.delta?.content;
+      const tokens = event.choices?.[0]?.logprobs?.content;
+      // Every generated token's logprobs come exactly once, with the text or with an empty delta when the
+      // server held its text back (a possible stop string), so the spans are drawn from them alone.
+      if (showTokens && tokens) answer.append(...tokens.map(tokenSpan));
       if (delta) {
         reply += delta;
         pieces += 1;
         firstAt = firstAt ?? performance.now();
-        answer.textContent = reply;
+        if (!showTokens) answer.textContent = reply;
         bubble.scrollIntoView({ block: "end" });
         const seconds = (performance.now() - firstAt) / 1000;
         showReadout(seconds > 0 ? (pieces - 1) / seconds : 0, contextUsed + pieces, true);
       }
       if (event.timings) {  // the last chunk: the server's own measurement replaces the estimate
+        timings = event.timings;
         speed = event.timings.predicted_per_second;
         showReadout(speed, contextUsed + pieces, false);
       }
@@ -139,8 +209,8 @@ async function send(event) {
         contextUsed = event.usage.total_tokens;
         showReadout(speed, contextUsed, false);
       }
-      const finish = event.choices?.[0]?.finish_reason;
-      if (finish === "length") addNote(bubble, "(stopped: max_tokens or the context is full)");
+      finish = event.choices?.[0]?.finish_reason ?? finish;
+      if (event.choices?.[0]?.finish_reason === "length") addNote(bubble, "(stopped: max_tokens or the context is full)");
     }
   } catch (error) {
     if (error.name === "AbortError") {
@@ -152,6 +222,12 @@ async function send(event) {
     }
   } finally {
     bubble.classList.remove("streaming");
+    if (showTokens && timings) {
+      const stats = document.createElement("span");
+      stats.className = "stats";
+      stats.textContent = statsText(timings, finish);
+      bubble.appendChild(stats);
+    }
     controller = null;
     setBusy(false);
     $("prompt").focus();
@@ -213,6 +289,8 @@ $("prompt").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey && !e.isComposing) send(e);
 });
 $("stop").addEventListener("click", stop);
+$("log").addEventListener("mouseover", showAlternatives);
+$("log").addEventListener("mouseleave", () => { $("token-popup").hidden = true; });
 $("reset").addEventListener("click", reset);
 $("defaults").addEventListener("click", () => {
   for (const [name, value] of Object.entries(DEFAULTS)) $(name).value = value;
