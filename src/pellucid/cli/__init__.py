@@ -18,7 +18,7 @@ import sys
 import traceback
 
 from pellucid import __version__
-from pellucid.cli import bench, generate, models, rag, serve
+from pellucid.cli import bench, explain, generate, models, rag, serve
 from pellucid.cli.common import COMMON
 from pellucid.errors import PellucidError
 
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pellucid {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in models.COMMANDS + generate.COMMANDS + bench.COMMANDS + serve.COMMANDS + rag.COMMANDS:
+    for add in models.COMMANDS + generate.COMMANDS + explain.COMMANDS + bench.COMMANDS + serve.COMMANDS + rag.COMMANDS:
         add(commands)
     return parser
 

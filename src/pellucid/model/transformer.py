@@ -58,20 +58,25 @@ class Transformer(nn.Module):
         """Logits (B, T, vocab) in float32 for token ids (B, T)."""
         return self.logits(self.hidden(tokens, cache))
 
-    def hidden(self, tokens: torch.Tensor, cache=None) -> torch.Tensor:
+    def hidden(self, tokens: torch.Tensor, cache=None, observe=None) -> torch.Tensor:
         """Final-normed hidden states (B, T, hidden): call `logits` on just the positions you need.
 
         In a decode step (one token per sequence, with a cache) each block runs as a compiled graph
         (`pellucid.model.compiled`); otherwise blocks run eagerly, their matrix products as compiled kernels.
+        `observe(i, x)`, if given, sees the residual stream (B, T, hidden) after the embedding (i = -1) and
+        after each block i, and every block then runs eagerly (what `pellucid explain` times and lenses).
         """
         B, T = tokens.shape
         if cache is not None and cache.batch_size != B:
             raise ValueError(f"a batch of {B} sequences needs a cache made for {B}, not {cache.batch_size}")
-        run_block = decode_block_runner(tokens.device) if cache is not None and T == 1 else None
+        eager = observe is not None or cache is None or T != 1
+        run_block = None if eager else decode_block_runner(tokens.device)
         offset = self._check_room(T, cache)
         x = self.embedding(tokens)  # (B, T, hidden)
         if self.embed_scale is not None:
             x = x * self.embed_scale
+        if observe is not None:
+            observe(-1, x)
         positions = torch.arange(offset, offset + T, device=tokens.device)
         cos, sin = self.rope.tables(positions)
         cos_local, sin_local = self.rope_local.tables(positions) if self.rope_local is not self.rope else (cos, sin)
@@ -79,6 +84,8 @@ class Transformer(nn.Module):
             layer_cache = cache.layers[i] if cache is not None else None
             rope, c, s = (self.rope_local, cos_local, sin_local) if block.sliding else (self.rope, cos, sin)
             x = run_block(block, x, rope, c, s, layer_cache) if run_block else block(x, rope, c, s, layer_cache)
+            if observe is not None:
+                observe(i, x)
         if cache is not None:
             cache.advance(T)
         return self.final_norm(x)
