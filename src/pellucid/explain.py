@@ -6,7 +6,8 @@
 What it measures, and how:
 - **Text -> tokens**: the prompt as the chat template renders it, split into what the messages said and what
   the template added; every token (id, piece); how many tokens the template cost.
-- **Loading**: the load time, the process's resident memory after loading (its RSS, from /proc) beside what
+- **Loading**: the load time, the first forward pass's one-time costs (run before the measured run, so those
+  costs do not land on its first layer), the process's resident memory after loading (its RSS, from /proc) beside what
   `pellucid fit` predicts for this run (pellucid.memory.estimate at this context).
 - **Prefill and decode, per layer and per part**: the run goes through `Transformer.hidden(observe=...)`, so
   every block runs eagerly and is timed between observations; forward hooks time each block's parts
@@ -30,7 +31,7 @@ JSON schema (`--json`): {"model", "prompt_text", "template_segments": [{"text", 
 "entropy", "sampler": {"candidates", "after_top_k", "after_typical_p", "after_top_p", "after_min_p"}}],
 "text", "layers": [{"index", "prefill_s", "decode_s"}], "parts": {"prefill": {part: s}, "decode": {part: s}},
 "prefill": {"tokens", "s", "tok_s"}, "decode": {"tokens", "s", "tok_s", "bytes_per_token", "gbs",
-"fraction_of_bandwidth"}, "memory": {"measured_rss_mb", "predicted_mb", "load_s"}, "machine": {"bandwidth_gbs",
+"fraction_of_bandwidth"}, "memory": {"measured_rss_mb", "predicted_mb", "load_s", "first_call_s"}, "machine": {"bandwidth_gbs",
 "matmul_gflops", "cpu", "threads"}, "kv_cache": {"bytes_per_token", "bytes_used", "capacity_tokens",
 "window"}, "logit_lens": [{"layer", "tokens": [{"id", "piece"}]}], "wall_s"}.
 """
@@ -156,6 +157,14 @@ def explain(llm, prompt: str, *, max_tokens: int = 16, raw: bool = False, system
     said = sum(len(tokenizer.encode(s["text"], add_special=False)) for s in segments if not s["added"])
     params = SamplingParams(**sampling)
     sampler = make_sampler(params)
+    # One-time costs of a fresh process (loading the native kernels, repacking weights at their first product,
+    # first allocations) would land on layer 0 of the prefill: a short prefill and a decode step go first,
+    # timed as first_call_s, so the measured run is the steady state.
+    t_warm = time.perf_counter()
+    scratch = model.make_cache(capacity=8)
+    model.logits(model.hidden(torch.tensor([prompt_ids[:4]], device=model.device), scratch)[:, -1:])
+    model.logits(model.hidden(torch.tensor([prompt_ids[:1]], device=model.device), scratch)[:, -1:])
+    first_call_s = time.perf_counter() - t_warm
     cache = model.make_cache(capacity=min(llm.ctx, len(prompt_ids) + max_tokens + 1))
     n_layers = len(model.blocks)
     layer_s = {"prefill": [0.0] * n_layers, "decode": [0.0] * n_layers}
@@ -225,7 +234,7 @@ def explain(llm, prompt: str, *, max_tokens: int = 16, raw: bool = False, system
         "prefill": {"tokens": len(prompt_ids), "s": round(phase_wall["prefill"], 6),
                     "tok_s": round(len(prompt_ids) / phase_wall["prefill"], 2) if phase_wall["prefill"] else None},
         "decode": _decode_numbers(model, cache, n_decode, decode_s),
-        "memory": _memory(llm),
+        "memory": {**_memory(llm), "first_call_s": round(first_call_s, 3)},
         "machine": _machine(),
         "kv_cache": _kv_numbers(model, cache),
         "logit_lens": lens,
@@ -312,7 +321,7 @@ def format_report(r: dict) -> str:
     m = r["memory"]
     lines += [
         "",
-        f"-- loading: {m['load_s']:.2f} s; resident memory now {m['measured_rss_mb']} MB, `fit` predicts {m['predicted_mb']} MB",
+        f"-- loading: {m['load_s']:.2f} s (+ {m['first_call_s']:.2f} s of first-call setup); resident memory now {m['measured_rss_mb']} MB, `fit` predicts {m['predicted_mb']} MB",
     ]
     pre, dec, mach = r["prefill"], r["decode"], r["machine"]
     lines += ["", f"-- prefill: {pre['tokens']} tokens in {pre['s'] * 1000:.1f} ms ({pre['tok_s']} tok/s)"]

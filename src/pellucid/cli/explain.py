@@ -17,6 +17,7 @@ def _add_explain(commands) -> None:
     p.add_argument("--raw", action="store_true", help="the prompt as is, without the chat template")
     p.add_argument("--system", metavar="TEXT", help="a system message (chat models)")
     p.add_argument("--json", action="store_true", help="print the report as JSON (schema: pellucid/explain.py)")
+    p.add_argument("--html", metavar="FILE", help="also write the report as one self-contained web page")
     p.add_argument("--ctx", type=positive_int, help="context window in tokens (default: min(model's, 4096))")
     p.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: the best available)")
     add_quantize_arg(p)
@@ -36,6 +37,13 @@ def cmd_explain(args) -> int:
     llm = pellucid.load(args.model, device=args.device, ctx=args.ctx, quantize=args.quantize)
     sampling = {dest: getattr(args, dest) for _, dest, _, _ in SAMPLING_FLAGS if getattr(args, dest) is not None}
     report = explain(llm, prompt, max_tokens=args.max_tokens, raw=args.raw, system=args.system, **sampling)
+    if args.html:
+        from pathlib import Path
+
+        from pellucid.explain_html import render
+
+        Path(args.html).write_text(render(report), encoding="utf-8")
+        print(f"wrote {args.html}", file=sys.stderr)
     if args.json:
         print_json(report)
     else:

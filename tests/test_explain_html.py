@@ -1,0 +1,57 @@
+"""`pellucid explain --html`: the report page in a real headless Chromium (Debian's, through playwright): it
+renders every section, hovering a generated token shows its alternatives, nothing is fetched from anywhere,
+and no console error. Skips loudly without Chromium, as the chat page's test does."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from test_cli import run
+
+CHROMIUM = os.environ.get("PELLUCID_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-dev-shm-usage", "--no-first-run", "--disable-extensions"]  # fmt: skip
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover - depends on the environment
+    sync_playwright = None
+
+if sync_playwright is None or not (os.path.isfile(CHROMIUM) or shutil.which(CHROMIUM)):
+    pytest.skip(
+        f"EXPLAIN HTML TEST SKIPPED: needs the playwright package and Chromium at {CHROMIUM} "
+        f"(`apt-get install -y chromium`, or set PELLUCID_CHROMIUM)",
+        allow_module_level=True,
+    )
+
+
+def test_the_report_page_renders_and_shows_alternatives_on_hover(smollm2_path, tmp_path):
+    page_path = tmp_path / "run.html"
+    proc = run("explain", str(smollm2_path), "Why is the sky blue?", "-n", "6", "--temperature", "0",
+               "--html", str(page_path))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            errors, requests = [], []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(page_path.as_uri())
+            for title in ("Text → tokens", "Where the time went", "Per layer", "Memory", "Logit lens"):
+                assert page.locator("h2", has_text=title).count() == 1
+            generated = page.locator(".tok.gen")
+            assert generated.count() >= 1
+            assert page.locator("table.lens tr").count() > 10  # a row per layer
+            generated.first.hover()
+            tip = page.locator("#tip")
+            assert tip.is_visible() and "%" in tip.text_content() and "▸" in tip.text_content()
+            page.screenshot(path=str(tmp_path / "run.png"), full_page=True)
+        finally:
+            browser.close()
+    assert errors == []
+    assert requests == [page_path.as_uri()], "the page must load nothing from anywhere"
