@@ -4,28 +4,12 @@ and no console error. Skips loudly without Chromium, as the chat page's test doe
 
 from __future__ import annotations
 
-import os
-import shutil
-
-import pytest
-
+from browser_helpers import CHROMIUM, CHROMIUM_ARGS, require_chromium
 from test_cli import run
 
-CHROMIUM = os.environ.get("PELLUCID_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-dev-shm-usage", "--no-first-run", "--disable-extensions"]  # fmt: skip
+require_chromium("EXPLAIN HTML TEST")
 
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:  # pragma: no cover - depends on the environment
-    sync_playwright = None
-
-if sync_playwright is None or not (os.path.isfile(CHROMIUM) or shutil.which(CHROMIUM)):
-    pytest.skip(
-        f"EXPLAIN HTML TEST SKIPPED: needs the playwright package and Chromium at {CHROMIUM} "
-        f"(`apt-get install -y chromium`, or set PELLUCID_CHROMIUM)",
-        allow_module_level=True,
-    )
+from playwright.sync_api import sync_playwright  # noqa: E402 (after the skip: it may be missing)
 
 
 def test_the_report_page_renders_and_shows_alternatives_on_hover(smollm2_path, tmp_path):

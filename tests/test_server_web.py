@@ -7,26 +7,14 @@ playwright package the test skips, loudly; `make test` installs chromium when it
 from __future__ import annotations
 
 import json
-import os
-import shutil
 
 import pytest
 
-CHROMIUM = os.environ.get("PELLUCID_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-dev-shm-usage", "--no-first-run", "--disable-extensions"]  # fmt: skip
+from browser_helpers import CHROMIUM, CHROMIUM_ARGS, require_chromium
 
-try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:  # pragma: no cover - depends on the environment
-    sync_playwright = None
+require_chromium("WEB PAGE TEST")
 
-if sync_playwright is None or not (os.path.isfile(CHROMIUM) or shutil.which(CHROMIUM)):
-    pytest.skip(
-        f"WEB PAGE TEST SKIPPED: needs the playwright package and Chromium at {CHROMIUM} "
-        f"(`apt-get install -y chromium`, or set PELLUCID_CHROMIUM)",
-        allow_module_level=True,
-    )
+from playwright.sync_api import expect, sync_playwright  # noqa: E402 (after the skip: it may be missing)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +95,7 @@ def streamed_content(sse_text: str) -> str:
 
 
 @pytest.mark.slow
-def test_show_tokens_colours_each_token_and_shows_alternatives_and_stats(server, page):
+def test_show_tokens_colours_each_token_and_shows_alternatives_and_stats(server, page, tmp_path):
     sent, external, errors = [], [], []
     page.on("request", lambda r: sent.append(json.loads(r.post_data)) if r.url.endswith("/chat/completions") else None)
     page.on("request", lambda r: external.append(r.url) if not r.url.startswith(server.url) else None)
@@ -150,12 +138,11 @@ def test_show_tokens_colours_each_token_and_shows_alternatives_and_stats(server,
     for part in ("tokens", "prompt", "tok/s", "first token", "finish: "):
         assert part in stats
     assert "▸" in popup.inner_text()  # the token that was chosen, marked
-    os.makedirs("/tmp/k", exist_ok=True)
-    page.screenshot(path="/tmp/k/chat_tokens.png")
+    page.screenshot(path=str(tmp_path / "chat_tokens.png"))
     page.mouse.move(0, 0)
     expect(popup).to_be_hidden()
     page.emulate_media(color_scheme="dark")
-    page.screenshot(path="/tmp/k/chat_tokens_dark.png")
+    page.screenshot(path=str(tmp_path / "chat_tokens_dark.png"))
     page.emulate_media(color_scheme="light")
 
     # Switched off, the next reply is plain text again and the earlier one keeps its tokens.
