@@ -3,7 +3,11 @@
 - each generated token's probability is the API's logprob for it (llm.generate(logprobs=5));
 - the logit lens's last layer is the model's own pick (greedy: the generated token);
 - the parts add up to the measured prefill + decode time within 5%;
-- the memory it reports is the process's resident memory, and the prediction is `fit`'s;
+- the memory it reports is the process's resident memory, split into a stack that adds up to the run's peak,
+  and the prediction is `fit`'s for the same context;
+- loading: every weight byte is either a view of the mapped file or converted, and the quantized matrices of a
+  GGUF are used in place;
+- multiply-adds are counted from the shapes;
 - the JSON has the documented keys.
 """
 
@@ -15,11 +19,12 @@ import math
 import pytest
 
 import pellucid
-from pellucid.explain import PARTS, explain, format_report, rss_bytes, template_segments
+from pellucid.explain import PARTS, explain, format_report, multiply_adds, template_segments
+from pellucid.resident import rss_bytes
 from test_cli import run
 
 KEYS = {"model", "prompt_text", "template_segments", "template_tokens", "prompt_tokens", "generated", "text",
-        "layers", "parts", "prefill", "decode", "memory", "machine", "kv_cache", "logit_lens", "wall_s"}  # fmt: skip
+        "layers", "parts", "prefill", "decode", "loading", "memory", "machine", "kv_cache", "logit_lens", "wall_s"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +90,40 @@ def test_the_command_prints_text_and_json(smollm2_path):
     assert set(json.loads(proc.stdout)) == KEYS
     proc = run("explain", str(smollm2_path), "Hi", "-n", "3", "--temperature", "0")
     assert proc.returncode == 0 and "logit lens" in proc.stdout and "KV cache" in proc.stdout
+
+
+def test_the_memory_stack_adds_up_and_the_prediction_is_fits(report, llm):
+    from pellucid.inspect import footprint
+    from pellucid.memory import estimate
+
+    m = report["memory"]
+    measured = m["stack"]["measured"]
+    assert set(measured) == set(m["stack"]["predicted"]) == {"runtime", "weights", "kv_cache", "activations"}
+    assert sum(measured.values()) == pytest.approx(max(m["peak_rss_mb"], m["measured_rss_mb"]), rel=0.05)
+    assert m["predicted_ctx"] == report["kv_cache"]["capacity_tokens"]
+    expected = estimate(footprint(llm.resolved), m["predicted_ctx"], device="cpu")
+    assert m["predicted_mb"] == pytest.approx(expected.total / 2**20, abs=0.1)
+    assert measured["weights"] == pytest.approx(m["stack"]["predicted"]["weights"], rel=0.05)
+
+
+def test_loading_says_what_is_mapped_and_what_was_converted(report):
+    ld = report["loading"]
+    assert ld["file_bytes"] > 0 and ld["files"][0].endswith(".gguf")
+    types = {row["type"]: row for row in ld["by_type"]}
+    assert {"Q4_1", "F32"} <= set(types)  # SmolLM2's matrices, and its norms
+    for row in ld["by_type"]:
+        assert row["mapped_bytes"] + row["converted_bytes"] == row["bytes"]
+    assert types["Q4_1"]["converted_bytes"] == 0  # packed weights are views of the file: no copy
+    assert ld["mapped_bytes"] > 0.9 * sum(row["bytes"] for row in ld["by_type"])
+
+
+def test_multiply_adds_are_counted_from_the_shapes(llm):
+    c = llm.config
+    cache = llm.model.make_cache(capacity=16)
+    one = multiply_adds(llm.model, cache, 1, 0)
+    two_later = multiply_adds(llm.model, cache, 1, 1)
+    # one more cached position costs q.k and p.v for it in every layer, nothing else
+    assert two_later - one == c.n_layers * c.n_heads * (c.head_dim + c.value_head_dim)
+    per_layer = 2 * c.hidden_size * (c.n_heads + c.n_kv_heads) * c.head_dim + 3 * c.hidden_size * c.ffn_size
+    head = c.vocab_size * c.hidden_size
+    assert one == c.n_layers * per_layer + head + c.n_layers * c.n_heads * (c.head_dim + c.value_head_dim)

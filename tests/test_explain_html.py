@@ -4,6 +4,9 @@ and no console error. Skips loudly without Chromium, as the chat page's test doe
 
 from __future__ import annotations
 
+import os
+import shutil
+
 from browser_helpers import CHROMIUM, CHROMIUM_ARGS, require_chromium
 from test_cli import run
 
@@ -26,8 +29,11 @@ def test_the_report_page_renders_and_shows_alternatives_on_hover(smollm2_path, t
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.on("request", lambda r: requests.append(r.url))
             page.goto(page_path.as_uri())
-            for title in ("Text → tokens", "Where the time went", "Per layer", "Memory", "Logit lens"):
+            for title in ("Text → tokens", "Where the time went", "Against this machine's limits", "Per layer",
+                          "Loading", "Memory", "Logit lens"):  # fmt: skip
                 assert page.locator("h2", has_text=title).count() == 1
+            assert page.locator("svg.roofline circle.point").count() == 2  # prefill and decode under the roof
+            assert "Q4_1" in page.locator("table.nums").first.text_content()  # the weights by storage type
             generated = page.locator(".tok.gen")
             assert generated.count() >= 1
             assert page.locator("table.lens tr").count() > 10  # a row per layer
@@ -35,6 +41,8 @@ def test_the_report_page_renders_and_shows_alternatives_on_hover(smollm2_path, t
             tip = page.locator("#tip")
             assert tip.is_visible() and "%" in tip.text_content() and "▸" in tip.text_content()
             page.screenshot(path=str(tmp_path / "run.png"), full_page=True)
+            if os.environ.get("PELLUCID_SCREENSHOTS"):  # to look at it yourself
+                shutil.copy(tmp_path / "run.png", os.environ["PELLUCID_SCREENSHOTS"])
         finally:
             browser.close()
     assert errors == []

@@ -19,3 +19,20 @@ def exact_requested() -> bool:
 def compile_requested() -> bool:
     """Whether torch.compile may be used (PELLUCID_COMPILE=0 runs eagerly, which rounds differently)."""
     return os.environ.get("PELLUCID_COMPILE", "1") != "0"
+
+
+def cpu_runs_native_kernels() -> bool:
+    """Whether this CPU has what pellucid's native kernels need (quant/native: AVX512-VNNI, -VL, -BW, F16C, FMA),
+    read from /proc/cpuinfo without building them; False where that cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return {"avx512_vnni", "avx512vl", "avx512bw", "f16c", "fma"} <= set(flags)
+
+
+def engine_compiles_on_cpu() -> bool:
+    """Whether a CPU decode step goes through torch.compile (model/compiled.py): not in the default arithmetic on a
+    CPU with the native kernels (they run eagerly), yes in exact mode or without them, unless compiling is off."""
+    return compile_requested() and (exact_requested() or not cpu_runs_native_kernels())

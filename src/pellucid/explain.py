@@ -7,14 +7,19 @@ What it measures, and how:
 - **Text -> tokens**: the prompt as the chat template renders it, split into what the messages said and what
   the template added; every token (id, piece); how many tokens the template cost.
 - **Loading**: the load time, the first forward pass's one-time costs (run before the measured run, so those
-  costs do not land on its first layer), the process's resident memory after loading (its RSS, from /proc) beside what
-  `pellucid fit` predicts for this run (pellucid.memory.estimate at this context).
+  costs do not land on its first layer), and the weights by storage type: how many bytes are views of the
+  memory-mapped file and how many were converted into process memory (pellucid.resident).
+- **Memory**: the process's resident memory (RSS, from /proc) and the run's peak, split into runtime / weights /
+  KV cache / activations (`_memory` says how), beside `pellucid fit`'s prediction of each for a context the size
+  of this run's cache (pellucid.memory.estimate).
 - **Prefill and decode, per layer and per part**: the run goes through `Transformer.hidden(observe=...)`, so
   every block runs eagerly and is timed between observations; forward hooks time each block's parts
   (attention, feed-forward, norms) and the output head; sampling is timed around the sampler. "other" is the
   wall time none of them covers (Python between the parts, the embedding, the KV cache bookkeeping), so the
   parts add up to the wall time by construction; timing costs a little (the hooks), which is why `bench`,
   not `explain`, is the speed reference.
+- **Prefill against the machine**: multiply-adds counted from the shapes (`multiply_adds`), 2 flops each, over
+  the prefill time: GFLOP/s as a fraction of this machine's matrix-multiply throughput.
 - **Decode against the machine**: the bytes of weights a decode step reads (bench.decode_bytes) plus the KV
   cache it reads, times decode tok/s, is the achieved GB/s, shown as a fraction of this machine's streaming
   read (pellucid.machine: measured once by `pellucid bench --machine` and cached; measured here if not).
@@ -30,10 +35,14 @@ JSON schema (`--json`): {"model", "prompt_text", "template_segments": [{"text", 
 "prompt_tokens": [{"id", "piece"}], "generated": [{"id", "piece", "prob", "top": [{"id", "piece", "prob"}],
 "entropy", "sampler": {"candidates", "after_top_k", "after_typical_p", "after_top_p", "after_min_p"}}],
 "text", "layers": [{"index", "prefill_s", "decode_s"}], "parts": {"prefill": {part: s}, "decode": {part: s}},
-"prefill": {"tokens", "s", "tok_s"}, "decode": {"tokens", "s", "tok_s", "bytes_per_token", "gbs",
-"fraction_of_bandwidth"}, "memory": {"measured_rss_mb", "predicted_mb", "load_s", "first_call_s"}, "machine": {"bandwidth_gbs",
-"matmul_gflops", "cpu", "threads"}, "kv_cache": {"bytes_per_token", "bytes_used", "capacity_tokens",
-"window"}, "logit_lens": [{"layer", "tokens": [{"id", "piece"}]}], "wall_s"}.
+"prefill": {"tokens", "s", "tok_s", "flops", "gflops", "flops_per_byte", "fraction_of_matmul"},
+"decode": {"tokens", "s", "tok_s", "bytes_per_token", "gbs", "flops_per_token", "gflops", "flops_per_byte",
+"fraction_of_bandwidth"}, "loading": {"s", "first_call_s", "files", "file_bytes", "mapped_bytes",
+"converted_bytes", "by_type": [{"type", "tensors", "bytes", "mapped_bytes", "converted_bytes"}]},
+"memory": {"measured_rss_mb", "peak_rss_mb", "predicted_mb", "predicted_ctx", "stack": {"measured": {"runtime",
+"weights", "kv_cache", "activations"} (MB), "predicted": {the same}}}, "machine": {"bandwidth_gbs",
+"matmul_gflops", "matmul_precision", "cpu", "threads"}, "kv_cache": {"bytes_per_token", "bytes_used", "capacity_tokens", "window"},
+"logit_lens": [{"layer", "tokens": [{"id", "piece"}]}], "wall_s"}. Sizes in bytes unless named _mb (MiB).
 """
 
 from __future__ import annotations
@@ -44,22 +53,12 @@ from collections import defaultdict
 
 import torch
 
+from pellucid import resident
 from pellucid.engine.sampling import Candidates, SamplingParams, make_sampler, min_p, top_k, top_p, typical_p
 
+MiB = 2**20
 PARTS = ("attention", "feed_forward", "norms", "output_head", "sampling", "other")
 TOP_N = 5
-
-
-def rss_bytes() -> int | None:
-    """The process's resident memory now (Linux /proc), or None where that cannot be read."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def template_segments(rendered: str, messages: list[dict]) -> list[dict]:
@@ -158,14 +157,19 @@ def explain(llm, prompt: str, *, max_tokens: int = 16, raw: bool = False, system
     params = SamplingParams(**sampling)
     sampler = make_sampler(params)
     # One-time costs of a fresh process (loading the native kernels, repacking weights at their first product,
-    # first allocations) would land on layer 0 of the prefill: a short prefill and a decode step go first,
+    # compiling, first allocations) would land on layer 0 of the prefill: a prefill and a decode step go first,
     # timed as first_call_s, so the measured run is the steady state.
     t_warm = time.perf_counter()
-    scratch = model.make_cache(capacity=8)
-    model.logits(model.hidden(torch.tensor([prompt_ids[:4]], device=model.device), scratch)[:, -1:])
-    model.logits(model.hidden(torch.tensor([prompt_ids[:1]], device=model.device), scratch)[:, -1:])
+    # The same path and shapes as the measured run (observe= runs the blocks eagerly; a compiled kernel may
+    # specialise on the prompt's length), so their first calls are paid here: the whole prompt, then one token.
+    scratch = model.make_cache(capacity=len(prompt_ids) + 1)
+    for ids in (prompt_ids, prompt_ids[:1]):
+        model.logits(model.hidden(torch.tensor([ids], device=model.device), scratch, observe=lambda i, x: None)[:, -1:])
     first_call_s = time.perf_counter() - t_warm
     cache = model.make_cache(capacity=min(llm.ctx, len(prompt_ids) + max_tokens + 1))
+    # Memory before the run (weights resident after the warm-up, the cache allocated) and the run's own peak.
+    rss_ready = resident.rss_bytes()
+    peak_is_the_runs = resident.reset_peak()
     n_layers = len(model.blocks)
     layer_s = {"prefill": [0.0] * n_layers, "decode": [0.0] * n_layers}
     lens_rows: list[list[torch.Tensor]] = []  # per position explained: the last position's stream per layer
@@ -209,6 +213,7 @@ def explain(llm, prompt: str, *, max_tokens: int = 16, raw: bool = False, system
             ids = torch.tensor([[token]], device=model.device)
     finally:
         timer.remove()
+    peak = resident.peak_bytes() if peak_is_the_runs else None
     lens = _logit_lens(model, tokenizer, lens_rows)
     text = tokenizer.decode([g["id"] for g in generated if not g.get("end_of_turn")], skip_special=True)
     n_decode = max(len(generated) - 1, 0)
@@ -231,17 +236,17 @@ def explain(llm, prompt: str, *, max_tokens: int = 16, raw: bool = False, system
             for i in range(n_layers)
         ],
         "parts": parts,
-        "prefill": {"tokens": len(prompt_ids), "s": round(phase_wall["prefill"], 6),
-                    "tok_s": round(len(prompt_ids) / phase_wall["prefill"], 2) if phase_wall["prefill"] else None},
-        "decode": _decode_numbers(model, cache, n_decode, decode_s),
-        "memory": {**_memory(llm), "first_call_s": round(first_call_s, 3)},
+        "prefill": _prefill_numbers(model, cache, len(prompt_ids), phase_wall["prefill"]),
+        "decode": _decode_numbers(model, cache, len(prompt_ids), n_decode, decode_s),
+        "loading": _loading(llm, first_call_s),
+        "memory": _memory(llm, cache, rss_ready, peak),
         "machine": _machine(),
         "kv_cache": _kv_numbers(model, cache),
         "logit_lens": lens,
     }  # fmt: skip
-    decode = report["decode"]
-    bandwidth = report["machine"]["bandwidth_gbs"]
-    decode["fraction_of_bandwidth"] = round(decode["gbs"] / bandwidth, 4) if decode["gbs"] and bandwidth else None
+    decode, prefill, mach = report["decode"], report["prefill"], report["machine"]
+    decode["fraction_of_bandwidth"] = _fraction(decode["gbs"], mach["bandwidth_gbs"])
+    prefill["fraction_of_matmul"] = _fraction(prefill["gflops"], mach["matmul_gflops"])
     report["wall_s"] = round(time.perf_counter() - started, 4)
     return report
 
@@ -258,44 +263,134 @@ def _logit_lens(model, tokenizer, rows: list[list[torch.Tensor]]) -> list[dict]:
     return out
 
 
-def _decode_numbers(model, cache, n_tokens: int, seconds: float) -> dict:
+def _fraction(achieved, limit) -> float | None:
+    return round(achieved / limit, 4) if achieved and limit else None
+
+
+def multiply_adds(model, cache, new_tokens: int, past_tokens: int) -> int:
+    """Multiply-adds of one forward pass over `new_tokens` tokens after `past_tokens` cached ones: every
+    projection of every block once per token, attention's q.k and p.v over each token's visible context
+    (a sliding-window layer sees at most its window), and the output head once (only the last position's
+    logits are computed)."""
+    from pellucid.model.layers.linear import Linear
+    from pellucid.quant.linear import QuantizedLinear
+
+    def size(m) -> int:
+        return m.in_features * m.out_features if isinstance(m, QuantizedLinear) else m.weight.numel()
+
+    per_token = sum(size(m) for m in model.blocks.modules() if isinstance(m, (Linear, QuantizedLinear)))
+    c = model.config
+    per_context_token = c.n_heads * (c.head_dim + c.value_head_dim)  # q.k and p.v for one cached position
+    attention = 0
+    for layer in cache.layers:
+        window = getattr(layer, "window", None)
+        for position in range(past_tokens, past_tokens + new_tokens):
+            visible = position + 1 if window is None else min(position + 1, window)
+            attention += per_context_token * visible
+    return new_tokens * per_token + attention + size(model.output)
+
+
+def _prefill_numbers(model, cache, n_tokens: int, seconds: float) -> dict:
+    """Prefill's throughput as a matrix-multiply workload: GFLOP/s (2 flops per multiply-add) and its
+    arithmetic intensity (flops per byte of weights read: the weights are read once for the whole prompt)."""
+    from pellucid.bench import decode_bytes
+
+    flops = 2 * multiply_adds(model, cache, n_tokens, 0)
+    read = decode_bytes(model) + cache.n_bytes * n_tokens / max(cache.capacity, 1)
+    return {
+        "tokens": n_tokens,
+        "s": round(seconds, 6),
+        "tok_s": round(n_tokens / seconds, 2) if seconds > 0 else None,
+        "flops": flops,
+        "gflops": round(flops / seconds / 1e9, 2) if seconds > 0 else None,
+        "flops_per_byte": round(flops / read, 2),
+    }
+
+
+def _decode_numbers(model, cache, n_prompt: int, n_tokens: int, seconds: float) -> dict:
     from pellucid.bench import decode_bytes
 
     tok_s = n_tokens / seconds if n_tokens and seconds > 0 else None
     # a decode step reads every weight once and the KV cache so far: count the cache at its middle
     per_token = decode_bytes(model) + cache.n_bytes * (cache.offset / 2) / max(cache.capacity, 1)
+    flops = sum(2 * multiply_adds(model, cache, 1, n_prompt + i) for i in range(n_tokens)) / max(n_tokens, 1)
     return {
         "tokens": n_tokens,
         "s": round(seconds, 6),
         "tok_s": round(tok_s, 2) if tok_s else None,
         "bytes_per_token": int(per_token),
         "gbs": round(per_token * tok_s / 1e9, 3) if tok_s else None,
+        "flops_per_token": int(flops),
+        "gflops": round(flops * tok_s / 1e9, 3) if tok_s else None,
+        "flops_per_byte": round(flops / per_token, 3),
     }
 
 
-def _memory(llm) -> dict:
+def _loading(llm, first_call_s: float) -> dict:
+    """What was read from the file and how: bytes per storage type, memory-mapped or converted at load."""
+    files = resident.model_files(llm.resolved.path)
+    by_type = resident.tensor_storage(llm.model, files)
+    return {
+        "s": round(llm.load_seconds, 3),
+        "first_call_s": round(first_call_s, 3),
+        "files": [str(f) for f in files],
+        "file_bytes": sum(f.stat().st_size for f in files),
+        "by_type": by_type,
+        "mapped_bytes": sum(r["mapped_bytes"] for r in by_type),
+        "converted_bytes": sum(r["converted_bytes"] for r in by_type),
+    }
+
+
+def _memory(llm, cache, rss_ready: int | None, peak: int | None) -> dict:
+    """Resident memory measured (now, and the run's peak) and split into a stack, beside fit's prediction for
+    a context the size of this run's cache. The measured stack: weights = the model's tensors (resident after
+    the warm-up touched them all); KV cache = the part the run wrote; runtime = what was resident before the
+    run beyond the weights and the cache (Python, PyTorch, the tokenizer, compiled kernels); activations = the
+    run's peak beyond that (buffers alive at once inside a forward pass)."""
     from pellucid.inspect import footprint
     from pellucid.memory import estimate
 
-    rss = rss_bytes()
+    MB = MiB
+    rss = resident.rss_bytes()
+    weights = sum(r["bytes"] for r in resident.tensor_storage(llm.model, []))
+    kv_written = cache.n_bytes * cache.offset / max(cache.capacity, 1)
+    measured = None
+    if rss_ready is not None:
+        top = max(peak or 0, rss or 0)
+        measured = {
+            "runtime": round(max(rss_ready - weights, 0) / MB, 1),
+            "weights": round(weights / MB, 1),
+            "kv_cache": round(kv_written / MB, 2),
+            "activations": round(max(top - rss_ready - kv_written, 0) / MB, 1),
+        }
     try:
-        predicted = estimate(footprint(llm.resolved), llm.ctx, device=llm.device.type).total
+        e = estimate(footprint(llm.resolved), cache.capacity, device=llm.device.type)
     except Exception:  # a model the planner cannot size: say so rather than fail the report
-        predicted = None
+        e = None
+    predicted = None
+    if e is not None:
+        predicted = {"runtime": round(e.runtime / MB, 1), "weights": round(e.weights / MB, 1),
+                     "kv_cache": round(e.kv_cache / MB, 2), "activations": round(e.compute.peak / MB, 1)}  # fmt: skip
     return {
-        "measured_rss_mb": round(rss / 2**20, 1) if rss else None,
-        "predicted_mb": round(predicted / 2**20, 1) if predicted else None,
-        "load_s": round(llm.load_seconds, 3),
+        "measured_rss_mb": round(rss / MB, 1) if rss else None,
+        "peak_rss_mb": round(peak / MB, 1) if peak else None,
+        "predicted_mb": round(e.total / MB, 1) if e else None,
+        "predicted_ctx": cache.capacity,
+        "stack": {"measured": measured, "predicted": predicted},
     }
 
 
 def _machine() -> dict:
     from pellucid import machine
+    from pellucid.quant import kernels
 
     threads = torch.get_num_threads()
     limits = machine.cached(threads) or machine.measure(threads)
-    return {"bandwidth_gbs": limits.bandwidth_gb_s, "matmul_gflops": limits.matmul_gflops, "cpu": limits.cpu,
-            "threads": limits.threads}  # fmt: skip
+    # prefill multiplies in bfloat16 in the default arithmetic (where the CPU has it), in float32 in exact mode
+    bf16 = kernels.fast_mode() and limits.matmul_gflops_bf16 is not None
+    return {"bandwidth_gbs": limits.bandwidth_gb_s,
+            "matmul_gflops": limits.matmul_gflops_bf16 if bf16 else limits.matmul_gflops_f32,
+            "matmul_precision": "bfloat16" if bf16 else "float32", "cpu": limits.cpu, "threads": limits.threads}  # fmt: skip
 
 
 def _kv_numbers(model, cache) -> dict:
@@ -318,13 +413,26 @@ def format_report(r: dict) -> str:
     for seg in r["template_segments"]:
         lines.append(("  [template] " if seg["added"] else "  [message]  ") + repr(seg["text"]))
     lines.append("  " + " ".join(f"{t['id']}:{t['piece']!r}" for t in r["prompt_tokens"]))
-    m = r["memory"]
-    lines += [
-        "",
-        f"-- loading: {m['load_s']:.2f} s (+ {m['first_call_s']:.2f} s of first-call setup); resident memory now {m['measured_rss_mb']} MB, `fit` predicts {m['predicted_mb']} MB",
-    ]
+    ld, m = r["loading"], r["memory"]
+    lines += ["", f"-- loading: {ld['s']:.2f} s (+ {ld['first_call_s']:.2f} s of first-call setup before the measured run); "
+              f"{ld['file_bytes'] / MiB:.1f} MiB of files; weights: {ld['mapped_bytes'] / MiB:.1f} MiB used in place "
+              f"(memory-mapped), {ld['converted_bytes'] / MiB:.1f} MiB converted into process memory"]  # fmt: skip
+    for row in ld["by_type"]:
+        lines.append(f"   {row['type']:<22} {row['tensors']:>4} tensors {row['bytes'] / MiB:9.1f} MiB  "
+                     f"(mapped {row['mapped_bytes'] / MiB:.1f}, converted {row['converted_bytes'] / MiB:.1f})")  # fmt: skip
+    lines += ["", f"-- memory: {m['measured_rss_mb']} MiB resident now, peak during the run {m['peak_rss_mb']} MiB; "
+              f"`fit` predicts {m['predicted_mb']} MiB for a {m['predicted_ctx']}-token context"]  # fmt: skip
+    measured, predicted = m["stack"]["measured"], m["stack"]["predicted"]
+    for part in ("runtime", "weights", "kv_cache", "activations"):
+        got = f"{measured[part]:8.1f} MiB" if measured else "      n/a"
+        want = f"{predicted[part]:8.1f} MiB" if predicted else "      n/a"
+        lines.append(f"   {part:<12} measured {got}   predicted {want}")
     pre, dec, mach = r["prefill"], r["decode"], r["machine"]
-    lines += ["", f"-- prefill: {pre['tokens']} tokens in {pre['s'] * 1000:.1f} ms ({pre['tok_s']} tok/s)"]
+    lines += ["", f"-- prefill: {pre['tokens']} tokens in {pre['s'] * 1000:.1f} ms ({pre['tok_s']} tok/s), "
+              f"{pre['flops'] / 1e9:.2f} GFLOP = {pre['gflops']} GFLOP/s"]  # fmt: skip
+    if pre.get("fraction_of_matmul"):
+        lines.append(f"   prefill runs at {100 * pre['fraction_of_matmul']:.0f}% of this machine's matrix-multiply "
+                     f"throughput ({mach['matmul_gflops']} GFLOP/s)")  # fmt: skip
     lines.append(f"-- decode: {dec['tokens']} tokens in {dec['s'] * 1000:.1f} ms ({dec['tok_s']} tok/s), "
                  f"{dec['bytes_per_token'] / 1e6:.1f} MB read per token = {dec['gbs']} GB/s")  # fmt: skip
     if dec.get("fraction_of_bandwidth"):
@@ -357,4 +465,4 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["PARTS", "explain", "format_report", "rss_bytes", "template_segments"]
+__all__ = ["PARTS", "explain", "format_report", "multiply_adds", "template_segments"]

@@ -28,6 +28,9 @@ table.lens { border-collapse: collapse; font: 12px ui-monospace, monospace; }
 table.lens td, table.lens th { border: 1px solid #e4e4e4; padding: 1px 4px; white-space: pre; }
 table.lens td.final { background: #d8f0d0; }
 .muted { color: #777; } .big { font-size: 1.15rem; }
+table.nums { border-collapse: collapse; font-size: 13px; margin: .5rem 0; }
+table.nums td, table.nums th { border-bottom: 1px solid #eee; padding: 2px 10px; text-align: right; }
+table.nums td:first-child, table.nums th:first-child { text-align: left; }
 """
 
 TIP_SCRIPT = """
@@ -120,27 +123,128 @@ def _layers(r: dict) -> str:
     return f"<table>{''.join(rows)}</table>"
 
 
+STACK_COLOURS = {"runtime": "#bab0ac", "weights": "#4e79a7", "kv_cache": "#f28e2b", "activations": "#e15759"}
+
+
 def _memory(r: dict) -> str:
-    m, kv = r["memory"], r["kv_cache"]
-    measured, predicted = m["measured_rss_mb"] or 0, m["predicted_mb"] or 0
-    scale = max(measured, predicted, 1)
-    rows = [
-        _hbar("measured (RSS)", measured, scale, "#4e79a7", f"{measured} MB resident after this run"),
-        _hbar("predicted (fit)", predicted, scale, "#bab0ac", f"{predicted} MB: pellucid fit for this context"),
-        _hbar(
-            "KV cache",
-            kv["bytes_used"] / 2**20,
-            scale,
-            "#f28e2b",
-            f"{kv['bytes_used'] / 2**20:.2f} MiB held, {kv['bytes_per_token'] / 1024:.1f} KiB per token",
-        ),  # fmt: skip
-    ]
-    return f"<table>{''.join(rows)}</table>"
+    """Two stacked bars, measured and predicted: runtime / weights / KV cache / activations."""
+    m = r["memory"]
+    stacks = {
+        k: v for k, v in (("measured", m["stack"]["measured"]), ("predicted (fit)", m["stack"]["predicted"])) if v
+    }
+    scale = max([sum(v.values()) for v in stacks.values()] + [m["measured_rss_mb"] or 0, 1])
+    rows = []
+    for label, stack in stacks.items():
+        x, rects = 0.0, []
+        for part, mb in stack.items():
+            w = BAR_W * mb / scale
+            rects.append(f'<rect x="{x:.1f}" width="{w:.1f}" height="18" fill="{STACK_COLOURS[part]}">'
+                         f"<title>{part}: {mb} MiB</title></rect>")  # fmt: skip
+            x += w
+        rows.append(f'<tr><td>{_e(label)}</td><td><svg width="{BAR_W}" height="18">{"".join(rects)}</svg></td>'
+                    f'<td class="muted">{sum(stack.values()):.0f} MiB</td></tr>')  # fmt: skip
+    legend = " ".join(f'<span style="color:{c}">■</span> {p.replace("_", " ")}' for p, c in STACK_COLOURS.items())
+    table = "".join(
+        f"<tr><td>{p.replace('_', ' ')}</td>"
+        + "".join(f"<td>{_e(stack[p])} MiB</td>" for stack in stacks.values())
+        + "</tr>"
+        for p in STACK_COLOURS
+    )
+    head = "".join(f"<th>{_e(label)}</th>" for label in stacks)
+    return (
+        f"<table>{''.join(rows)}</table><p class='muted'>{legend}</p>"
+        f"<table class='nums'><tr><th></th>{head}</tr>{table}</table>"
+        f"<p class='muted'>Resident now {m['measured_rss_mb']} MiB, the run's peak {m['peak_rss_mb']} MiB; fit's "
+        f"prediction is for a context of {m['predicted_ctx']} tokens (this run's cache). Measured: weights are the "
+        f"model's tensors, KV cache what the run wrote, runtime what was resident before the run besides them "
+        f"(Python, PyTorch, the tokenizer), activations the run's peak beyond that.</p>"
+    )
+
+
+def _loading(r: dict) -> str:
+    ld = r["loading"]
+    rows = "".join(
+        f"<tr><td>{_e(x['type'])}</td><td>{x['tensors']}</td><td>{x['bytes'] / 2**20:.1f} MiB</td>"
+        f"<td>{x['mapped_bytes'] / 2**20:.1f} MiB</td><td>{x['converted_bytes'] / 2**20:.1f} MiB</td></tr>"
+        for x in ld["by_type"]
+    )
+    return (
+        f"<p>Loaded in {ld['s']} s from {ld['file_bytes'] / 2**20:.1f} MiB of files; the first forward pass's one-time "
+        f"setup took {ld['first_call_s']} s more (before the measured run, so not in the numbers below). "
+        f"<b>{ld['mapped_bytes'] / 2**20:.1f} MiB</b> of weights are used in place (views of the memory-mapped file: "
+        f"no copy), <b>{ld['converted_bytes'] / 2**20:.1f} MiB</b> were converted into process memory "
+        f"(dequantized, re-laid-out or unpacked scales).</p>"
+        f"<table class='nums'><tr><th>stored as</th><th>tensors</th><th>bytes</th><th>memory-mapped</th>"
+        f"<th>converted</th></tr>{rows}</table>"
+    )
+
+
+def _roofline(r: dict) -> str:
+    """Log-log: achieved GFLOP/s against arithmetic intensity (flops per byte read), under this machine's roof
+    min(bandwidth x intensity, matmul throughput). Decode sits on the sloped (memory-bound) part, prefill further
+    right, where the flat (compute-bound) roof applies."""
+    import math
+
+    mach, pre, dec = r["machine"], r["prefill"], r["decode"]
+    bw, peak = mach["bandwidth_gbs"], mach["matmul_gflops"]
+    if not bw or not peak:
+        return ""
+    W, H, pad = 520, 300, 48
+    x_lo, x_hi = 0.1, 1000.0
+    y_lo, y_hi = 0.1, peak * 4
+
+    def px(ai: float) -> float:
+        return pad + (W - 2 * pad) * (math.log10(ai) - math.log10(x_lo)) / (math.log10(x_hi) - math.log10(x_lo))
+
+    def py(g: float) -> float:
+        return H - pad - (H - 2 * pad) * (math.log10(g) - math.log10(y_lo)) / (math.log10(y_hi) - math.log10(y_lo))
+
+    ridge = peak / bw
+    roof = f"M{px(x_lo):.1f},{py(bw * x_lo):.1f} L{px(ridge):.1f},{py(peak):.1f} L{px(x_hi):.1f},{py(peak):.1f}"
+    parts = [f'<path d="{roof}" fill="none" stroke="#333" stroke-width="2"/>']
+    for decade in range(-1, 4):
+        x = px(10.0**decade)
+        parts.append(f'<line x1="{x:.1f}" y1="{H - pad}" x2="{x:.1f}" y2="{pad}" stroke="#eee"/>'
+                     f'<text x="{x:.1f}" y="{H - pad + 14}" text-anchor="middle">{10.0**decade:g}</text>')  # fmt: skip
+    for decade in range(-1, int(math.log10(y_hi)) + 1):
+        y = py(10.0**decade)
+        parts.append(f'<line x1="{pad}" y1="{y:.1f}" x2="{W - pad}" y2="{y:.1f}" stroke="#eee"/>'
+                     f'<text x="{pad - 4}" y="{y + 4:.1f}" text-anchor="end">{10.0**decade:g}</text>')  # fmt: skip
+    for name, phase, colour in (("prefill", pre, "#4e79a7"), ("decode", dec, "#59a14f")):
+        ai, g = phase.get("flops_per_byte"), phase.get("gflops")
+        if not ai or not g:
+            continue
+        x, y = px(min(max(ai, x_lo), x_hi)), py(min(max(g, y_lo), y_hi))
+        parts.append(f'<circle class="point" cx="{x:.1f}" cy="{y:.1f}" r="6" fill="{colour}"><title>{name}: '
+                     f"{g} GFLOP/s at {ai} flops/byte</title></circle>"
+                     f'<text x="{x + 9:.1f}" y="{y + 4:.1f}" fill="{colour}">{name} {g:g} GFLOP/s</text>')  # fmt: skip
+    parts.append(f'<text x="{px(ridge) + 6:.1f}" y="{py(peak) - 6:.1f}">matmul ({mach.get("matmul_precision", "")}) {peak:g} GFLOP/s</text>'
+                 f'<text x="{px(0.3):.1f}" y="{py(bw * 0.3) - 8:.1f}" transform="rotate(-33 {px(0.3):.1f} '
+                 f'{py(bw * 0.3) - 8:.1f})">memory {bw:g} GB/s</text>'
+                 f'<text x="{W / 2}" y="{H - 8}" text-anchor="middle">flops per byte read</text>'
+                 f'<text x="12" y="{H / 2}" transform="rotate(-90 12 {H / 2})" text-anchor="middle">GFLOP/s</text>')  # fmt: skip
+    svg = (
+        f'<svg class="roofline" width="{W}" height="{H}" font-size="11" font-family="system-ui">{"".join(parts)}</svg>'
+    )
+    return (
+        f"{svg}<p class='muted'>The roofline: no run can sit above the black line, min(memory bandwidth x flops per "
+        f"byte, matrix-multiply throughput), both measured on this machine (pellucid bench --machine). Decode reads "
+        f"every weight for one token ({dec.get('flops_per_byte')} flops per byte): memory-bound, its ceiling is the "
+        f"sloped line. Prefill reuses each weight for all {pre['tokens']} prompt tokens ({pre.get('flops_per_byte')} "
+        f"flops per byte): the further right, the more the flat compute roof applies.</p>"
+    )
 
 
 def _speed(r: dict) -> str:
     d, mach, pre = r["decode"], r["machine"], r["prefill"]
-    out = [f"<p>prefill: {pre['tokens']} tokens in {pre['s'] * 1000:.1f} ms ({pre['tok_s']} tok/s)</p>"]
+    out = [
+        f"<p>prefill: {pre['tokens']} tokens in {pre['s'] * 1000:.1f} ms ({pre['tok_s']} tok/s), "
+        f"{pre['gflops']} GFLOP/s"
+    ]
+    if pre.get("fraction_of_matmul"):
+        out.append(f" = {100 * pre['fraction_of_matmul']:.0f}% of this machine's matrix-multiply throughput "
+                   f"({mach['matmul_gflops']} GFLOP/s)")  # fmt: skip
+    out.append("</p>")
     if d["gbs"] and mach["bandwidth_gbs"]:
         out.append(f'<p class="big">decode runs at <b>{100 * d["fraction_of_bandwidth"]:.0f}%</b> of what your memory '
                    f"can feed: {d['gbs']} GB/s ({d['bytes_per_token'] / 1e6:.1f} MB per token x {d['tok_s']} tok/s) "
@@ -177,12 +281,10 @@ def render(r: dict) -> str:
             f"green: certain); hover one for the alternatives.</p>{_tokens(r)}",
         ),  # fmt: skip
         ("Where the time went", _parts(r) + _speed(r)),
+        ("Against this machine's limits", _roofline(r)),
         ("Per layer", _layers(r)),
-        (
-            "Memory",
-            _memory(r) + f"<p class='muted'>loaded in {r['memory']['load_s']} s; the first forward pass's "
-            f"one-time setup took {r['memory']['first_call_s']} s (not in the numbers above)</p>",
-        ),
+        ("Loading", _loading(r)),
+        ("Memory", _memory(r)),
         ("Logit lens", _lens(r)),
     ]
     body = "".join(f"<h2>{title}</h2>{content}" for title, content in sections)

@@ -32,6 +32,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pellucid.arithmetic import engine_compiles_on_cpu
 from pellucid.errors import PellucidError
 from pellucid.model.config import ModelConfig
 from pellucid.quant.types import BLOCK_LAYOUT, GGMLType
@@ -43,7 +44,8 @@ KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 FRAMEWORK_CPU_BYTES = 240 * MiB
 # What torch.compile adds to a process running pellucid's compiled kernels (inductor, its generated modules,
 # guards): RSS after a short generation minus framework, weights, KV cache, buffers and metadata measured
-# 179 MiB (SmolLM2) and 233 MiB (Gemma 3: more block kinds and formats), torch 2.13 CPU.
+# 179 MiB (SmolLM2) and 233 MiB (Gemma 3: more block kinds and formats), torch 2.13 CPU. Only where decode is
+# compiled: exact mode, or a CPU without the native kernels (arithmetic.engine_compiles_on_cpu).
 COMPILER_CPU_BYTES = 210 * MiB
 # GPU memory the CUDA context and cuBLAS workspaces take before any tensor is allocated. Not measured here
 # (the build machine has no GPU): a typical figure for recent drivers, to be replaced by a measurement.
@@ -352,7 +354,9 @@ def estimate(
         loading=loading_bytes(fp, weights_as),
         metadata=METADATA_FACTOR * fp.metadata_bytes if device == "cpu" else 0,
         framework=FRAMEWORK_CPU_BYTES if device == "cpu" else FRAMEWORK_CUDA_BYTES,
-        compiler=COMPILER_CPU_BYTES if device == "cpu" and weights_as == ENGINE_WEIGHTS else 0,
+        compiler=COMPILER_CPU_BYTES
+        if device == "cpu" and weights_as == ENGINE_WEIGHTS and engine_compiles_on_cpu()
+        else 0,
         allocator=int(ALLOCATOR_SLACK * weights) if weights_as in CONVERTED_AT_LOAD and device == "cpu" else 0,
     )
 
@@ -587,8 +591,8 @@ def _assumptions(plan: FitPlan) -> list[str]:
         lines += [
             f"  runtime   Python + PyTorch after import ({format_bytes(FRAMEWORK_CPU_BYTES)}, measured) + the "
             f"tokenizer and metadata ({METADATA_FACTOR}x the header)",
-            f"            + torch.compile's runtime and kernels for pellucid's engine ({format_bytes(COMPILER_CPU_BYTES)}, "
-            "measured)",
+            f"            + torch.compile's runtime and kernels where decode is compiled ({format_bytes(COMPILER_CPU_BYTES)}, "
+            "measured; not with the native kernels, which run eagerly)",
             f"            + what the allocator keeps after dequantizing at load ({ALLOCATOR_SLACK:.0%} of those "
             "weights, measured)",
         ]
