@@ -134,3 +134,19 @@ def test_ppl_json(smollm2_path, reference, tmp_path):
     binary = tmp_path / "binary.txt"
     binary.write_bytes(b"\xff\xfe\x00garbage")
     assert_user_error(run("ppl", str(smollm2_path), str(binary)), "not UTF-8")
+
+
+def test_run_with_a_chat_template_file(smollm2_path, tmp_path):
+    """--chat-template-file replaces the model's template (llama-server's flag); a missing file is a user error."""
+    template = tmp_path / "plain.jinja"
+    template.write_text("{% for m in messages %}Q: {{ m['content'] }}\n{% endfor %}A:")
+    proc = run("run", str(smollm2_path), "What is 2+2?", "-n", "3", "--temperature", "0", "--local",
+               "--chat-template-file", str(template), "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["stats"]["prompt_tokens"] < 20  # not SmolLM2's ChatML with its system prompt
+    assert_user_error(run("run", str(smollm2_path), "Hi", "--chat-template-file", str(tmp_path / "nope.jinja")),
+                      "--chat-template-file", "nope.jinja")  # fmt: skip
+    import pellucid
+
+    llm = pellucid.load(str(smollm2_path), ctx=64, chat_template=template.read_text())
+    assert llm.chat_prompt([{"role": "user", "content": "Hi"}])[0] == "Q: Hi\nA:"

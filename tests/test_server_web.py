@@ -158,3 +158,53 @@ def test_show_tokens_colours_each_token_and_shows_alternatives_and_stats(server,
 
     assert errors == []
     assert external == []  # the page loads nothing from outside the server
+
+
+THINKING_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
+)
+
+
+@pytest.mark.slow
+def test_show_tokens_puts_a_reasoning_models_thinking_tokens_in_the_thinking_block(smollm2_path, tmp_path):
+    """A template whose generation prompt opens <think> (as Qwen3's and DeepSeek-R1's do) makes every token
+    SmolLM2 writes reasoning: the token spans go to the folded thinking block, not to the answer."""
+    from server_helpers import running_server
+
+    template = tmp_path / "thinking.jinja"
+    template.write_text(THINKING_TEMPLATE)
+    errors = []
+    with (
+        running_server(smollm2_path, "--ctx", "512", "--chat-template-file", str(template)) as server,
+        sync_playwright() as p,
+    ):
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(300_000)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server.url + "/")
+            page.check("#show_tokens")
+            page.fill("#temperature", "0")
+            page.fill("#max_tokens", "10")
+            page.fill("#prompt", "Why is the sky blue?")
+            with page.expect_response(lambda r: r.url.endswith("/chat/completions")) as response:
+                page.click("#send")
+            bubble = page.locator(".msg.assistant").last
+            expect(bubble).not_to_have_class("msg assistant streaming", timeout=300_000)
+            thinking = bubble.locator("details.thinking")
+            expect(thinking).to_be_visible()
+            reasoning = "".join(
+                choice["delta"].get("reasoning_content") or ""
+                for line in response.value.text().splitlines()
+                if line.startswith("data:") and line[5:].strip() != "[DONE]"
+                for choice in json.loads(line[5:]).get("choices", [])
+            )
+            assert reasoning.strip()
+            thought_tokens = thinking.locator(".token")
+            assert thought_tokens.count() == bubble.locator(".token").count() >= 5  # none in the answer
+            assert "".join(thought_tokens.all_text_contents()).strip().startswith(reasoning.strip()[:10])
+        finally:
+            browser.close()
+    assert errors == []

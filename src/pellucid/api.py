@@ -54,6 +54,7 @@ class LLM:
         ctx: int | None = None,
         dtype=torch.float32,
         quantize: str | None = None,
+        chat_template: str | None = None,
     ):
         from pellucid.model import load_model
 
@@ -64,6 +65,11 @@ class LLM:
         self.config = self.model.config
         self.tokenizer = load_tokenizer(resolved)
         template = chat_template_for(resolved.path)
+        if chat_template is not None:  # the user's template replaces the file's (--chat-template-file)
+            template = ChatTemplate(
+                chat_template, _token_text(self.tokenizer, self.tokenizer.bos_id),
+                _token_text(self.tokenizer, self.tokenizer.eos_id), name="--chat-template-file",
+            )  # fmt: skip
         self.has_chat_template = template is not None
         self.chat_template: ChatTemplate = template or plain_chat_template()
         limit = self.config.context_length
@@ -289,11 +295,17 @@ def load(
     ctx: int | None = None,
     dtype=torch.float32,
     quantize: str | None = None,
+    chat_template: str | None = None,
 ) -> LLM:
     """Load MODEL (a catalog or store name, a .gguf path, a Hugging Face folder; None = the default model),
-    pulling it if needed. `quantize` ("q8_0", "q4_0", "q4_k") packs the file's float matrices at load."""
+    pulling it if needed. `quantize` ("q8_0", "q4_0", "q4_k") packs the file's float matrices at load;
+    `chat_template` (Jinja source) replaces the model's own chat template."""
     resolved = model if isinstance(model, ResolvedModel) else resolve(model)
-    return LLM(resolved, device=device, ctx=ctx, dtype=dtype, quantize=quantize)
+    return LLM(resolved, device=device, ctx=ctx, dtype=dtype, quantize=quantize, chat_template=chat_template)
+
+
+def _token_text(tokenizer, token_id: int | None) -> str:
+    return tokenizer.token_bytes(token_id).decode("utf-8", errors="replace") if token_id is not None else ""
 
 
 __all__ = ["LLM", "NO_TEMPLATE_WARNING", "load"]

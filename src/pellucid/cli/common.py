@@ -6,8 +6,10 @@ import argparse
 import json
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 from pellucid import store
+from pellucid.errors import PellucidError
 
 # -- argument types ------------------------------------------------------------------------------
 
@@ -102,3 +104,22 @@ def add_quantize_arg(p) -> None:
         choices=("q8_0", "q4_0", "q4_k"),
         help="pack the model's float16/bfloat16/float32 matrices into this format at load (HF folders, f16 GGUFs)",
     )
+
+
+def add_chat_template_arg(p) -> None:
+    p.add_argument(
+        "--chat-template-file",
+        metavar="FILE",
+        help="a Jinja chat template to use instead of the model's own (llama-server's flag of the same name)",
+    )
+
+
+def read_chat_template(args) -> str | None:
+    """The text of --chat-template-file, or None; an unreadable file is the user's error, said plainly."""
+    path = getattr(args, "chat_template_file", None)
+    if path is None:
+        return None
+    try:
+        return Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise PellucidError(f"--chat-template-file: cannot read {path}: {getattr(e, 'strerror', None) or e}") from None

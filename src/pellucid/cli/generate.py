@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pellucid import servers, store
 from pellucid.cli.common import (
+    add_chat_template_arg,
     add_model_arg,
     add_quantize_arg,
     command,
@@ -26,6 +27,7 @@ from pellucid.cli.common import (
     format_duration,
     positive_int,
     print_json,
+    read_chat_template,
     stream_to_stdout,
 )
 from pellucid.client import RemoteLLM, ServerGone
@@ -61,6 +63,7 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     model.add_argument("--ctx", type=positive_int, help="context window in tokens (default: min(model's, 4096))")
     model.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: the best available)")
     add_quantize_arg(model)
+    add_chat_template_arg(model)
     server = p.add_argument_group("server")
     server.add_argument(
         "--local",
@@ -86,13 +89,14 @@ def _sampling(args) -> dict:
 def _load(args):
     """What answers: a running server that holds the model (RemoteLLM), else the model loaded here (LLM)."""
     resolved = store.resolve(args.model)
-    if not args.local:
+    template = read_chat_template(args)
+    if not args.local and template is None:  # a server renders with its own template: load here instead
         remote = _remote(args, resolved)
         if remote is not None:
             return remote
     import pellucid
 
-    return pellucid.load(resolved, device=args.device, ctx=args.ctx, quantize=args.quantize)
+    return pellucid.load(resolved, device=args.device, ctx=args.ctx, quantize=args.quantize, chat_template=template)
 
 
 def _remote(args, resolved) -> RemoteLLM | None:

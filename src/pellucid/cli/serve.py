@@ -18,7 +18,16 @@ import time
 from pathlib import Path
 
 from pellucid import servers, store
-from pellucid.cli.common import add_model_arg, add_quantize_arg, command, duration, format_duration, positive_int
+from pellucid.cli.common import (
+    add_chat_template_arg,
+    add_model_arg,
+    add_quantize_arg,
+    command,
+    duration,
+    format_duration,
+    positive_int,
+    read_chat_template,
+)
 from pellucid.errors import PellucidError, UnsupportedError
 
 log = logging.getLogger("pellucid.server")
@@ -81,6 +90,7 @@ def _add_serve(commands) -> None:
     eng.add_argument("--embed", metavar="MODEL", help="also serve this embedding model on /v1/embeddings")
     eng.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: the best available)")
     add_quantize_arg(eng)
+    add_chat_template_arg(eng)
 
 
 def _off_the_main_thread(fn):
@@ -229,7 +239,8 @@ def _load_models(args):
     resolved = store.resolve(args.model)
     llm = embedder = None
     try:
-        llm = pellucid.load(resolved, device=args.device, ctx=args.ctx, quantize=args.quantize)
+        llm = pellucid.load(resolved, device=args.device, ctx=args.ctx, quantize=args.quantize,
+                            chat_template=read_chat_template(args))  # fmt: skip
     except UnsupportedError as e:
         embedder = _try_embedder(resolved, args.device)  # e.g. `pellucid serve minilm-l6`
         if embedder is None:

@@ -97,6 +97,19 @@ function showAlternatives(event) {
   popup.style.top = (below ? box.bottom + 4 : box.top - 4 - popup.offsetHeight) + "px";
 }
 
+// Tokens generated but not part of the reply (a stop string the server cut, a tool call parsed out of the text):
+// shown after it, struck through, so the strip still accounts for every token the model produced.
+function markTokensNotInReply(answer, reply) {
+  let length = 0;
+  for (const span of answer.querySelectorAll(".token")) {
+    if (length >= reply.length) {
+      span.classList.add("cut");
+      span.title = "generated, not in the reply (a stop string or a tool call)";
+    }
+    length += span.textContent.length;
+  }
+}
+
 // The line under a token-shown reply, from the last chunk's llama-server-style timings.
 function statsText(timings, finish) {
   const cached = timings.cache_n ? ` (${timings.cache_n.toLocaleString()} cached)` : "";
@@ -169,6 +182,8 @@ async function send(event) {
   controller = new AbortController();
   setBusy(true);
   let reply = "", pieces = 0, firstAt = null, stopped = false, speed = null, timings = null, finish = null;
+  const pending = [];   // token spans whose text has not arrived yet
+  let lastText = answer;  // where the latest text went: the thinking block or the answer
   try {
     const response = await fetch("/v1/chat/completions", {
       method: "POST", headers: headers(), body: JSON.stringify(body), signal: controller.signal,
@@ -180,17 +195,20 @@ async function send(event) {
     for await (const event of sseEvents(response.body)) {
       if (event.error) throw new Error(event.error.message);
       const thought = event.choices?.[0]?.delta?.reasoning_content;
+      const delta = event.choices?.[0]?.delta?.content;
+      const tokens = event.choices?.[0]?.logprobs?.content;
+      // Every generated token's logprobs come exactly once, with its text or ahead of it (an empty delta when
+      // the server held the text back: a possible stop string or tool call), so the spans wait until the next
+      // text says where they belong: the thinking block or the answer; what never gets text goes after the last.
+      if (showTokens && tokens) pending.push(...tokens.map(tokenSpan));
+      if (thought || delta) lastText = thought ? thinkingText : answer;
+      if (showTokens && (thought || delta)) lastText.append(...pending.splice(0));
       if (thought) {
         thinking.hidden = false;
-        thinkingText.textContent += thought;   // text, never HTML
+        if (!showTokens) thinkingText.textContent += thought;   // text, never HTML
         pieces += 1;
         firstAt = firstAt ?? performance.now();
       }
-      const delta = event.choices?.[0]?.delta?.content;
-      const tokens = event.choices?.[0]?.logprobs?.content;
-      // Every generated token's logprobs come exactly once, with the text or with an empty delta when the
-      // server held its text back (a possible stop string), so the spans are drawn from them alone.
-      if (showTokens && tokens) answer.append(...tokens.map(tokenSpan));
       if (delta) {
         reply += delta;
         pieces += 1;
@@ -222,6 +240,8 @@ async function send(event) {
     }
   } finally {
     bubble.classList.remove("streaming");
+    if (showTokens) lastText.append(...pending.splice(0));   // text held back and then dropped (whitespace)
+    if (showTokens) markTokensNotInReply(answer, reply);
     if (showTokens && timings) {
       const stats = document.createElement("span");
       stats.className = "stats";
