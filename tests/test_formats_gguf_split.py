@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from model_helpers import write_split
+from pellucid import store
 from pellucid.errors import ModelFileError
 from pellucid.formats.gguf import (
     SPLIT_COUNT,
@@ -171,3 +172,21 @@ def test_a_renamed_part_cannot_find_the_others(tmp_path):
     renamed = parts[0].rename(tmp_path / "model.gguf")
     with pytest.raises(ModelFileError, match=r"part 1 of a model split into 3 files .* -00001-of-00003.gguf"):
         GGUFFile(renamed)
+
+
+# -- the store ------------------------------------------------------------------------------------------
+
+
+def test_store_resolves_any_part_to_the_first_and_pulls_every_part(tmp_path, monkeypatch):
+    monkeypatch.setenv("PELLUCID_HOME", str(tmp_path / "home"))
+    parts = tiny_split(tmp_path / "src")
+    for part in parts:
+        assert store.resolve(str(part)) == store.ResolvedModel("tiny", "gguf", parts[0])
+    stored = store.pull(str(parts[2]), quiet=True)
+    assert (stored.name, stored.path) == ("tiny", stored.dir / parts[0].name)
+    assert sorted(stored.files) == [p.name for p in parts]
+    assert stored.summary["size_bytes"] == sum(p.stat().st_size for p in parts)
+    assert store.resolve("tiny") == store.ResolvedModel("tiny", "gguf", stored.path)
+    (stored.dir / parts[1].name).unlink()
+    with pytest.raises(ModelFileError, match=f"{parts[1].name} is missing"):
+        store.resolve("tiny")
