@@ -8,9 +8,12 @@ layout key by key to what gguf-split's source writes (tools/gguf-split/gguf-spli
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
+import pellucid
 from model_helpers import write_split
 from pellucid import store
 from pellucid.errors import ModelFileError
@@ -24,6 +27,8 @@ from pellucid.formats.gguf import (
     parse_split_path,
     split_part_path,
 )
+from pellucid.inspect import footprint, inspect_model, report_json
+from test_cli import assert_user_error, run
 
 SPLIT_KEYS = {SPLIT_NO: "uint16", SPLIT_COUNT: "uint16", SPLIT_TENSORS_COUNT: "int32"}
 
@@ -190,3 +195,51 @@ def test_store_resolves_any_part_to_the_first_and_pulls_every_part(tmp_path, mon
     (stored.dir / parts[1].name).unlink()
     with pytest.raises(ModelFileError, match=f"{parts[1].name} is missing"):
         store.resolve("tiny")
+
+
+# -- what a user runs -----------------------------------------------------------------------------------
+
+
+def test_split_model_generates_the_same_tokens(split_smollm2, smollm2_path):
+    """Loaded through its second part, the split model has the same weights, tokenizer and chat template, so
+    greedy decoding picks exactly the unsplit model's tokens."""
+    prompt = "The capital of France is"
+    whole = pellucid.load(str(smollm2_path), device="cpu", ctx=64)
+    expected = whole.generate(prompt, temperature=0, max_tokens=8, ignore_eos=True).result().ids
+    template = whole.template_source
+    del whole
+    split = pellucid.load(str(split_smollm2[1]), device="cpu", ctx=64)
+    assert split.resolved.path == split_smollm2[0]
+    assert split.template_source == template and template
+    assert len(expected) == 8
+    assert split.generate(prompt, temperature=0, max_tokens=8, ignore_eos=True).result().ids == expected
+
+
+def test_inspect_and_fit_count_every_part(split_smollm2, smollm2_path):
+    proc = run("inspect", str(split_smollm2[0]), "--json")
+    assert proc.returncode == 0, proc.stderr
+    split = json.loads(proc.stdout)
+    whole = report_json(inspect_model(store.resolve(str(smollm2_path))))
+    assert split["file_size"] == sum(p.stat().st_size for p in split_smollm2)
+    assert split["layout"]["files"] == [p.name for p in split_smollm2]
+    for key in ("n_tensors", "tensor_bytes", "tensor_info_bytes"):
+        assert split["layout"][key] == whole["layout"][key], key
+    assert split["layout"]["n_tensors"] == 272 and split["layout"]["trailing_bytes"] == 0
+    assert (split["n_parameters"], split["memory"]["weights"]) == (whole["n_parameters"], whole["memory"]["weights"])
+    text = run("inspect", str(split_smollm2[2])).stdout  # from the last part: the same model
+    last = split_smollm2[2]
+    assert f"({split['file_size']:,} bytes) in 3 files" in text
+    assert f"output_norm.weight, ends at byte {last.stat().st_size:,} of {last.name}" in text
+    split_fp = footprint(store.resolve(str(split_smollm2[0])))
+    whole_fp = footprint(store.resolve(str(smollm2_path)))
+    assert (split_fp.tensors, split_fp.config) == (whole_fp.tensors, whole_fp.config)
+
+
+def test_a_missing_part_is_a_user_error(split_smollm2, tmp_path):
+    for part in (split_smollm2[0], split_smollm2[2]):
+        (tmp_path / part.name).symlink_to(part)
+    for args in (
+        ["inspect", str(tmp_path / split_smollm2[0].name)],
+        ["run", str(tmp_path / split_smollm2[2].name), "Hi"],
+    ):
+        assert_user_error(run(*args), f"missing from {tmp_path}: {split_smollm2[1].name}.")

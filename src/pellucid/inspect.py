@@ -628,7 +628,8 @@ def _what_it_is(r: ModelReport) -> list[str]:
         rows.append(("organization", i.organization))
     rows.append(("license", _na(i.license)))
     rows.append(("parameters", f"{format_count(r.n_parameters)} ({r.n_parameters:,}), counted from the tensor shapes"))
-    rows.append(("file size", f"{format_bytes(r.file_size)} ({r.file_size:,} bytes)"))
+    in_files = f" in {len(r.layout.files)} files" if len(r.layout.files) > 1 else ""
+    rows.append(("file size", f"{format_bytes(r.file_size)} ({r.file_size:,} bytes){in_files}"))
     return _rows("What it is", rows)
 
 
@@ -747,7 +748,8 @@ def _layout_section(r: ModelReport) -> list[str]:
         ("header", header),
         (
             "tensor data",
-            f"{format_bytes(lay.tensor_bytes)} ({100 * lay.tensor_bytes / max(lay.file_size, 1):.1f}% of the file)",
+            f"{format_bytes(lay.tensor_bytes)} ({100 * lay.tensor_bytes / max(lay.file_size, 1):.1f}% of the "
+            f"{'files' if len(lay.files) > 1 else 'file'})",
         ),
         (
             "first tensor",
