@@ -7,9 +7,12 @@ Not a test module: pytest imports it from the test files (tests/ is on sys.path 
 from __future__ import annotations
 
 import functools
+import math
+from pathlib import Path
 
 import torch
 
+from pellucid.formats.gguf import split_part_path
 from pellucid.model.config import ModelConfig
 from pellucid.model.families import family_for
 from pellucid.model.loader import Weights, build_transformer, load_model
@@ -109,3 +112,37 @@ def greedy(model, prompt_ids: list[int], max_new: int, stop_ids: set[int]) -> li
         out.append(token)
         logits = model(torch.tensor([[token]]), cache)[0, -1]
     return out
+
+
+def write_split(src: Path, prefix: Path, parts: int, *, metadata_only_first: bool = False) -> list[Path]:
+    """Split the GGUF file `src` into `parts` files as llama.cpp's gguf-split does; returns their paths in order.
+
+    The parts are PREFIX-00001-of-0000N.gguf ..; the first holds every metadata key of `src`, the later ones
+    only split.no (uint16), split.count (uint16) and split.tensors.count (int32), and every part holds its
+    share of the tensors in `src`'s order. gguf-py's GGUFWriter writes exactly this when given
+    split_max_tensors (its add_shard_kv_data mirrors gguf-split's split_strategy). `metadata_only_first` puts no
+    tensors in the first part, as `gguf-split --no-tensor-first-split` does.
+    """
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    reader = GGUFReader(src)
+    tensor_parts = parts - 1 if metadata_only_first else parts
+    writer = GGUFWriter(
+        f"{prefix}.gguf",
+        reader.fields["general.architecture"].contents(),
+        split_max_tensors=math.ceil(len(reader.tensors) / tensor_parts),
+        small_first_shard=metadata_only_first,
+    )
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":  # GGUF.*: the reader's own header fields
+            continue
+        sub_type = field.types[1] if field.types[0] == GGUFValueType.ARRAY else None
+        writer.add_key_value(name, field.contents(), field.types[0], sub_type=sub_type)
+    for tensor in reader.tensors:
+        writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
+    assert len(writer.tensors) == parts, f"{len(reader.tensors)} tensors do not split into {parts} parts"
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return [split_part_path(prefix, i + 1, parts) for i in range(parts)]

@@ -126,7 +126,7 @@ def test_metadata_arrays_outlive_the_file(tmp_path):
     g = GGUFFile(path)
     scores = g.metadata["t.arr_f32"]
     g.close()
-    assert g._mmap is None and scores[0] == 0.5  # the mapping really was closed, and the array is its own copy
+    assert g.parts[0]._mmap is None and scores[0] == 0.5  # the mapping really was closed, and the array is its own copy
 
 
 def test_version_2_reads_like_version_3(tmp_path):
@@ -210,9 +210,9 @@ def test_opening_reads_no_tensor_data(gemma3_path):
         assert g.tensor_data_bytes > 0.9 * (g.file_size - g.data_offset)
         raw = g.raw("token_embd.weight")
         assert raw.nbytes == 262144 * 640 // 32 * 34
-        assert not raw.flags.owndata and np.shares_memory(raw, g._bytes)  # a view of the mapping, not a copy
+        assert not raw.flags.owndata and np.shares_memory(raw, g.parts[0]._bytes)  # a view of the mapping, not a copy
         info = g.tensors["token_embd.weight"]
-        assert raw.ctypes.data == g._bytes.ctypes.data + info.offset
+        assert raw.ctypes.data == g.parts[0]._bytes.ctypes.data + info.offset
     finally:
         del raw
         g.close()

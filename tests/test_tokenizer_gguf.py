@@ -168,7 +168,7 @@ def test_load_tokenizer_accepts_resolved_model_path_and_open_file(smollm2_path):
     by_path = load_tokenizer(str(smollm2_path))
     with GGUFFile(smollm2_path) as gguf:
         by_file = load_tokenizer(gguf)
-        assert gguf._mmap is not None  # an open file passed in stays open
+        assert gguf.parts[0]._mmap is not None  # an open file passed in stays open
     text = "Tokenizers: 3 ways to load."
     assert by_name.encode(text) == by_path.encode(text) == by_file.encode(text)
 

@@ -132,6 +132,8 @@ class FileLayout:
     first_tensor_offset: int
     last_tensor: str
     last_tensor_end: int
+    first_tensor_file: str = ""  # which of `files` holds it (the byte offsets count from that file's start)
+    last_tensor_file: str = ""
 
 
 @dataclass
@@ -329,28 +331,31 @@ def _gguf_tokenizer(md: dict[str, Any], config: ModelConfig, identity: Identity)
 
 
 def _gguf_layout(g: GGUFFile) -> FileLayout:
+    """The layout of the model's file, or of all its parts together for a split model (gguf-split)."""
     # Each tensor info: name (u64 length + bytes), n_dims u32, dims u64 each, type u32, offset u64.
     info_bytes = sum(8 + len(t.name.encode()) + 4 + 8 * len(t.shape) + 4 + 8 for t in g.tensors.values())
-    ordered = sorted(g.tensors.values(), key=lambda t: t.offset)
+    ordered = sorted(g.tensors.values(), key=lambda t: (t.part, t.offset))
     first, last = (ordered[0], ordered[-1]) if ordered else (None, None)
-    end = last.offset + last.n_bytes if last else g.data_offset
+    first_part, last_part = g.parts[0], g.parts[-1]
     return FileLayout(
         format=f"GGUF v{g.version}",
-        files=[g.path.name],
+        files=[part.path.name for part in g.parts],
         file_size=g.file_size,
         header_bytes=g.header_size,
-        metadata_bytes=g.header_size - _GGUF_FIXED_HEADER - info_bytes,
+        metadata_bytes=g.header_size - _GGUF_FIXED_HEADER * len(g.parts) - info_bytes,
         tensor_info_bytes=info_bytes,
-        padding_bytes=g.data_offset - g.header_size,
+        padding_bytes=sum(part.data_offset - part.header_size for part in g.parts),
         tensor_bytes=g.tensor_data_bytes,
-        trailing_bytes=g.file_size - end,
+        trailing_bytes=sum(part.trailing_bytes for part in g.parts),
         alignment=g.alignment,
         n_metadata=len(g.metadata),
         n_tensors=len(g.tensors),
         first_tensor=first.name if first else "",
-        first_tensor_offset=first.offset if first else g.data_offset,
+        first_tensor_offset=first.offset if first else first_part.data_offset,
         last_tensor=last.name if last else "",
-        last_tensor_end=end,
+        last_tensor_end=last.offset + last.n_bytes if last else last_part.data_offset,
+        first_tensor_file=g.parts[first.part].path.name if first else first_part.path.name,
+        last_tensor_file=g.parts[last.part].path.name if last else last_part.path.name,
     )
 
 
@@ -508,6 +513,8 @@ def _hf_layout(folder: HFFolder) -> FileLayout:
         first_tensor_offset=first.offset if first else 0,
         last_tensor=last.name if last else "",
         last_tensor_end=last.offset + last.n_bytes if last else 0,
+        first_tensor_file=first.file.name if first else "",
+        last_tensor_file=last.file.name if last else "",
     )
 
 
@@ -621,7 +628,8 @@ def _what_it_is(r: ModelReport) -> list[str]:
         rows.append(("organization", i.organization))
     rows.append(("license", _na(i.license)))
     rows.append(("parameters", f"{format_count(r.n_parameters)} ({r.n_parameters:,}), counted from the tensor shapes"))
-    rows.append(("file size", f"{format_bytes(r.file_size)} ({r.file_size:,} bytes)"))
+    in_files = f" in {len(r.layout.files)} files" if len(r.layout.files) > 1 else ""
+    rows.append(("file size", f"{format_bytes(r.file_size)} ({r.file_size:,} bytes){in_files}"))
     return _rows("What it is", rows)
 
 
@@ -740,16 +748,28 @@ def _layout_section(r: ModelReport) -> list[str]:
         ("header", header),
         (
             "tensor data",
-            f"{format_bytes(lay.tensor_bytes)} ({100 * lay.tensor_bytes / max(lay.file_size, 1):.1f}% of the file)",
+            f"{format_bytes(lay.tensor_bytes)} ({100 * lay.tensor_bytes / max(lay.file_size, 1):.1f}% of the "
+            f"{'files' if len(lay.files) > 1 else 'file'})",
         ),
-        ("first tensor", f"{lay.first_tensor} at byte {lay.first_tensor_offset:,}"),
-        ("last tensor", f"{lay.last_tensor}, ends at byte {lay.last_tensor_end:,}"),
+        (
+            "first tensor",
+            f"{lay.first_tensor} at byte {lay.first_tensor_offset:,}{_of_file(lay, lay.first_tensor_file)}",
+        ),
+        (
+            "last tensor",
+            f"{lay.last_tensor}, ends at byte {lay.last_tensor_end:,}{_of_file(lay, lay.last_tensor_file)}",
+        ),
     ]
     if lay.padding_bytes:
         rows.insert(2, ("padding", f"{lay.padding_bytes} bytes, so the tensor data starts aligned"))
     if lay.trailing_bytes:
         rows.append(("after the data", f"{lay.trailing_bytes:,} unexplained bytes"))
     return _rows(title, rows)
+
+
+def _of_file(lay: FileLayout, file: str) -> str:
+    """Which file a byte offset counts in, when the model has several."""
+    return f" of {file}" if len(lay.files) > 1 and file else ""
 
 
 def _memory_section(r: ModelReport) -> list[str]:

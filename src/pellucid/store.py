@@ -9,8 +9,9 @@ The store lives in `$PELLUCID_HOME` (default `~/.cache/pellucid`):
 A model is written to `tmp/` first and moved into `models/` only after every check passed, so a failed
 or interrupted pull never leaves a half-written model behind.
 
-MODEL, wherever a command takes one, is a path to a `.gguf` file, a path to a Hugging Face model folder,
-or a name: a model already in the store, or a catalog entry (pulled on first use, as `ollama run` does).
+MODEL, wherever a command takes one, is a path to a `.gguf` file (for a model split by gguf-split, any of
+its parts: it resolves to the first), a path to a Hugging Face model folder, or a name: a model already in
+the store, or a catalog entry (pulled on first use, as `ollama run` does).
 """
 
 from __future__ import annotations
@@ -217,7 +218,7 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def resolve_path(path: Path) -> ResolvedModel:
-    """A path on disk: a .gguf file or an HF folder. Pickle checkpoints are refused here."""
+    """A path on disk: a .gguf file (any part of a split one) or an HF folder. Pickle checkpoints are refused."""
     if not path.exists():
         raise ModelNotFoundError(f"no such file or folder: {path}")
     if path.is_dir():
@@ -232,11 +233,16 @@ def resolve_path(path: Path) -> ResolvedModel:
         )
     with open(path, "rb") as f:
         magic = f.read(4)
-    if magic != b"GGUF":
-        # Let the GGUF reader produce its detailed explanation (pickle, JSON, old ggml, ...).
-        from pellucid.formats.gguf import GGUFFile
+    from pellucid.formats.gguf import GGUFFile, gguf_files, parse_split_path
 
-        GGUFFile(path).close()
+    if magic != b"GGUF":
+        GGUFFile(path).close()  # let the GGUF reader explain what the file is instead (pickle, JSON, old ggml, ...)
+    if parse_split_path(path) is not None:  # a part of a split model (gguf-split), or a file merely named like one
+        # Any part stands for the model: its first part's path, named without the part number. Opening the
+        # parts here reports a missing one before anything is loaded.
+        parts = gguf_files(path)
+        if len(parts) > 1:
+            return ResolvedModel(parse_split_path(parts[0])[0].name, "gguf", parts[0])
     return ResolvedModel(path.stem, "gguf", path)
 
 
@@ -472,7 +478,10 @@ def _commit(staging: Path, name: str, kind: str, rel_path: str, files: dict, sou
 
 def _pull_path(path: Path, *, name: str | None, force: bool, quiet: bool) -> StoredModel:
     resolved = resolve_path(path)  # refuses pickles, checks it is a GGUF or an HF folder
-    name = name or _name_from_filename(path.name if path.is_file() else path.name)
+    from pellucid.formats.gguf import gguf_files
+
+    gguf_parts = gguf_files(resolved.path) if resolved.kind == "gguf" else []  # every part of a split model
+    name = name or _name_from_filename(resolved.name if len(gguf_parts) > 1 else path.name)
     existing = _existing_or_none(name, force, quiet)
     if existing is not None:
         return existing
@@ -480,8 +489,9 @@ def _pull_path(path: Path, *, name: str | None, force: bool, quiet: bool) -> Sto
         staging = Path(tmp) / "model"
         staging.mkdir()
         if resolved.kind == "gguf":
-            _copy_with_progress(path, staging / path.name, quiet)
-            rel_files = [path.name]
+            for part in gguf_parts:
+                _copy_with_progress(part, staging / part.name, quiet)
+            rel_files = [part.name for part in gguf_parts]
         else:
             rel_files = []
             for src in sorted(path.rglob("*")):
@@ -491,7 +501,7 @@ def _pull_path(path: Path, *, name: str | None, force: bool, quiet: bool) -> Sto
                     shutil.copy2(src, staging / rel)
                     rel_files.append(rel)
         files = _hash_files(staging, rel_files, quiet, label=name)
-        return _commit(staging, name, resolved.kind, path.name, files, f"path:{path.resolve()}", quiet)
+        return _commit(staging, name, resolved.kind, resolved.path.name, files, f"path:{path.resolve()}", quiet)
 
 
 def _copy_with_progress(src: Path, dst: Path, quiet: bool) -> None:

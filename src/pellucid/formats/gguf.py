@@ -10,7 +10,14 @@ Layout of a GGUF file (v2/v3, little-endian):
 
 A string is a u64 byte length followed by UTF-8 bytes; an array is (elem_type u32, count u64, elems).
 
-The file is memory-mapped: opening it reads only the header, and `raw()` returns a numpy view of a
+A model may also be split across files by llama.cpp's `gguf-split` (or gguf-py's writer with
+`split_max_tensors`): NAME-00001-of-00003.gguf .. NAME-00003-of-00003.gguf. Each part is a complete GGUF
+file holding some of the tensors; the first part carries all the metadata plus `split.no`, `split.count`
+and `split.tensors.count`, and each later part carries only those three keys and its own tensor infos (a
+tensor's offset counts from the start of its own part's data section). `GGUFFile` opens any part and reads
+the whole model as if it were one file.
+
+Each file is memory-mapped: opening it reads only the header, and `raw()` returns a numpy view of a
 tensor's bytes without copying them. Every length and count in the header is checked against the file
 size before anything is allocated, so a corrupt or hostile header fails with a `ModelFileError` that says
 where and why, never with a MemoryError or a traceback.
@@ -19,9 +26,11 @@ where and why, never with a MemoryError or a traceback.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import mmap
 import os
+import re
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -38,6 +47,13 @@ SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # ggml tensors have at most 4 dimensions
 MAX_ARRAY_NESTING = 8
+
+# The keys gguf-split writes into every part (llama.cpp's LLM_KV_SPLIT_*).
+SPLIT_NO = "split.no"  # uint16: this part's index, counting from 0
+SPLIT_COUNT = "split.count"  # uint16: how many parts; 0 in a file that `gguf-split --merge` joined back
+SPLIT_TENSORS_COUNT = "split.tensors.count"  # int32: the tensors of the whole model, all parts together
+# How gguf-split names the parts (llama_split_path's "%s-%05d-of-%05d.gguf"), numbered from 1.
+SPLIT_NAME = re.compile(r"^(?P<prefix>.*)-(?P<part_no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 
 class ValueType(IntEnum):
@@ -83,16 +99,20 @@ class TensorInfo:
     name: str
     shape: tuple[int, ...]  # PyTorch order: ggml's dims reversed, so a weight is (out_features, in_features)
     ggml_type: GGMLType
-    offset: int  # absolute byte offset of the first block in the file
+    offset: int  # absolute byte offset of the first block in the file (in its part, for a split model)
     n_bytes: int
+    part: int = 0  # which file holds it: an index into GGUFFile.parts (always 0 unless the model is split)
 
     @property
     def n_elements(self) -> int:
         return math.prod(self.shape)
 
 
-class GGUFFile:
-    """An open, memory-mapped GGUF file. Use as a context manager or call `close()`."""
+class GGUFPart:
+    """One memory-mapped .gguf file: its header and its tensors' bytes.
+
+    A model is one part, or several written by gguf-split; `GGUFFile` is what callers open, and it opens its
+    parts. `tensors` here are this file's only, each with `part` 0 and an offset into this file."""
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
@@ -121,6 +141,75 @@ class GGUFFile:
             self.close()
             raise
 
+    @property
+    def split_count(self) -> int:
+        """How many parts the model has, by this file's `split.count` (1 when it is not split)."""
+        return max(self._split_key(SPLIT_COUNT, 1), 1)
+
+    @property
+    def split_no(self) -> int:
+        """This file's place among the parts, counting from 0 (0 when the model is not split)."""
+        return self._split_key(SPLIT_NO, 0)
+
+    def _split_key(self, key: str, default: int) -> int:
+        value = self.metadata.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ModelFileError(f"{self.path.name} is corrupt: {key} is {value!r}, not a part number or count")
+        return value
+
+    def raw(self, info: TensorInfo) -> np.ndarray:
+        if self._bytes is None:
+            raise ValueError(f"{self.path.name} is closed; open it again to read tensor {info.name!r}")
+        return self._bytes[info.offset : info.offset + info.n_bytes]
+
+    @property
+    def trailing_bytes(self) -> int:
+        """Bytes after the end of the last tensor (where the data starts, if the file holds no tensor)."""
+        data_end = max((t.offset + t.n_bytes for t in self.tensors.values()), default=self.data_offset)
+        return self.file_size - data_end
+
+    def close(self) -> None:
+        self._bytes = None  # drop the numpy view first so the mmap has no exported buffers
+        if getattr(self, "_mmap", None) is not None:
+            # If a caller still holds a view of the data (e.g. a tensor made with torch.from_numpy),
+            # close() raises BufferError; the mapping is then released when the last view dies.
+            with contextlib.suppress(BufferError):
+                self._mmap.close()
+            self._mmap = None
+
+    # Filled in by _Parser
+    version: int
+    alignment: int
+    header_size: int  # bytes of magic + counts + metadata + tensor infos (before padding)
+    data_offset: int  # absolute offset where tensor data starts (aligned)
+
+
+class GGUFFile:
+    """An open GGUF model, memory-mapped: one file, or every part of a split one. Use as a context manager or
+    call `close()`.
+
+    A split model opens from the path of any of its parts and reads as one file: `metadata` comes from the
+    first part (the only one that carries it), `tensors` holds the tensors of every part, and `raw()` reads
+    each from the part that holds it. `path` is the first part's; `parts` lists every file, in order.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        given = GGUFPart(path)
+        try:
+            self.parts: list[GGUFPart] = _open_parts(given)
+            first = self.parts[0]
+            self.path = first.path
+            self.metadata: dict[str, Any] = first.metadata
+            self.metadata_types: dict[str, str] = first.metadata_types
+            self.version: int = first.version
+            self.alignment: int = first.alignment
+            self.data_offset: int = first.data_offset  # where the first part's tensor data starts
+            self.tensors: dict[str, TensorInfo] = _all_tensors(self.parts)
+        except BaseException:
+            for part in getattr(self, "parts", [given]):
+                part.close()
+            raise
+
     # -- metadata helpers -------------------------------------------------------------------------------
     @property
     def architecture(self) -> str | None:
@@ -137,9 +226,7 @@ class GGUFFile:
     def raw(self, name: str) -> np.ndarray:
         """The tensor's encoded bytes as a uint8 numpy view into the mapped file (no copy)."""
         info = self._info(name)
-        if self._bytes is None:
-            raise ValueError(f"{self.path.name} is closed; open it again to read tensor {name!r}")
-        return self._bytes[info.offset : info.offset + info.n_bytes]
+        return self.parts[info.part].raw(info)
 
     def tensor(self, name: str, dtype=None, device=None):
         """The tensor dequantized to a new torch tensor of `info.shape` (float32 unless `dtype` says).
@@ -159,17 +246,22 @@ class GGUFFile:
 
     # -- layout facts (for `inspect`) -------------------------------------------------------------------
     @property
+    def file_size(self) -> int:
+        """Bytes on disk, every part together."""
+        return sum(p.file_size for p in self.parts)
+
+    @property
+    def header_size(self) -> int:
+        """Bytes of every part's header (magic, counts, metadata and tensor infos), before padding."""
+        return sum(p.header_size for p in self.parts)
+
+    @property
     def tensor_data_bytes(self) -> int:
         return sum(t.n_bytes for t in self.tensors.values())
 
     def close(self) -> None:
-        self._bytes = None  # drop the numpy view first so the mmap has no exported buffers
-        if getattr(self, "_mmap", None) is not None:
-            # If a caller still holds a view of the data (e.g. a tensor made with torch.from_numpy),
-            # close() raises BufferError; the mapping is then released when the last view dies.
-            with contextlib.suppress(BufferError):
-                self._mmap.close()
-            self._mmap = None
+        for part in self.parts:
+            part.close()
 
     def __enter__(self) -> GGUFFile:
         return self
@@ -178,22 +270,130 @@ class GGUFFile:
         self.close()
 
     def __repr__(self) -> str:
+        parts = f", {len(self.parts)} parts" if len(self.parts) > 1 else ""
         return (
             f"GGUFFile({str(self.path)!r}, v{self.version}, arch={self.architecture!r}, "
-            f"{len(self.metadata)} keys, {len(self.tensors)} tensors)"
+            f"{len(self.metadata)} keys, {len(self.tensors)} tensors{parts})"
         )
 
-    # Filled in by _Parser
-    version: int
-    alignment: int
-    header_size: int  # bytes of magic + counts + metadata + tensor infos (before padding)
-    data_offset: int  # absolute offset where tensor data starts (aligned)
+
+# -- split models (gguf-split) --------------------------------------------------------------------------
+
+
+def split_part_path(prefix: str | os.PathLike[str], part_no: int, count: int) -> Path:
+    """The path gguf-split gives part `part_no` (from 1) of `count`: PREFIX-00002-of-00003.gguf."""
+    return Path(f"{os.fspath(prefix)}-{part_no:05d}-of-{count:05d}.gguf")
+
+
+def parse_split_path(path: str | os.PathLike[str]) -> tuple[Path, int, int] | None:
+    """(prefix, part_no from 1, count) from a name like PREFIX-00002-of-00003.gguf; None for other names.
+
+    The name alone does not make a file a part: the file's split.* keys decide (see `GGUFFile`)."""
+    path = Path(path)
+    match = SPLIT_NAME.match(path.name)
+    if not match:
+        return None
+    return path.with_name(match["prefix"]), int(match["part_no"]), int(match["count"])
+
+
+def gguf_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The files that make up the GGUF model at `path`, first part first: [path] for a single file, every
+    part for a split model (from the path of any part). Raises ModelFileError if a part is missing."""
+    with GGUFFile(path) as g:
+        return [part.path for part in g.parts]
+
+
+def _open_parts(given: GGUFPart) -> list[GGUFPart]:
+    """Every part of the model `given` belongs to, in order, `given` among them; [given] if it is not split."""
+    count, index = given.split_count, given.split_no
+    if count == 1:
+        return [given]
+    paths = _part_paths(given, index, count)
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise ModelFileError(_missing_parts_message(given, paths, missing))
+    parts: list[GGUFPart] = []
+    try:
+        for i, part_path in enumerate(paths):
+            part = given if i == index else GGUFPart(part_path)
+            parts.append(part)
+            if (part.split_no, part.split_count) != (i, count):
+                raise ModelFileError(_stray_part_message(part, i, count, given))
+    except BaseException:
+        for part in parts:
+            if part is not given:
+                part.close()
+        raise
+    return parts
+
+
+def _part_paths(given: GGUFPart, index: int, count: int) -> list[Path]:
+    # As llama.cpp does (llama_split_prefix), the other parts are found by name: the file must be called
+    # PREFIX-0000i-of-0000n.gguf with the i and n its own split.* keys state.
+    if index >= count:
+        raise ModelFileError(
+            f"{given.path.name} is corrupt: its split.no is {index} but split.count is {count} (parts count from 0)"
+        )
+    parsed = parse_split_path(given.path)
+    if parsed is None or parsed[1:] != (index + 1, count):
+        raise ModelFileError(
+            f"{given.path.name} is part {index + 1} of a model split into {count} files (its split.no and "
+            f"split.count say so), but its name does not end in -{index + 1:05d}-of-{count:05d}.gguf, so pellucid "
+            f"cannot tell which files are the other parts. Give the parts back the names gguf-split wrote "
+            f"(NAME-00001-of-{count:05d}.gguf to NAME-{count:05d}-of-{count:05d}.gguf), all in one folder, and "
+            f"pass the first part."
+        )
+    return [split_part_path(parsed[0], i + 1, count) for i in range(count)]
+
+
+def _missing_parts_message(given: GGUFPart, paths: list[Path], missing: list[Path]) -> str:
+    names = ", ".join(p.name for p in missing)
+    return (
+        f"{given.path.name} is part {given.split_no + 1} of a model split into {len(paths)} files, and "
+        f"{len(missing)} of them {'is' if len(missing) == 1 else 'are'} missing from {given.path.parent}: "
+        f"{names}. Put every part in that folder under the name gguf-split gave it (download the missing "
+        f"ones from where the others came from), then pass the first part, {paths[0].name}."
+    )
+
+
+def _stray_part_message(part: GGUFPart, index: int, count: int, given: GGUFPart) -> str:
+    if part.split_count == 1:
+        says = "it is not a part of a split model (it has no split.count)"
+    else:
+        says = f"it says it is part {part.split_no + 1} of {part.split_count}"
+    return (
+        f"{part.path.name} does not belong with {given.path.name}: its name makes it part {index + 1} of "
+        f"{count}, but {says}. The parts must all come from one gguf-split run; re-download the parts that "
+        f"do not match (in {part.path.parent})."
+    )
+
+
+def _all_tensors(parts: list[GGUFPart]) -> dict[str, TensorInfo]:
+    """Every part's tensors in one dict, each marked with the part that holds it."""
+    tensors: dict[str, TensorInfo] = {}
+    for i, part in enumerate(parts):
+        for name, info in part.tensors.items():
+            if name in tensors:
+                other = parts[tensors[name].part].path.name
+                raise ModelFileError(
+                    f"tensor {name!r} is in both {other} and {part.path.name}: these files are parts of "
+                    f"different splits. Re-download the parts so that all come from one gguf-split run."
+                )
+            tensors[name] = info if i == 0 else dataclasses.replace(info, part=i)
+    expected = parts[0].metadata.get(SPLIT_TENSORS_COUNT)
+    if len(parts) > 1 and expected != len(tensors):
+        raise ModelFileError(
+            f"{parts[0].path.name} says the model has {expected} tensors ({SPLIT_TENSORS_COUNT}), but its "
+            f"{len(parts)} parts hold {len(tensors)}: some parts come from a different split of the model. "
+            f"Re-download the parts so that all come from one gguf-split run."
+        )
+    return tensors
 
 
 class _Parser:
     """Walks the header once, checking every length against the bytes that remain."""
 
-    def __init__(self, gguf: GGUFFile):
+    def __init__(self, gguf: GGUFPart):
         self.g = gguf
         self.buf = gguf._mmap
         self.size = gguf.file_size
