@@ -26,6 +26,7 @@ from pellucid.inspect_map import (
     render_svg,
 )
 from pellucid.store import resolve
+from test_cli import assert_user_error, run
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -195,6 +196,21 @@ def test_layer_of():
 
 
 # -- the command ----------------------------------------------------------------------------------------
+
+
+def test_cli_prints_the_report_then_writes_the_map(smollm2_path, tmp_path):
+    path = tmp_path / "smollm2.svg"
+    proc = run("inspect", str(smollm2_path), "--map", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert "File layout" in proc.stdout
+    assert proc.stdout.rstrip().splitlines()[-1] == f"map of the file written to {path}"
+    assert len(rects(ET.parse(path).getroot(), "tensor")) == 272
+
+
+def test_cli_refuses_a_map_that_is_not_svg_or_png(smollm2_path, tmp_path):
+    path = tmp_path / "smollm2.jpg"
+    assert_user_error(run("inspect", str(smollm2_path), "--map", str(path)), "smollm2.jpg", ".svg", ".png")
+    assert not path.exists()
 
 
 def test_map_path_in_a_missing_folder(tmp_path):
