@@ -99,7 +99,7 @@ FALLBACK_COLOURS = ("#5d8aa8", "#c08552", "#6a994e", "#bc4749", "#6d597a", "#4d9
 INK = "#22252b"  # text
 FAINT = "#6b7079"  # secondary text, ticks
 BACKGROUND = "#fbfbf9"
-FONT_FAMILY = "DejaVu Sans, Verdana, Arial, sans-serif"
+FONT_FAMILY = "DejaVu Sans, Arial, Helvetica, sans-serif"  # the fallbacks are narrower, so labels still fit
 
 # -- geometry, in pixels of the SVG (the PNG is drawn PNG_SCALE times larger) ------------------------------
 
@@ -132,9 +132,18 @@ def text_colour(fill: str) -> str:
     return INK if luminance > 0.45 else "#ffffff"
 
 
+# Advance widths in DejaVu Sans, in ems, to within a few percent (measured with Pillow): the SVG is laid out
+# without a font at hand, and a label must not spill out of its box.
+NARROW_CHARACTERS = set("ijlt.,:;'|!()[] ·fr")
+WIDE_CHARACTERS = set("mwMW@%")
+
+
 def text_width(text: str, size: float, bold: bool = False) -> float:
-    """Width of `text` in DejaVu Sans, estimated (the SVG is laid out without a font at hand)."""
-    return len(text) * size * (0.66 if bold else 0.61)
+    ems = sum(
+        0.34 if c in NARROW_CHARACTERS else 0.92 if c in WIDE_CHARACTERS else 0.74 if c.isupper() else 0.62
+        for c in text
+    )
+    return ems * size * (1.12 if bold else 1.0)
 
 
 # -- 1. the byte ranges ---------------------------------------------------------------------------------
