@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, ImageColor
 
@@ -96,6 +97,23 @@ def test_gemma3_header_parts_add_up_to_inspects_layout(gemma3_map, gemma3_path):
     legend = legend_bytes(root)
     assert {q.type: q.n_bytes for q in report.quant} == {k: legend[k] for k in ("Q8_0", "Q5_0", "Q4_K", "Q6_K", "F32")}
     assert_every_byte_once(rects(root, "tensor") + rects(root, "part"), {gemma3_path.name: layout.file_size})
+
+
+def test_padding_between_tensors_and_bytes_after_them(tmp_path):
+    """Tensors whose sizes are not multiples of the alignment leave padding, drawn as such; bytes beyond the
+    last tensor's padding are 'unexplained' (inspect notes them as possible damage)."""
+    from test_formats_gguf import write_gguf
+
+    tensors = {"y": np.zeros(5, np.float32), "blk.0.x": np.ones((3, 32), np.float32), "blk.0.z": np.ones(7, np.float32)}
+    path = write_gguf(tmp_path / "small.gguf", tensors=tensors)
+    regions = file_regions(resolve(path)).regions
+    assert [(r.name, r.n_bytes) for r in regions if r.name == "padding"][-2:] == [("padding", 12), ("padding", 4)]
+    assert sum(r.n_bytes for r in regions) == path.stat().st_size
+    with open(path, "ab") as f:
+        f.write(b"\0" * 100)
+    root = svg_tree(layout_map(file_regions(resolve(path))))
+    assert [int(r["data-bytes"]) for r in rects(root, "part") if r["data-kind"] == "unexplained bytes"] == [104]
+    assert_every_byte_once(rects(root, "tensor") + rects(root, "part"), {path.name: path.stat().st_size})
 
 
 def test_small_regions_are_visible_and_labelled_with_their_true_size(smollm2_map):

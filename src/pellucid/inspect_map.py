@@ -229,7 +229,7 @@ def _gguf_regions(path: Path) -> MapSource:
             Region(t.name, t.ggml_type.name, name, t.offset, t.n_bytes, _shape(t.shape), True, t.n_elements)
             for t in sorted(g.tensors.values(), key=lambda t: t.offset)
         ]
-        regions += _with_gaps(tensors, name, g.header_size, g.file_size)
+        regions += _with_gaps(tensors, name, g.header_size, g.file_size, g.alignment)
         return MapSource(name, f"GGUF v{g.version}", [(name, g.file_size)], regions)
 
 
@@ -267,16 +267,19 @@ def _safetensors_regions(path: Path) -> MapSource:
     return MapSource(path.name, "safetensors", files, regions)
 
 
-def _with_gaps(tensors: list[Region], file: str, start: int, end: int) -> list[Region]:
-    """The tensors with a region for every gap: alignment padding before and between them, and whatever
-    follows the last one (nothing, in a well-formed file)."""
+def _with_gaps(tensors: list[Region], file: str, start: int, end: int, alignment: int = 1) -> list[Region]:
+    """The tensors with a region for every gap: alignment padding before and between them, and after the last
+    one up to the next multiple of `alignment` (gguf-py's writer pads there too); anything beyond that is
+    unexplained (nothing, in a well-formed file)."""
     out, cursor = [], start
     for t in tensors:
         if t.offset > cursor:
             out.append(Region(PADDING, PADDING, file, cursor, t.offset - cursor, "alignment"))
         out.append(t)
         cursor = max(cursor, t.offset + t.n_bytes)
-    if end > cursor:
+    if end > cursor and end % alignment == 0 and end - cursor < alignment:
+        out.append(Region(PADDING, PADDING, file, cursor, end - cursor, "alignment"))
+    elif end > cursor:
         out.append(Region(UNEXPLAINED, UNEXPLAINED, file, cursor, end - cursor, "after the last tensor"))
     return out
 
@@ -589,10 +592,10 @@ def _short_name(name: str, layer: str) -> str:
     return short.removesuffix(".weight") or name
 
 
-def _region_lines(r: Region, layer: str = "") -> tuple[str, str]:
-    """The two lines of a region's label: its name, then its type and size."""
+def _region_lines(r: Region) -> tuple[str, str]:
+    """The two lines of a region's label in a band: its name, then its type and size."""
     if r.is_tensor:
-        return _short_name(r.name, layer), f"{r.kind} · {format_bytes(r.n_bytes)}"
+        return _short_name(r.name, ""), f"{r.kind} · {format_bytes(r.n_bytes)}"
     return r.name, f"{format_bytes(r.n_bytes)} · {r.detail}" if r.detail else format_bytes(r.n_bytes)
 
 
