@@ -179,7 +179,8 @@ def small_model_with_alignment(path: Path, alignment: int) -> Path:
 
 @pytest.mark.parametrize("model", ["smollm2_path", pytest.param("gemma3_path", marks=pytest.mark.slow)])
 def test_real_files_agree_with_gguf_py_reader(model, request):
-    """gguf-py's reader is the oracle for every key, value, tensor offset and shape (15 s for Gemma's vocab)."""
+    """gguf-py's reader is the oracle for every key, value, byte span, tensor offset and shape (15 s for Gemma's
+    vocab)."""
     path = request.getfixturevalue(model)
     reader = GGUFReader(path)
     with GGUFFile(path) as g:
@@ -192,6 +193,12 @@ def test_real_files_agree_with_gguf_py_reader(model, request):
                 assert np.array_equal(got, np.array(want, dtype=got.dtype)), key
             else:
                 assert got == want, key
+        # Where each entry and the tensor-info table lie (for `inspect --map`): gguf-py keeps each field's bytes.
+        fields = [reader.fields[k] for k in keys]
+        assert list(g.parts[0].metadata_spans.values()) == [
+            (f.offset, f.offset + sum(p.nbytes for p in f.parts)) for f in fields
+        ]
+        assert g.parts[0].tensor_info_offset == min(int(t.field.offset) for t in reader.tensors)
         assert list(g.tensors) == [t.name for t in reader.tensors]
         for t in reader.tensors:
             info = g.tensors[t.name]

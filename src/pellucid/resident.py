@@ -15,8 +15,6 @@ numbers the kernel itself reports (Linux /proc; elsewhere the functions return N
 
 from __future__ import annotations
 
-import glob
-import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -79,13 +77,17 @@ def _storage_label(owner: torch.nn.Module, tensor: torch.Tensor) -> str:
 
 
 def model_files(path: Path) -> list[Path]:
-    """The files a model's weights are read from: the GGUF file, or a Hugging Face folder's safetensors shards."""
+    """The files a model's weights are read from: the GGUF file (every part of a gguf-split model, by name),
+    or a Hugging Face folder's safetensors shards."""
+    from pellucid.formats.gguf import parse_split_path, split_part_path
+
     path = Path(path)
     if path.is_dir():
         return sorted(path.glob("*.safetensors"))
-    split = re.fullmatch(r"(.*)-\d{5}-of-(\d{5})\.gguf", path.name)  # gguf-split's parts: all of them
-    if split:
-        return sorted(path.parent.glob(f"{glob.escape(split[1])}-[0-9][0-9][0-9][0-9][0-9]-of-{split[2]}.gguf"))
+    split = parse_split_path(path)
+    if split is not None:
+        prefix, _, count = split
+        return [split_part_path(prefix, i + 1, count) for i in range(count)]
     return [path]
 
 

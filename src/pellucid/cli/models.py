@@ -103,17 +103,32 @@ def _add_inspect(commands) -> None:
     add_model_arg(p)
     add_quantize_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--map",
+        metavar="FILE",
+        help="also draw the file's bytes as a picture (FILE.svg or FILE.png): header, metadata, vocabulary, "
+        "then each layer's tensors, area proportional to size, coloured by storage type",
+    )
 
 
 def cmd_inspect(args) -> int:
     """Architecture, size, quantization, tokenizer, file layout and memory math of a model, from its headers."""
     from pellucid.inspect import inspect_model, render_text, report_json
+    from pellucid.inspect_map import check_map_path, write_map
 
-    report = inspect_model(store.resolve(args.model), args.quantize)
+    map_path = check_map_path(args.map) if args.map else None  # a wrong name fails before any work
+    model = store.resolve(args.model)
+    report = inspect_model(model, args.quantize)
     if args.json:
         print_json(report_json(report))
     else:
         print(render_text(report))
+    if map_path:
+        written = write_map(model, map_path)
+        if args.json:  # on stderr, so that stdout stays one JSON document
+            print(f"map of the file written to {written}", file=sys.stderr)
+        else:
+            print(f"\nmap of the file written to {written}")
     return 0
 
 

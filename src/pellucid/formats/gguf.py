@@ -134,6 +134,8 @@ class GGUFPart:
         self._bytes = np.frombuffer(self._mmap, dtype=np.uint8)
         self.metadata: dict[str, Any] = {}
         self.metadata_types: dict[str, str] = {}  # key -> "uint32", "string", "array[string]", ...
+        # key -> (start, end) bytes of its whole entry (key, type, value), for `inspect --map`
+        self.metadata_spans: dict[str, tuple[int, int]] = {}
         self.tensors: dict[str, TensorInfo] = {}
         try:
             _Parser(self).parse()
@@ -180,6 +182,7 @@ class GGUFPart:
     # Filled in by _Parser
     version: int
     alignment: int
+    tensor_info_offset: int  # where the tensor-info table starts (the end of the metadata)
     header_size: int  # bytes of magic + counts + metadata + tensor infos (before padding)
     data_offset: int  # absolute offset where tensor data starts (aligned)
 
@@ -454,6 +457,7 @@ class _Parser:
                 )
         for _ in range(n_kv):
             self._read_kv()
+        g.tensor_info_offset = self.pos
         infos = [self._read_tensor_info() for _ in range(n_tensors)]
         g.header_size = self.pos
         g.alignment = self._alignment()
@@ -461,6 +465,7 @@ class _Parser:
         self._place_tensors(infos)
 
     def _read_kv(self) -> None:
+        start = self.pos
         key = self._string("a metadata key")
         vtype = self._value_type(f"the type of metadata {key!r}")
         value, type_name = self._value(vtype, key, depth=0)
@@ -468,6 +473,7 @@ class _Parser:
             raise ModelFileError(f"{self.g.path.name} is corrupt: metadata key {key!r} appears twice")
         self.g.metadata[key] = value
         self.g.metadata_types[key] = type_name
+        self.g.metadata_spans[key] = (start, self.pos)
 
     def _value_type(self, what: str) -> ValueType:
         raw = self._unpack("<I", what)
