@@ -75,11 +75,11 @@ class Transformer(nn.Module):
         x = self.embedding(tokens)  # (B, T, hidden)
         if self.embed_scale is not None:
             x = x * self.embed_scale
-        if observe is not None:
-            observe(-1, x)
         positions = torch.arange(offset, offset + T, device=tokens.device)
         cos, sin = self.rope.tables(positions)
         cos_local, sin_local = self.rope_local.tables(positions) if self.rope_local is not self.rope else (cos, sin)
+        if observe is not None:  # after the RoPE tables, so explain's time for layer 0 is layer 0's alone
+            observe(-1, x)
         for i, block in enumerate(self.blocks):
             layer_cache = cache.layers[i] if cache is not None else None
             rope, c, s = (self.rope_local, cos_local, sin_local) if block.sliding else (self.rope, cos, sin)
