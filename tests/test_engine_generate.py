@@ -60,6 +60,33 @@ def test_prefix_reuse_gives_the_same_tokens_and_skips_work(tiny):
     assert _ids(session, other, max_tokens=5) == _ids(Session(tiny, 64), other, max_tokens=5)
 
 
+def test_prefix_reuse_past_a_sliding_window(monkeypatch):
+    """Gemma-style sliding layers (window 8) whose rings have wrapped still reuse a shared prefix: a prompt
+    sent again with a different end, and the next turn of a chat, both match a fresh computation."""
+    from pellucid.engine.results import GenerationStats
+
+    config = tiny_config("gemma3", context_length=128)
+    model = build_transformer(config, Weights.from_dict(random_weights(config)), family_for("gemma3").gguf_names).eval()
+    prompt = [(7 * i) % 50 + 3 for i in range(40)]  # 5 windows long
+    session = Session(model, 128)
+    _ids(session, prompt, max_tokens=4)
+
+    def reuse(ids):
+        stats = GenerationStats()
+        out = [s.token_id for s in session.generate_ids(ids, make_sampler(GREEDY), max_tokens=4, stats=stats)]
+        assert out == _ids(Session(model, 128), ids, max_tokens=4)  # identical to a fresh computation
+        return stats.cached_tokens, out
+
+    different_end = prompt[:33] + [11, 12, 13]
+    cached, answer = reuse(different_end)
+    assert cached == 33
+    next_turn = different_end + [answer[0], 99] + [21, 22]  # the cache holds 3 more generated tokens: trimmed
+    cached, reply = reuse(next_turn)
+    assert cached == len(different_end) + 1  # the ring's tail held what the shorter prefix needed
+    chat = next_turn + reply[:-1] + [31, 32]
+    assert reuse(chat)[0] == len(next_turn) + len(reply) - 1  # the next turn of a chat: all but the last token
+
+
 def test_interrupted_forward_does_not_corrupt_the_next_call(tiny, monkeypatch):
     session = Session(tiny, 64)
     calls = {"n": 0}

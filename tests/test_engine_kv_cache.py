@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from model_helpers import tiny_config
-from pellucid.engine.kv_cache import KVCache, RotatingKVCache, make_cache
+from pellucid.engine.kv_cache import REUSE_SLACK, KVCache, RotatingKVCache, make_cache
 from pellucid.errors import ContextLengthError
 
 
@@ -64,16 +64,37 @@ def test_ring_prefill_returns_previous_window_then_new_tokens():
     assert sorted(returned(k)) == [5, 6, 7, 8]
 
 
-def test_ring_trims_only_before_it_wraps():
+def test_ring_trims_back_into_what_its_prefill_tail_holds():
     ring = RotatingKVCache(1, 1, 4, 2, 2, device="cpu", dtype=torch.float32)
     ring.update_and_fetch(*positions(0, 3))
     ring.trim(1)
     k, _ = ring.update_and_fetch(*positions(2, 3))
     assert sorted(returned(k)) == [0, 1, 2]
-    ring.update_and_fetch(*positions(3, 6))
-    assert not ring.can_trim(1)
+    # A prompt far past the window: the ring has wrapped, but the prefill tail still holds what a trim needs,
+    # so the next chunk sees exactly the positions it would have seen had the prompt been shorter.
+    ring.update_and_fetch(*positions(3, 12))
+    assert ring.can_trim(5)
+    ring.trim(5)
+    assert ring.offset == 7
+    k, _ = ring.update_and_fetch(*positions(7, 9))
+    assert returned(k) == [4, 5, 6, 7, 8]  # the 3 positions before 7, then the new ones
+    k, _ = ring.update_and_fetch(*positions(9, 10))
+    assert sorted(returned(k)) == [6, 7, 8, 9]
+
+
+def test_ring_refuses_a_trim_its_tail_does_not_cover():
+    ring = RotatingKVCache(1, 1, 4, 2, 2, device="cpu", dtype=torch.float32)
+    ring.update_and_fetch(*positions(0, 3))
+    for p in range(3, 10):  # decode steps are not kept in the tail (that would cost a copy per token)
+        ring.update_and_fetch(*positions(p, p + 1))
+    assert ring.can_trim(0) and not ring.can_trim(3)
     with pytest.raises(ValueError, match="overwritten"):
-        ring.trim(1)
+        ring.trim(3)
+    # nor does it reach further back than the window plus its slack
+    long = RotatingKVCache(1, 1, 4, 2, 2, device="cpu", dtype=torch.float32)
+    end = long.tail_size + 10
+    long.update_and_fetch(*positions(0, end))
+    assert long.can_trim(long.tail_size - 4) and not long.can_trim(long.tail_size - 3)
 
 
 def test_make_cache_uses_a_ring_only_where_the_window_is_smaller_than_the_cache():
@@ -84,7 +105,7 @@ def test_make_cache_uses_a_ring_only_where_the_window_is_smaller_than_the_cache(
     assert all(isinstance(layer, KVCache) for layer in small.layers)
     cache = make_cache(config, batch_size=2, capacity=32)
     per_token = config.n_kv_heads * (config.head_dim + config.value_head_dim) * 4  # float32
-    assert cache.n_bytes == 2 * per_token * (3 * 8 + 32)
+    assert cache.n_bytes == 2 * per_token * (3 * (8 + 8 + REUSE_SLACK) + 32)  # rings, their prefill tails
     assert cache.n_bytes == 2 * config.kv_cache_bytes(32, bytes_per_element=4)  # what the memory planner budgets
 
 

@@ -106,13 +106,16 @@ def test_kv_cache_of_grouped_query_attention_shrinks_with_kv_heads():
 
 
 def test_kv_cache_sliding_window_layers_stop_growing():
-    """Gemma-3-like: 5 of every 6 layers keep only the last 512 tokens."""
+    """Gemma-3-like: 5 of every 6 layers keep only the last 512 tokens, and a prefill tail of 512 + REUSE_SLACK
+    positions for prefix reuse (engine/kv_cache.py)."""
+    from pellucid.engine.kv_cache import REUSE_SLACK
+
     sliding = [(i + 1) % 6 != 0 for i in range(18)]
     config = llama7b_config(
         n_layers=18, n_kv_heads=1, head_dim=256, value_head_dim=256, sliding_window=512, sliding_layers=sliding
     )
     per_layer_token = 1 * (256 + 256) * 2
-    expected = per_layer_token * (15 * 512 + 3 * 32768)
+    expected = per_layer_token * (15 * (2 * 512 + REUSE_SLACK) + 3 * 32768)
     assert memory.kv_cache_bytes(config, 32768, "f16") == expected
     assert memory.kv_cache_bytes(config, 100, "f16") == per_layer_token * 18 * 100
 

@@ -16,6 +16,16 @@ step writes into existing buffers and allocates nothing.
   every entry lies inside the window, so no mask is needed. A multi-token step returns the previous
   window - 1 entries in order followed by the new ones, and the attention mask does the rest.
 
+Prefix reuse on sliding-window layers. A chat's next request shares a long prefix with what the cache holds,
+but a ring that has wrapped has overwritten the keys that prefix's last `window` positions need, so trimming
+back to it was impossible and every turn past the window recomputed the whole conversation (llama-server has
+the same flaw, its issue #14157). So each ring keeps a *prefill tail*: the last `window + REUSE_SLACK`
+positions written by prompt processing (not by decode, which would cost a copy per token), itself a ring by
+position. Trimming back to any position P whose last `window` keys lie in the tail or the live ring restores
+them into the ring: a prompt sent again with a different last part (up to REUSE_SLACK tokens) and the next
+turn of a chat (whose prefix ends inside the reply, as long as the reply was shorter than the window) both
+reuse their prefix. The tail costs (window + REUSE_SLACK) positions per sliding layer, counted by `fit`.
+
 Every sequence in a cache's batch dimension shares one offset. The server batches sequences at different
 positions differently: one cache (batch size 1) per sequence, stepped together by `Transformer.decode_batch`
 through `store_one`, which returns an attention mask instead of a wrap-dependent slice.
@@ -73,6 +83,13 @@ class KVCache:
     def advance(self, n: int) -> None:
         self.offset += n
 
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.values.nbytes
+
+    def reset(self) -> None:
+        self.offset = 0
+
     def can_trim(self, n: int) -> bool:
         return 0 <= n <= self.offset
 
@@ -83,8 +100,14 @@ class KVCache:
         self.offset -= n
 
 
+# Prompt tokens a sliding-window ring's prefill tail keeps beyond the window: how far back of the previous
+# prompt's end a new prompt may diverge and still reuse its prefix (a changed last message, a trimmed reply).
+REUSE_SLACK = 256
+
+
 class RotatingKVCache:
-    """Keys and values of one sliding-window layer: a ring of `window` slots, position p in slot p % window."""
+    """Keys and values of one sliding-window layer: a ring of `window` slots, position p in slot p % window,
+    plus the prefill tail that lets a wrapped ring be trimmed (module docstring)."""
 
     def __init__(
         self, batch_size: int, n_kv_heads: int, window: int, head_dim: int, value_head_dim: int, *, device, dtype
@@ -93,6 +116,20 @@ class RotatingKVCache:
         self.values = torch.zeros(batch_size, n_kv_heads, window, value_head_dim, device=device, dtype=dtype)
         self.window = window
         self.offset = 0
+        # the prefill tail: positions [tail_start, tail_end) are valid, position p in slot p % tail_size
+        self.tail_size = window + REUSE_SLACK
+        self.tail_keys = torch.zeros(batch_size, n_kv_heads, self.tail_size, head_dim, device=device, dtype=dtype)
+        self.tail_values = torch.zeros(
+            batch_size, n_kv_heads, self.tail_size, value_head_dim, device=device, dtype=dtype
+        )
+        self.tail_start = self.tail_end = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in (self.keys, self.values, self.tail_keys, self.tail_values))
+
+    def reset(self) -> None:
+        self.offset = self.tail_start = self.tail_end = 0
 
     def update_and_fetch(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         keys, values = self.store(k, v)
@@ -157,22 +194,62 @@ class RotatingKVCache:
         keep = self._slots(self.offset + T - n_keep, self.offset + T)
         self.keys.index_copy_(2, keep, k[:, :, T - n_keep :])
         self.values.index_copy_(2, keep, v[:, :, T - n_keep :])
+        self._write_tail(k, v)
         return keys, values
+
+    def _write_tail(self, k, v) -> None:
+        """Keep the prompt's newest positions in the prefill tail (before `advance` counts them)."""
+        start, T = self.offset, k.shape[2]
+        if self.tail_end != start:  # decode steps came in between: start the tail over from the ring's window
+            lo = max(0, start - self.window)
+            if start > lo:
+                positions = torch.arange(lo, start, device=self.keys.device)
+                to = positions % self.tail_size
+                self.tail_keys.index_copy_(2, to, self.keys.index_select(2, positions % self.window))
+                self.tail_values.index_copy_(2, to, self.values.index_select(2, positions % self.window))
+            self.tail_start, self.tail_end = lo, start
+        n = min(T, self.tail_size)
+        to = torch.arange(start + T - n, start + T, device=self.keys.device) % self.tail_size
+        self.tail_keys.index_copy_(2, to, k[:, :, T - n :])
+        self.tail_values.index_copy_(2, to, v[:, :, T - n :])
+        self.tail_end = start + T
+        self.tail_start = max(self.tail_start, self.tail_end - self.tail_size)
 
     def _slots(self, start: int, end: int) -> torch.Tensor:
         return torch.arange(start, end, device=self.keys.device) % self.window
 
+    def _from_tail(self, keep: int) -> tuple[int, int]:
+        """The positions a trim back to `keep` tokens must restore from the tail: those of the window ending
+        at `keep` that the live ring (positions offset - window .. offset - 1) no longer holds."""
+        return max(keep - self.window, 0), min(keep, self.offset - self.window)
+
     def can_trim(self, n: int) -> bool:
-        # Once the ring has wrapped, the slots of trimmed tokens held positions that are now gone for good.
-        return 0 <= n <= self.offset and self.offset <= self.window
+        # Once the ring has wrapped, the slots of trimmed tokens held positions that are gone from the ring;
+        # the prefill tail may still hold them.
+        if not 0 <= n <= self.offset:
+            return False
+        lo, hi = self._from_tail(self.offset - n)
+        return lo >= hi or (self.tail_start <= lo and hi <= self.tail_end)
 
     def trim(self, n: int) -> None:
         if not self.can_trim(n):
             raise ValueError(
-                f"cannot trim {n} tokens from a sliding-window cache at offset {self.offset}: past {self.window} "
-                f"tokens the ring has overwritten what trimming would need"
+                f"cannot trim {n} tokens from a sliding-window cache at offset {self.offset}: the ring has "
+                f"overwritten positions the shorter sequence needs, and its prefill tail does not hold them"
             )
-        self.offset -= n
+        keep = self.offset - n
+        lo, hi = self._from_tail(keep)
+        if lo < hi:
+            positions = torch.arange(lo, hi, device=self.keys.device)
+            self.keys.index_copy_(
+                2, positions % self.window, self.tail_keys.index_select(2, positions % self.tail_size)
+            )
+            self.values.index_copy_(
+                2, positions % self.window, self.tail_values.index_select(2, positions % self.tail_size)
+            )
+        self.offset = keep
+        self.tail_end = min(self.tail_end, keep)  # positions past the kept prefix are no longer this sequence's
+        self.tail_start = min(self.tail_start, self.tail_end)
 
 
 @dataclass
@@ -207,11 +284,11 @@ class ModelCache:
     def reset(self) -> None:
         """Start a new sequence in the same buffers."""
         for layer in self.layers:
-            layer.offset = 0
+            layer.reset()
 
     @property
     def n_bytes(self) -> int:
-        return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.layers)
+        return sum(layer.nbytes for layer in self.layers)
 
 
 def make_cache(

@@ -94,12 +94,18 @@ class ModelConfig:
         return self.n_layers * per_layer
 
     def kv_cache_bytes(self, n_tokens: int, bytes_per_element: float = 2.0) -> float:
-        """KV cache for a context of n_tokens; sliding-window layers keep at most `sliding_window` tokens."""
+        """KV cache for a context of n_tokens; sliding-window layers keep at most `sliding_window` tokens, plus,
+        when the context is longer than the window, the prefill tail that lets a prefix be reused (engine/kv_cache.py)."""
+        from pellucid.engine.kv_cache import REUSE_SLACK
+
         per_layer = self.n_kv_heads * (self.head_dim + self.value_head_dim) * bytes_per_element
         total = 0.0
         for i in range(self.n_layers):
             local = bool(self.sliding_layers) and self.sliding_layers[i] and self.sliding_window
-            total += per_layer * (min(n_tokens, self.sliding_window) if local else n_tokens)
+            if local and n_tokens > self.sliding_window:
+                total += per_layer * (2 * self.sliding_window + REUSE_SLACK)  # the ring and its prefill tail
+            else:
+                total += per_layer * n_tokens
         return total
 
 
