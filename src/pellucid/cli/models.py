@@ -13,13 +13,20 @@ from pellucid.cli.common import add_model_arg, add_quantize_arg, command, positi
 
 def _add_pull(commands) -> None:
     p = command(commands, "pull", cmd_pull, "download a model into the store")
-    p.add_argument("spec", metavar="NAME|PATH|URL", help="a catalog name, a local .gguf / HF folder, or an http(s) URL")
+    p.add_argument(
+        "spec",
+        metavar="NAME|PATH|URL",
+        help="a catalog name; a Hugging Face Hub model: hf:ORG/REPO[:QUANT], hf:ORG/REPO/FILE.gguf, "
+        "hf:ORG/REPO@REVISION; a local .gguf / HF folder; or an http(s) URL",
+    )
     p.add_argument("--name", help="the name to store it under (default: from the file name)")
     p.add_argument("--force", action="store_true", help="pull again even if the store has it")
 
 
 def cmd_pull(args) -> int:
-    """Fetch a model (catalog name, path or URL) into the store, checking its sha256."""
+    """Fetch a model (catalog name, Hugging Face Hub model, path or URL) into the store, checking its sha256.
+    A Hub model's files go into the Hugging Face cache (shared with transformers and llama.cpp); the store
+    links to them. Pulling a Hub model again updates it to the revision's latest commit."""
     stored = store.pull(args.spec, name=args.name, force=args.force)
     print(f"{stored.name}: {_summary_line(stored.summary)}\n  {stored.path}")
     return 0
@@ -77,8 +84,13 @@ def _add_rm(commands) -> None:
 
 def cmd_rm(args) -> int:
     """Delete a model (its whole folder) from the store."""
-    path = store.remove(args.name)
-    print(f"removed {args.name} ({path})")
+    removed = store.remove(args.name)
+    print(f"removed {removed.name} ({removed.dir})")
+    if removed.origin.get("type") == "hf":
+        print(
+            f"  its files stay in the Hugging Face cache ({removed.origin.get('cache')}), which other tools share; "
+            f"`hf cache rm model/{removed.origin.get('repo')}` deletes them there"
+        )
     return 0
 
 
