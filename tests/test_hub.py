@@ -244,15 +244,39 @@ def test_a_disk_that_fills_up_midway(fake_hub, tmp_path, monkeypatch):
 # -- access errors and offline mode ---------------------------------------------------------------------
 
 
-def test_gated_and_missing_repos_through_the_cli(fake_hub, tmp_path):
-    fake_hub.add_repo("org/Gated-GGUF", {"Gated-Q8_0.gguf": tiny_gguf(tmp_path / "g.gguf")}, gated=True)
+def test_gated_and_missing_repos_through_the_cli(fake_hub, smollm2_path):
+    fake_hub.add_repo("org/Gated-GGUF", {"Gated-Q4_1.gguf": smollm2_path}, gated=True)
     gated = run("pull", "hf:org/Gated-GGUF")
     assert_user_error(gated, "org/Gated-GGUF is gated: accept its license on", "set HF_TOKEN")
     missing = run("pull", "hf:org/no-such-model")
     assert_user_error(missing, "no model repository org/no-such-model on", "set HF_TOKEN")
     allowed = run("pull", "hf:org/Gated-GGUF", env={"HF_TOKEN": VALID_TOKEN})
     assert allowed.returncode == 0, allowed.stderr
-    assert "gated-q8_0: llama" in allowed.stdout
+    assert "gated-q4_1: llama, 135M parameters, Q4_1" in allowed.stdout
+
+    # list and inspect say where it came from (the manifest's origin), without asking the Hub again
+    commit = fake_hub.repos["org/gated-gguf"].commit
+    seen = len(fake_hub.requests)
+    listing = run("list")
+    assert f"hf:org/Gated-GGUF ({commit[:7]})" in listing.stdout, listing.stdout
+    report = run("inspect", "hf:org/Gated-GGUF")
+    assert f"from hf:org/Gated-GGUF, commit {commit[:12]}, pulled " in report.stdout, report.stderr
+    origin = json.loads(run("list", "--json").stdout)["models"][0]["origin"]
+    assert origin["repo"] == "org/Gated-GGUF" and origin["revision"] == commit
+    assert len(fake_hub.requests) == seen
+
+
+def test_manifests_without_origin_still_read(fake_hub, tmp_path):
+    """A manifest written before origin/defaults existed (as pellucid 0.1 wrote them)."""
+    folder = tmp_path / "home" / "models" / "old"
+    folder.mkdir(parents=True)
+    tiny_gguf(folder / "old.gguf")
+    old = {"name": "old", "kind": "gguf", "path": "old.gguf", "source": "url:http://x/old.gguf", "files": {}}
+    (folder / "manifest.json").write_text(json.dumps(old))
+    [model] = store.list_models()
+    assert model.origin == {} and model.defaults == {} and model.source == "url:http://x/old.gguf"
+    assert store.resolve("old").origin["source"] == "url:http://x/old.gguf"
+    assert "url:http://x/old.gguf" in run("list").stdout
 
 
 def test_offline_uses_a_warm_cache_and_says_when_it_is_cold(fake_hub, tmp_path, monkeypatch):

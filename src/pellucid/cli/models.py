@@ -49,7 +49,15 @@ def cmd_list(args) -> int:
         print_json(
             {
                 "models": [
-                    {"name": m.name, "kind": m.kind, "path": str(m.path), "source": m.source, **m.summary}
+                    {
+                        "name": m.name,
+                        "kind": m.kind,
+                        "path": str(m.path),
+                        "source": m.source,
+                        "origin": m.origin,
+                        "pulled_at": m.pulled_at,
+                        **m.summary,
+                    }
                     for m in stored
                 ],
                 "catalog": [
@@ -60,14 +68,13 @@ def cmd_list(args) -> int:
         )
         return 0
     if stored:
-        rows = [("NAME", "ARCHITECTURE", "PARAMETERS", "QUANTIZATION", "SIZE", "PATH")]
+        rows = [("NAME", "ARCHITECTURE", "PARAMETERS", "QUANTIZATION", "SIZE", "SOURCE", "PATH")]
         for m in stored:
             s = m.summary
             params = format_count(s["parameters"]) if isinstance(s.get("parameters"), int) else "?"
             size = format_bytes(s["size_bytes"]) if isinstance(s.get("size_bytes"), int) else "?"
-            rows.append(
-                (m.name, str(s.get("architecture", "?")), params, str(s.get("quantization", "?")), size, str(m.path))
-            )
+            arch, quant = str(s.get("architecture", "?")), str(s.get("quantization", "?"))
+            rows.append((m.name, arch, params, quant, size, _short_source(m), str(m.path)))
         print(table(rows))
     else:
         print(f"The store ({store.models_dir()}) is empty.")
@@ -75,6 +82,18 @@ def cmd_list(args) -> int:
         print("\nIn the catalog, not pulled yet (`pellucid pull NAME`, or just use the name):")
         print(table([(f"  {e.name}", e.description) for e in missing]))
     return 0
+
+
+def _short_source(model: store.StoredModel) -> str:
+    """Where a stored model came from, in a table cell: the Hub name and commit, the Ollama name, the catalog."""
+    origin = model.origin
+    if origin.get("type") == "hf":
+        return f"{model.source} ({origin.get('revision', '?')[:7]})"
+    if model.source.startswith("pypi:"):
+        return "catalog (PyPI)"
+    if model.source.startswith("path:"):
+        return "copied from " + model.source[len("path:") :]
+    return model.source or "?"
 
 
 def _add_rm(commands) -> None:
