@@ -46,6 +46,7 @@ from pellucid.paths import home
 from pellucid.progress import ProgressBar
 
 DEFAULT_MODEL = "smollm2-135m"
+OLLAMA_PREFIX = "ollama:"  # ollama:NAME[:TAG], a model in Ollama's store (other_stores.py)
 MANIFEST = "manifest.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
@@ -220,6 +221,10 @@ def resolve(
     path = Path(spec).expanduser()
     if hub.is_hub_spec(spec) and not path.exists():
         return _resolve_hub(spec, pull_missing=pull_missing, quiet=quiet)
+    if spec.lower().startswith(OLLAMA_PREFIX) and not path.exists():
+        from pellucid.other_stores import resolve_ollama
+
+        return resolve_ollama(spec[len(OLLAMA_PREFIX) :], quiet=quiet)  # the blob in Ollama's store, in place
     if path.exists() or _looks_like_path(spec):
         return resolve_path(path)
     stored = get_stored(spec)
@@ -321,7 +326,10 @@ def _unknown_model_message(spec: str) -> str:
     if stored:
         lines.append("In the store: " + ", ".join(m.name for m in stored))
     lines.append("In the catalog (pulled on first use): " + ", ".join(CATALOG))
-    lines.append("Or pass a path to a .gguf file or a Hugging Face model folder, or a Hub model: hf:ORG/REPO[:QUANT].")
+    lines.append(
+        "Or pass a path to a .gguf file or a Hugging Face model folder, a Hub model (hf:ORG/REPO[:QUANT]) or an "
+        "Ollama model (ollama:NAME[:TAG]); `pellucid list` shows the models other tools keep on disk."
+    )
     return "\n".join(lines)
 
 
@@ -373,6 +381,8 @@ def pull(spec: str, *, name: str | None = None, force: bool = False, quiet: bool
     store."""
     if hub.is_hub_spec(spec) and not Path(spec).exists():
         return _pull_hub(spec, name=name, force=force, quiet=quiet)
+    if spec.lower().startswith(OLLAMA_PREFIX) and not Path(spec).exists():
+        return _pull_ollama(spec[len(OLLAMA_PREFIX) :], name=name, force=force, quiet=quiet)
     if re.match(r"^https?://", spec):
         return _pull_url(spec, name=name, force=force, quiet=quiet)
     entry = catalog_lookup(spec)
@@ -650,6 +660,41 @@ def _pull_hub(spec_text: str, *, name: str | None, force: bool, quiet: bool) -> 
             origin["endpoint"] = hub.endpoint()
         resolve_path(staging / rel_path)  # a GGUF check (or a clear error) before anything enters the store
         return _commit(staging, name, chosen.kind, rel_path, files, str(spec), quiet, origin=origin)
+
+
+def _pull_ollama(ollama_name: str, *, name: str | None, force: bool, quiet: bool) -> StoredModel:
+    """Copy an Ollama model's GGUF blob into the store (a hard link when both are on one disk: no space
+    taken, and it survives `ollama rm`), checked against its digest, with Ollama's params as defaults."""
+    from pellucid.other_stores import find_ollama, ollama_defaults
+
+    model = find_ollama(ollama_name)
+    base = _name_from_filename(model.name.replace(":", "-").replace("/", "-"))
+    taken = get_stored(base)
+    if catalog_lookup(base) is not None or (taken is not None and taken.origin.get("name") != model.name):
+        base = f"ollama-{base}"  # do not shadow a catalog model or a model pulled from elsewhere
+    name = name or base
+    existing = _existing_or_none(name, force, quiet)
+    if existing is not None:
+        return existing
+    with tempfile.TemporaryDirectory(dir=_tmp_dir(), prefix=f"pull-{name}-") as tmp:
+        staging = Path(tmp) / "model"
+        staging.mkdir()
+        filename = f"{name}.gguf"
+        try:
+            os.link(model.blob, staging / filename)
+        except OSError:  # another disk, or a filesystem without hard links
+            _copy_with_progress(model.blob, staging / filename, quiet)
+        files = _hash_files(staging, [filename], quiet, label=name)
+        digest = model.blob.name.removeprefix("sha256-")
+        if files[filename]["sha256"] != digest:
+            raise ModelFileError(
+                f"ollama:{model.name}: the blob {model.blob} does not match its name (sha256 "
+                f"{files[filename]['sha256']}); Ollama's copy is damaged: `ollama pull {model.name}` fetches it again"
+            )
+        defaults, _ = ollama_defaults(model)
+        origin = {"type": "ollama", "name": model.name, "digest": f"sha256:{digest}", "manifest": str(model.manifest)}
+        source = f"ollama:{model.name}"
+        return _commit(staging, name, "gguf", filename, files, source, quiet, origin=origin, defaults=defaults)
 
 
 def _stored_hub_files(repo: str, repo_paths: list[str]) -> StoredModel | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from pellucid import store
@@ -17,14 +18,16 @@ def _add_pull(commands) -> None:
         "spec",
         metavar="NAME|PATH|URL",
         help="a catalog name; a Hugging Face Hub model: hf:ORG/REPO[:QUANT], hf:ORG/REPO/FILE.gguf, "
-        "hf:ORG/REPO@REVISION; a local .gguf / HF folder; or an http(s) URL",
+        "hf:ORG/REPO@REVISION; an Ollama model to copy in: ollama:NAME[:TAG]; a local .gguf / HF folder; "
+        "or an http(s) URL",
     )
     p.add_argument("--name", help="the name to store it under (default: from the file name)")
     p.add_argument("--force", action="store_true", help="pull again even if the store has it")
 
 
 def cmd_pull(args) -> int:
-    """Fetch a model (catalog name, Hugging Face Hub model, path or URL) into the store, checking its sha256.
+    """Fetch a model (catalog name, Hugging Face Hub model, Ollama model, path or URL) into the store, checking
+    its sha256.
     A Hub model's files go into the Hugging Face cache (shared with transformers and llama.cpp); the store
     links to them. Pulling a Hub model again updates it to the revision's latest commit."""
     stored = store.pull(args.spec, name=args.name, force=args.force)
@@ -38,13 +41,15 @@ def _add_list(commands) -> None:
 
 
 def cmd_list(args) -> int:
-    """The models in the store, then the catalog models not pulled yet."""
+    """The models in the store; then the models other tools keep on disk (Ollama, LM Studio, llama.cpp, the
+    Hugging Face cache), which run in place; then the catalog models not pulled yet."""
     from pellucid.inspect import format_count
     from pellucid.memory import format_bytes
 
     stored = store.list_models()
     pulled = {m.name for m in stored}
     missing = [e for e in store.CATALOG.values() if e.name not in pulled]
+    elsewhere = _found_elsewhere(stored)
     if args.json:
         print_json(
             {
@@ -59,6 +64,17 @@ def cmd_list(args) -> int:
                         **m.summary,
                     }
                     for m in stored
+                ],
+                "elsewhere": [
+                    {
+                        "source": f.source,
+                        "model": f.model,
+                        "kind": f.kind,
+                        "path": str(f.path),
+                        "quantization": f.quantization,
+                        "size_bytes": f.size_bytes,
+                    }
+                    for f in elsewhere
                 ],
                 "catalog": [
                     {"name": e.name, "description": e.description, "pulled": e.name in pulled}
@@ -78,10 +94,29 @@ def cmd_list(args) -> int:
         print(table(rows))
     else:
         print(f"The store ({store.models_dir()}) is empty.")
+    if elsewhere:
+        print("\nIn other tools' stores (they run in place, nothing is copied; `pellucid pull MODEL` copies one in):")
+        rows = [("  SOURCE", "MODEL", "QUANTIZATION", "SIZE", "PATH")]
+        for f in elsewhere:
+            rows.append((f"  {f.source}", f.model, f.quantization, format_bytes(f.size_bytes), str(f.path)))
+        print(table(rows))
     if missing:
         print("\nIn the catalog, not pulled yet (`pellucid pull NAME`, or just use the name):")
         print(table([(f"  {e.name}", e.description) for e in missing]))
     return 0
+
+
+def _found_elsewhere(stored: list[store.StoredModel]) -> list:
+    """The other tools' models, less those the store already links to (a Hub pull links into the HF cache)."""
+    from pellucid.other_stores import find_models
+
+    in_store = {os.path.realpath(m.dir / rel) for m in stored for rel in m.files}
+    found = []
+    for f in find_models():
+        target = f.path / "config.json" if f.kind == "hf" else f.path
+        if os.path.realpath(target) not in in_store:
+            found.append(f)
+    return found
 
 
 def _short_source(model: store.StoredModel) -> str:
