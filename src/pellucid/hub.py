@@ -115,7 +115,7 @@ def parse_spec(spec: str) -> HubSpec:
     m = _SPEC.match(rest.strip("/"))
     if m is None:
         raise PellucidError(
-            f"{spec!r} is not a Hugging Face model name. Write hf:ORG/REPO (e.g. hf:bartowski/SmolLM2-135M-Instruct-GGUF), "
+            f"{spec!r} is not a Hugging Face model name. Write hf:ORG/REPO (e.g. hf:bartowski/Llama-3.2-1B-Instruct-GGUF), "
             f"with :QUANT to pick a GGUF quantization (hf:ORG/REPO:Q4_K_M), /FILE.gguf to pick a file, or "
             f"@REVISION for a branch, tag or commit (hf:ORG/REPO@main)."
         )
