@@ -292,6 +292,16 @@ def test_offline_uses_a_warm_cache_and_says_when_it_is_cold(fake_hub, tmp_path, 
         store.pull("hf:org/Other-GGUF", quiet=True)
 
 
+def test_a_cache_file_deleted_behind_the_stores_back(fake_hub, tmp_path):
+    fake_hub.add_repo("org/Tiny-GGUF", {"Tiny-Q8_0.gguf": tiny_gguf(tmp_path / "x.gguf")})
+    stored = store.pull("hf:org/Tiny-GGUF", quiet=True)
+    Path(os.path.realpath(stored.path)).unlink()  # as `hf cache rm` would
+    with pytest.raises(ModelFileError, match=r"which is gone\)\. Re-pull it: `pellucid pull hf:org/Tiny-GGUF --force`"):
+        store.resolve("hf:org/Tiny-GGUF")
+    again = store.pull("hf:org/Tiny-GGUF", force=True, quiet=True)
+    assert again.name == stored.name and store.resolve("hf:org/Tiny-GGUF").path.read_bytes().startswith(b"GGUF")
+
+
 def test_spec_parsing():
     assert hub.parse_spec("hf:org/repo") == hub.HubSpec("org/repo")
     assert hub.parse_spec("hf:org/repo:q4_k_m") == hub.HubSpec("org/repo", quant="Q4_K_M")

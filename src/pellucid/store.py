@@ -361,7 +361,8 @@ def verify_stored(model: StoredModel) -> None:
         path = model.dir / rel
         if not path.is_file():
             raise ModelFileError(
-                f"{model.name}: {rel} is missing from {model.dir}. Re-pull it: `pellucid pull {model.name} --force`"
+                f"{model.name}: {rel} is missing from {model.dir}{_link_note(model, rel)}. Re-pull it: "
+                f"`{_pull_again(model)}`"
             )
         st = path.stat()
         if st.st_size == record.get("size") and st.st_mtime_ns == record.get("mtime_ns"):
@@ -369,8 +370,27 @@ def verify_stored(model: StoredModel) -> None:
         if st.st_size != record.get("size") or sha256_file(path) != record.get("sha256"):
             raise ModelFileError(
                 f"{model.name}: {rel} has changed since it was pulled (sha256 no longer matches the manifest). "
-                f"Re-pull it: `pellucid pull {model.name} --force`"
+                f"Re-pull it: `{_pull_again(model)}`"
             )
+
+
+def _pull_again(model: StoredModel) -> str:
+    """The command that pulls this model again, from where it came."""
+    origin = model.origin
+    if origin.get("type") == "hf" and origin.get("specs"):
+        return f"pellucid pull {origin['specs'][0]} --force"
+    if origin.get("type") == "ollama":
+        return f"pellucid pull ollama:{origin['name']} --name {model.name} --force"
+    for prefix in ("url:", "path:"):
+        if model.source.startswith(prefix):
+            return f"pellucid pull {model.source[len(prefix) :]} --name {model.name} --force"
+    return f"pellucid pull {model.name} --force"
+
+
+def _link_note(model: StoredModel, rel: str) -> str:
+    """For a link into the Hugging Face cache whose target is gone (e.g. `hf cache rm`), say so."""
+    link = model.dir / rel
+    return f" (it links to {os.readlink(link)}, which is gone)" if link.is_symlink() else ""
 
 
 # -- pulling --------------------------------------------------------------------------------------------
