@@ -29,7 +29,7 @@ import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pellucid.errors import ModelFileError, ModelNotFoundError, PellucidError
@@ -285,7 +285,6 @@ class Selection:
     main: str  # gguf: the repo path of the (first) file; hf: "" (the repo root is the model folder)
     quant: str | None = None
     note: str | None = None  # said to the user when the choice was pellucid's (no tag given)
-    others: list[str] = field(default_factory=list)
 
 
 def select(listing: RepoListing, spec: HubSpec) -> Selection:
@@ -344,7 +343,7 @@ def _select_quant(listing: RepoListing, spec: HubSpec, models: list[GGUFModel]) 
             f"{spec.repo} has {len(models)} GGUF models; using {chosen.tag or chosen.path} ({why}). "
             f"Others: {', '.join(others)} (e.g. {example})"
         )
-    return Selection("gguf", chosen.parts, chosen.path, chosen.tag or None, note, others)
+    return Selection("gguf", chosen.parts, chosen.path, chosen.tag or None, note)
 
 
 def _ambiguous(repo: str, quant: str, matches: list[GGUFModel], spec: HubSpec) -> str:
@@ -380,9 +379,10 @@ def _select_folder(listing: RepoListing) -> Selection:
             f"{listing.repo} holds neither GGUF files nor a config.json with *.safetensors weights, so pellucid "
             f"cannot run it (it has: {shown})."
         )
+    safe = [f for f in listing.files if ".." not in f.path.split("/") and not f.path.startswith("/")]
     wanted = [
         f
-        for f in listing.files
+        for f in safe
         if f.path in HF_FOLDER_FILES
         or f in weights
         or ("/" not in f.path and f.path.endswith(".safetensors.index.json"))
@@ -403,7 +403,10 @@ def download(listing: RepoListing, files: list[RepoFile], *, quiet: bool = False
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
     cache = cache_dir()
-    missing = [f for f in files if not isinstance(_cached(try_to_load_from_cache, listing, f), str)]
+    cached = {
+        f.path: try_to_load_from_cache(listing.repo, f.path, cache_dir=cache, revision=listing.commit) for f in files
+    }
+    missing = [f for f in files if not isinstance(cached[f.path], str)]  # str: the cached file's path
     _check_space(listing.repo, missing, cache)
     bar = _progress_class(quiet)
     found = {}
@@ -428,14 +431,10 @@ def _remember_ref(listing: RepoListing) -> None:
     """Write refs/<branch or tag> -> commit in the cache, as the client does when asked for a branch: the files
     were fetched by commit (so that all come from the same one), which the client does not record."""
     revision = listing.requested_revision or "main"
-    if revision != listing.commit:
+    if revision != listing.commit and ".." not in revision.split("/"):
         ref = repo_cache(listing.repo) / "refs" / revision
         ref.parent.mkdir(parents=True, exist_ok=True)
         ref.write_text(listing.commit)
-
-
-def _cached(lookup, listing: RepoListing, f: RepoFile):
-    return lookup(listing.repo, f.path, cache_dir=cache_dir(), revision=listing.commit)
 
 
 def _check_space(repo: str, missing: list[RepoFile], cache: Path) -> None:
