@@ -108,6 +108,8 @@ def test_default_quant_is_q4_k_m_and_a_repeat_pull_is_up_to_date(fake_hub, tmp_p
     assert again.name == stored.name and "already in the store" in capsys.readouterr().err
     assert len(store.list_models()) == 1 and len(fake_hub.downloads()) == 1
     assert store.resolve("hf:org/Tiny-GGUF:q4_k_m").path == stored.path  # both names now resolve offline
+    with pytest.raises(PellucidError, match="a model named tiny-q4_k_m is already in the store"):
+        store.pull("hf:org/Tiny-GGUF:Q8_0", name=stored.name, quiet=True)  # another file, under a taken name
 
 
 def test_ambiguous_and_missing_tags_list_the_choices(fake_hub, tmp_path):

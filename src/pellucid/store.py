@@ -173,7 +173,7 @@ def _write_manifest(model_dir: Path, model: StoredModel, rel_path: str) -> None:
         "kind": model.kind,
         "path": rel_path,
         "source": model.source,
-        "pulled_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "pulled_at": model.pulled_at or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "files": model.files,
         "summary": model.summary,
         "origin": model.origin,
@@ -397,8 +397,8 @@ def _link_note(model: StoredModel, rel: str) -> str:
 
 
 def pull(spec: str, *, name: str | None = None, force: bool = False, quiet: bool = False) -> StoredModel:
-    """Pull a catalog name, a Hub model (hf:ORG/REPO...), a local path (copied in) or an http(s) URL into the
-    store."""
+    """Pull a catalog name, a Hub model (hf:ORG/REPO...), an Ollama model (ollama:NAME, copied in), a local path
+    (copied in) or an http(s) URL into the store."""
     if hub.is_hub_spec(spec) and not Path(spec).exists():
         return _pull_hub(spec, name=name, force=force, quiet=quiet)
     if spec.lower().startswith(OLLAMA_PREFIX) and not Path(spec).exists():
@@ -651,6 +651,12 @@ def _pull_hub(spec_text: str, *, name: str | None, force: bool, quiet: bool) -> 
                 f"{same.name} is already in the store, at {listing.repo}'s latest commit: {same.path}", file=sys.stderr
             )
         return same
+    taken = get_stored(name) if name else None
+    if taken is not None and (same is None or taken.name != same.name) and not force:
+        raise PellucidError(
+            f"a model named {name} is already in the store (from {taken.source}); choose another --name, or add "
+            f"--force to replace it"
+        )
     fetched = hub.download(listing, chosen.files, quiet=quiet)
     name = name or (same.name if same is not None else _hub_name(spec, listing, chosen))
     with tempfile.TemporaryDirectory(dir=_tmp_dir(), prefix=f"pull-{name}-") as tmp:
