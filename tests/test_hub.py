@@ -103,7 +103,7 @@ def test_default_quant_is_q4_k_m_and_a_repeat_pull_is_up_to_date(fake_hub, tmp_p
     stored = store.pull("hf:org/Tiny-GGUF")
     assert stored.path.name == "Tiny-Q4_K_M.gguf" and stored.summary["quantization"] == "Q4_K_M"
     err = capsys.readouterr().err
-    assert "using Q4_K_M (Q4_K_M, the default)" in err and "Others: F16, Q8_0" in err
+    assert "using Q4_K_M (the default)" in err and "Others: F16, Q8_0" in err
     again = store.pull("hf:org/Tiny-GGUF:Q4_K_M")  # the same file under its tag: no second copy
     assert again.name == stored.name and "already in the store" in capsys.readouterr().err
     assert len(store.list_models()) == 1 and len(fake_hub.downloads()) == 1

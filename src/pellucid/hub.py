@@ -330,7 +330,7 @@ def _select_quant(listing: RepoListing, spec: HubSpec, models: list[GGUFModel]) 
         if len(matches) > 1:
             raise ModelNotFoundError(_ambiguous(listing.repo, default, matches, spec))
         if matches:
-            chosen, why = matches[0], f"{default}, the default"
+            chosen, why = matches[0], "the default"
             break
     else:
         chosen, why = models[0], f"the first; no {' or '.join(DEFAULT_QUANTS)} there"
