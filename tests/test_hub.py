@@ -281,7 +281,7 @@ def test_manifests_without_origin_still_read(fake_hub, tmp_path):
     assert "url:http://x/old.gguf" in run("list").stdout
 
 
-def test_offline_uses_a_warm_cache_and_says_when_it_is_cold(fake_hub, tmp_path, monkeypatch):
+def test_offline_uses_a_warm_cache_and_says_when_it_is_cold(fake_hub, tmp_path, monkeypatch, capsys):
     fake_hub.add_repo("org/Tiny-GGUF", {"Tiny-Q8_0.gguf": tiny_gguf(tmp_path / "x.gguf")})
     first = store.pull("hf:org/Tiny-GGUF", quiet=True)
     data = first.path.read_bytes()
@@ -291,6 +291,15 @@ def test_offline_uses_a_warm_cache_and_says_when_it_is_cold(fake_hub, tmp_path, 
     again = store.resolve("hf:org/Tiny-GGUF", quiet=True)  # pulled from the cache alone, and checked
     assert again.path.read_bytes() == data and len(fake_hub.requests) == seen
     with pytest.raises(PellucidError, match="HF_HUB_OFFLINE is set and org/Other-GGUF is not in the Hugging Face"):
+        store.pull("hf:org/Other-GGUF", quiet=True)
+
+    # No HF_HUB_OFFLINE, but no Hub either (nothing listens on port 9): the cache serves, with a warning
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    store.remove(again.name)
+    assert store.pull("hf:org/Tiny-GGUF").path.read_bytes() == data
+    assert "cannot reach http://127.0.0.1:9" in capsys.readouterr().err
+    with pytest.raises(PellucidError, match="Check the connection"):
         store.pull("hf:org/Other-GGUF", quiet=True)
 
 

@@ -197,7 +197,10 @@ def list_repo(spec: HubSpec) -> RepoListing:
     except _Unreachable as e:
         cached = cached_listing(spec.repo, spec.revision)
         if cached is None:
-            raise PellucidError(str(e)) from None
+            raise PellucidError(
+                f"{e}, and {spec.repo} is not in the Hugging Face cache ({cache_dir()}). Check the connection "
+                f"(and HF_ENDPOINT, if you use a mirror), then pull again."
+            ) from None
         print(f"warning: {e}; using the copy in the Hugging Face cache", file=sys.stderr)
         return cached
     files = [
