@@ -73,7 +73,9 @@ class LLM:
         self.has_chat_template = template is not None
         self.chat_template: ChatTemplate = template or plain_chat_template()
         limit = self.config.context_length
-        self.ctx = min(limit, DEFAULT_CTX) if ctx is None else ctx
+        # The model's own default (an Ollama model's num_ctx), else llama.cpp's; never more than it was trained for.
+        default_ctx = resolved.defaults.get("ctx") or DEFAULT_CTX
+        self.ctx = min(limit, default_ctx) if ctx is None else ctx
         if not 1 < self.ctx <= limit:
             raise PellucidError(f"--ctx must be between 2 and the model's context length {limit:,}, not {self.ctx:,}")
         self.model.use_context(self.ctx)

@@ -169,6 +169,7 @@ class ModelReport:
     layout: FileLayout
     memory: MemoryReport
     notes: list[str] = field(default_factory=list)
+    origin: dict[str, Any] = field(default_factory=dict)  # where the store got it: source, revision, pulled_at
 
 
 # -- building it ----------------------------------------------------------------------------------------
@@ -177,9 +178,9 @@ class ModelReport:
 def inspect_model(model: ResolvedModel, quantize: str | None = None) -> ModelReport:
     """The report on `model`; with `quantize` ("q8_0", "q4_0", "q4_k") its memory math counts the float
     matrices packed into that format at load, as `--quantize` runs them."""
-    if model.kind == "gguf":
-        return _inspect_gguf(model.path, quantize)
-    return _inspect_hf(model.path, quantize)
+    report = _inspect_gguf(model.path, quantize) if model.kind == "gguf" else _inspect_hf(model.path, quantize)
+    report.origin = dict(model.origin)
+    return report
 
 
 def footprint(model: ResolvedModel, quantize: str | None = None) -> Footprint:
@@ -584,7 +585,7 @@ def format_count(n: int) -> str:
 
 def render_text(r: ModelReport) -> str:
     sections = [
-        [Path(r.path).name, f"  {r.path}"],
+        [Path(r.path).name, f"  {r.path}", *_origin_lines(r.origin)],
         _what_it_is(r),
         _weights_section(r),
         _shape_section(r),
@@ -595,6 +596,18 @@ def render_text(r: ModelReport) -> str:
     if r.notes:
         sections.append(["Notes", *(f"  - {n}" for n in r.notes)])
     return "\n\n".join("\n".join(lines) for lines in sections)
+
+
+def _origin_lines(origin: dict[str, Any]) -> list[str]:
+    """Where the model came from, when the store (or another tool's store) knows."""
+    if not origin.get("source"):
+        return []
+    line = f"  from {origin['source']}"
+    if origin.get("revision"):
+        line += f", commit {origin['revision'][:12]}"
+    if origin.get("pulled_at"):
+        line += f", pulled {origin['pulled_at']}"
+    return [line]
 
 
 def _rows(title: str, rows: list[tuple[str, str]]) -> list[str]:

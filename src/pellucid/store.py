@@ -11,7 +11,15 @@ or interrupted pull never leaves a half-written model behind.
 
 MODEL, wherever a command takes one, is a path to a `.gguf` file (for a model split by gguf-split, any of
 its parts: it resolves to the first), a path to a Hugging Face model folder, or a name: a model already in
-the store, or a catalog entry (pulled on first use, as `ollama run` does).
+the store, a catalog entry, or a model on the Hugging Face Hub (`hf:ORG/REPO[:QUANT]`, see hub.py). Catalog
+and Hub models not in the store yet are pulled on first use, as `ollama run` and `llama-cli -hf` do; later
+uses need no network.
+
+A model pulled from the Hub stays in the Hugging Face cache, where the client put it (and where
+transformers and llama.cpp find it too); its folder here holds links to the cached files and the manifest.
+The manifest says where every model came from: `source` (what was pulled), `origin` (the Hub repo and the
+commit, or the Ollama model), the files with their sha256, and `defaults` (sampling settings that came
+with the model, e.g. Ollama's parameters). Manifests written before `origin` and `defaults` still read.
 """
 
 from __future__ import annotations
@@ -33,11 +41,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pellucid import hub
 from pellucid.errors import ModelFileError, ModelNotFoundError, PellucidError
 from pellucid.paths import home
 from pellucid.progress import ProgressBar
 
 DEFAULT_MODEL = "smollm2-135m"
+OLLAMA_PREFIX = "ollama:"  # ollama:NAME[:TAG], a model in Ollama's store (other_stores.py)
 MANIFEST = "manifest.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
@@ -130,6 +140,9 @@ class StoredModel:
     source: str
     files: dict[str, dict] = field(default_factory=dict)  # relative path -> {"sha256", "size", "mtime_ns"}
     summary: dict = field(default_factory=dict)  # architecture, parameters, quantization, size_bytes
+    origin: dict = field(default_factory=dict)  # {"type": "hf", "repo", "revision", ...}; {} for older pulls
+    defaults: dict = field(default_factory=dict)  # sampling settings that came with the model (Ollama's)
+    pulled_at: str = ""
 
     @property
     def dir(self) -> Path:
@@ -147,6 +160,9 @@ def _read_manifest(model_dir: Path) -> StoredModel | None:
             source=data.get("source", ""),
             files=data.get("files", {}),
             summary=data.get("summary", {}),
+            origin=data.get("origin", {}),
+            defaults=data.get("defaults", {}),
+            pulled_at=data.get("pulled_at", ""),
         )
     except (OSError, ValueError, KeyError):
         return None
@@ -158,9 +174,11 @@ def _write_manifest(model_dir: Path, model: StoredModel, rel_path: str) -> None:
         "kind": model.kind,
         "path": rel_path,
         "source": model.source,
-        "pulled_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "pulled_at": model.pulled_at or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "files": model.files,
         "summary": model.summary,
+        "origin": model.origin,
+        "defaults": model.defaults,
     }
     (model_dir / MANIFEST).write_text(json.dumps(data, indent=2) + "\n")
 
@@ -190,6 +208,10 @@ class ResolvedModel:
     name: str  # catalog/store name, or the file/folder name for a path
     kind: str  # "gguf" or "hf"
     path: Path  # the .gguf file or the HF folder
+    # Where it came from ({"source", "revision", "pulled_at"}; {} for a path) and the sampling settings that
+    # came with it (stop, temperature, ctx...; see cli/generate.py). Not part of its identity.
+    origin: dict = field(default_factory=dict, compare=False, hash=False)
+    defaults: dict = field(default_factory=dict, compare=False, hash=False)
 
 
 def resolve(
@@ -198,19 +220,53 @@ def resolve(
     """Turn a MODEL argument (name, .gguf path, HF folder path; None = default) into files on disk."""
     spec = str(spec) if spec is not None else DEFAULT_MODEL
     path = Path(spec).expanduser()
+    if hub.is_hub_spec(spec) and not path.exists():
+        return _resolve_hub(spec, pull_missing=pull_missing, quiet=quiet)
+    if spec.lower().startswith(OLLAMA_PREFIX) and not path.exists():
+        from pellucid.other_stores import resolve_ollama
+
+        return resolve_ollama(spec[len(OLLAMA_PREFIX) :], quiet=quiet)  # the blob in Ollama's store, in place
     if path.exists() or _looks_like_path(spec):
         return resolve_path(path)
     stored = get_stored(spec)
     if stored is not None:
         verify_stored(stored)
-        return ResolvedModel(stored.name, stored.kind, stored.path)
+        return _resolved(stored)
     entry = catalog_lookup(spec)
     if entry is not None and pull_missing:
         if not quiet:
             print(f"{entry.name} is not in the store yet; pulling it first.", file=sys.stderr)
-        stored = pull(entry.name, quiet=quiet)
-        return ResolvedModel(stored.name, stored.kind, stored.path)
+        return _resolved(pull(entry.name, quiet=quiet))
     raise ModelNotFoundError(_unknown_model_message(spec))
+
+
+def _resolved(stored: StoredModel) -> ResolvedModel:
+    origin = {"source": stored.source, "pulled_at": stored.pulled_at}
+    if stored.origin.get("revision"):
+        origin["revision"] = stored.origin["revision"]
+    return ResolvedModel(stored.name, stored.kind, stored.path, origin=origin, defaults=stored.defaults)
+
+
+def _resolve_hub(spec: str, *, pull_missing: bool, quiet: bool) -> ResolvedModel:
+    """An hf: name: the store's copy when it has one (no network), else pulled now."""
+    wanted = str(hub.parse_spec(spec))
+    stored = _stored_hub_model(wanted)
+    if stored is not None:
+        verify_stored(stored)
+        return _resolved(stored)
+    if not pull_missing:
+        raise ModelNotFoundError(f"{wanted} is not in the store; pull it with `pellucid pull {wanted}`")
+    if not quiet:
+        print(f"{wanted} is not in the store yet; pulling it first.", file=sys.stderr)
+    return _resolved(pull(wanted, quiet=quiet))
+
+
+def _stored_hub_model(wanted: str) -> StoredModel | None:
+    """The stored model pulled under this hf: name (case does not matter, as on the Hub)."""
+    for model in list_models():
+        if model.origin.get("type") == "hf" and wanted.lower() in (s.lower() for s in model.origin.get("specs", [])):
+            return model
+    return None
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -276,7 +332,10 @@ def _unknown_model_message(spec: str) -> str:
     if stored:
         lines.append("In the store: " + ", ".join(m.name for m in stored))
     lines.append("In the catalog (pulled on first use): " + ", ".join(CATALOG))
-    lines.append("Or pass a path to a .gguf file or a Hugging Face model folder.")
+    lines.append(
+        "Or pass a path to a .gguf file or a Hugging Face model folder, a Hub model (hf:ORG/REPO[:QUANT]) or an "
+        "Ollama model (ollama:NAME[:TAG]); `pellucid list` shows the models other tools keep on disk."
+    )
     return "\n".join(lines)
 
 
@@ -308,7 +367,8 @@ def verify_stored(model: StoredModel) -> None:
         path = model.dir / rel
         if not path.is_file():
             raise ModelFileError(
-                f"{model.name}: {rel} is missing from {model.dir}. Re-pull it: `pellucid pull {model.name} --force`"
+                f"{model.name}: {rel} is missing from {model.dir}{_link_note(model, rel)}. Re-pull it: "
+                f"`{_pull_again(model)}`"
             )
         st = path.stat()
         if st.st_size == record.get("size") and st.st_mtime_ns == record.get("mtime_ns"):
@@ -316,15 +376,39 @@ def verify_stored(model: StoredModel) -> None:
         if st.st_size != record.get("size") or sha256_file(path) != record.get("sha256"):
             raise ModelFileError(
                 f"{model.name}: {rel} has changed since it was pulled (sha256 no longer matches the manifest). "
-                f"Re-pull it: `pellucid pull {model.name} --force`"
+                f"Re-pull it: `{_pull_again(model)}`"
             )
+
+
+def _pull_again(model: StoredModel) -> str:
+    """The command that pulls this model again, from where it came."""
+    origin = model.origin
+    if origin.get("type") == "hf" and origin.get("specs"):
+        return f"pellucid pull {origin['specs'][0]} --force"
+    if origin.get("type") == "ollama":
+        return f"pellucid pull ollama:{origin['name']} --name {model.name} --force"
+    for prefix in ("url:", "path:"):
+        if model.source.startswith(prefix):
+            return f"pellucid pull {model.source[len(prefix) :]} --name {model.name} --force"
+    return f"pellucid pull {model.name} --force"
+
+
+def _link_note(model: StoredModel, rel: str) -> str:
+    """For a link into the Hugging Face cache whose target is gone (e.g. `hf cache rm`), say so."""
+    link = model.dir / rel
+    return f" (it links to {os.readlink(link)}, which is gone)" if link.is_symlink() else ""
 
 
 # -- pulling --------------------------------------------------------------------------------------------
 
 
 def pull(spec: str, *, name: str | None = None, force: bool = False, quiet: bool = False) -> StoredModel:
-    """Pull a catalog name, a local path (copied in) or an http(s) URL into the store."""
+    """Pull a catalog name, a Hub model (hf:ORG/REPO...), an Ollama model (ollama:NAME, copied in), a local path
+    (copied in) or an http(s) URL into the store."""
+    if hub.is_hub_spec(spec) and not Path(spec).exists():
+        return _pull_hub(spec, name=name, force=force, quiet=quiet)
+    if spec.lower().startswith(OLLAMA_PREFIX) and not Path(spec).exists():
+        return _pull_ollama(spec[len(OLLAMA_PREFIX) :], name=name, force=force, quiet=quiet)
     if re.match(r"^https?://", spec):
         return _pull_url(spec, name=name, force=force, quiet=quiet)
     entry = catalog_lookup(spec)
@@ -454,9 +538,21 @@ def _hash_files(root: Path, rel_files: list[str], quiet: bool, label: str) -> di
     return records
 
 
-def _commit(staging: Path, name: str, kind: str, rel_path: str, files: dict, source: str, quiet: bool) -> StoredModel:
+def _commit(
+    staging: Path,
+    name: str,
+    kind: str,
+    rel_path: str,
+    files: dict,
+    source: str,
+    quiet: bool,
+    *,
+    origin: dict | None = None,
+    defaults: dict | None = None,
+) -> StoredModel:
     """Move a fully checked model from staging into the store, replacing any older copy atomically."""
     model = StoredModel(name=name, kind=kind, path=staging / rel_path, source=source, files=files)
+    model.origin, model.defaults = origin or {}, defaults or {}
     model.summary = summarize(staging / rel_path, kind)
     _write_manifest(staging, model, rel_path)
     final = models_dir() / name
@@ -544,17 +640,159 @@ def _pull_url(url: str, *, name: str | None, force: bool, quiet: bool) -> Stored
         return _commit(staging, name, "gguf", filename, files, f"url:{url}", quiet)
 
 
+def _pull_hub(spec_text: str, *, name: str | None, force: bool, quiet: bool) -> StoredModel:
+    """A model from the Hugging Face Hub: its files go into the Hugging Face cache (hub.download checks each
+    against the Hub's hash), and the store gets a folder of links to them plus the manifest.
+
+    Pulling again asks the Hub for the revision's current commit: the same files at the same commit are
+    "already in the store"; a newer commit replaces the store's copy (the cache keeps both)."""
+    spec = hub.parse_spec(spec_text)
+    listing = hub.list_repo(spec)
+    chosen = hub.select(listing, spec)
+    if chosen.note and not quiet:
+        print(f"note: {chosen.note}", file=sys.stderr)
+    repo_paths = sorted(f.path for f in chosen.files)
+    same = _stored_hub_files(listing.repo, repo_paths)
+    if same is not None and same.origin.get("revision") == listing.commit and not force:
+        verify_stored(same)
+        _remember_spec(same, str(spec))
+        if not quiet:
+            print(
+                f"{same.name} is already in the store, at {listing.repo}'s latest commit: {same.path}", file=sys.stderr
+            )
+        return same
+    taken = get_stored(name) if name else None
+    if taken is not None and (same is None or taken.name != same.name) and not force:
+        raise PellucidError(
+            f"a model named {name} is already in the store (from {taken.source}); choose another --name, or add "
+            f"--force to replace it"
+        )
+    fetched = hub.download(listing, chosen.files, quiet=quiet)
+    name = name or (same.name if same is not None else _hub_name(spec, listing, chosen))
+    with tempfile.TemporaryDirectory(dir=_tmp_dir(), prefix=f"pull-{name}-") as tmp:
+        staging = Path(tmp) / "model"
+        staging.mkdir()
+        folder = listing.repo.split("/")[1]
+        links = {}  # store-relative path -> repo path
+        for repo_path, (cached, sha) in fetched.items():
+            # GGUF parts side by side (a split model's loader looks for its parts beside the first);
+            # a safetensors repo as a folder named after it, keeping its subfolders (1_Pooling/...)
+            rel = Path(repo_path).name if chosen.kind == "gguf" else f"{folder}/{repo_path}"
+            _link_or_copy(cached, staging / rel)
+            links[rel] = (repo_path, sha)
+        files = {rel: _file_record(staging / rel, sha) for rel, (_, sha) in links.items()}
+        rel_path = Path(chosen.main).name if chosen.kind == "gguf" else folder
+        origin = {
+            "type": "hf",
+            "repo": listing.repo,
+            "revision": listing.commit,
+            "requested_revision": spec.revision,
+            "quant": chosen.quant,
+            "files": {rel: repo_path for rel, (repo_path, _) in links.items()},
+            "specs": sorted({str(spec), *(same.origin.get("specs", []) if same is not None else [])}),
+            "cache": str(hub.repo_cache(listing.repo)),
+        }
+        if hub.endpoint() != "https://huggingface.co":
+            origin["endpoint"] = hub.endpoint()
+        resolve_path(staging / rel_path)  # a GGUF check (or a clear error) before anything enters the store
+        return _commit(staging, name, chosen.kind, rel_path, files, str(spec), quiet, origin=origin)
+
+
+def _pull_ollama(ollama_name: str, *, name: str | None, force: bool, quiet: bool) -> StoredModel:
+    """Copy an Ollama model's GGUF blob into the store (a hard link when both are on one disk: no space
+    taken, and it survives `ollama rm`), checked against its digest, with Ollama's params as defaults."""
+    from pellucid.other_stores import find_ollama, ollama_defaults
+
+    model = find_ollama(ollama_name)
+    base = _name_from_filename(model.name.replace(":", "-").replace("/", "-"))
+    taken = get_stored(base)
+    if catalog_lookup(base) is not None or (taken is not None and taken.origin.get("name") != model.name):
+        base = f"ollama-{base}"  # do not shadow a catalog model or a model pulled from elsewhere
+    name = name or base
+    existing = _existing_or_none(name, force, quiet)
+    if existing is not None:
+        return existing
+    with tempfile.TemporaryDirectory(dir=_tmp_dir(), prefix=f"pull-{name}-") as tmp:
+        staging = Path(tmp) / "model"
+        staging.mkdir()
+        filename = f"{name}.gguf"
+        try:
+            os.link(model.blob, staging / filename)
+        except OSError:  # another disk, or a filesystem without hard links
+            _copy_with_progress(model.blob, staging / filename, quiet)
+        files = _hash_files(staging, [filename], quiet, label=name)
+        digest = model.blob.name.removeprefix("sha256-")
+        if files[filename]["sha256"] != digest:
+            raise ModelFileError(
+                f"ollama:{model.name}: the blob {model.blob} does not match its name (sha256 "
+                f"{files[filename]['sha256']}); Ollama's copy is damaged: `ollama pull {model.name}` fetches it again"
+            )
+        defaults, _ = ollama_defaults(model)
+        origin = {"type": "ollama", "name": model.name, "digest": f"sha256:{digest}", "manifest": str(model.manifest)}
+        source = f"ollama:{model.name}"
+        return _commit(staging, name, "gguf", filename, files, source, quiet, origin=origin, defaults=defaults)
+
+
+def _stored_hub_files(repo: str, repo_paths: list[str]) -> StoredModel | None:
+    """The stored model made of exactly these files of this repo (at any commit)."""
+    for model in list_models():
+        origin = model.origin
+        same_repo = origin.get("type") == "hf" and origin.get("repo", "").lower() == repo.lower()
+        if same_repo and sorted(origin.get("files", {}).values()) == repo_paths:
+            return model
+    return None
+
+
+def _remember_spec(model: StoredModel, spec: str) -> None:
+    """Another hf: name for a stored model (hf:ORG/REPO and hf:ORG/REPO:Q4_K_M can be the same file)."""
+    specs = model.origin.setdefault("specs", [])
+    if spec.lower() not in (s.lower() for s in specs):
+        specs.append(spec)
+        _write_manifest(model.dir, model, str(model.path.relative_to(model.dir)))
+
+
+def _hub_name(spec: hub.HubSpec, listing: hub.RepoListing, chosen: hub.Selection) -> str:
+    """A short store name: the GGUF file's name (without split numbering), or the repo's name; the
+    organization goes in front when another repo's model already has that name."""
+    org, repo_name = listing.repo.split("/")
+    base = hub.split_info(Path(chosen.main).name)[0] if chosen.kind == "gguf" else repo_name
+    if spec.revision:
+        base += f"-{spec.revision[:12]}"
+    for candidate in (base, f"{org}-{base}", f"{org}-{base}-{listing.commit[:7]}"):
+        name = _name_from_filename(candidate)
+        taken = get_stored(name)
+        if taken is None or taken.origin.get("repo", "").lower() == listing.repo.lower():
+            return name
+    return name
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Point dst at a file in another tool's cache: a symbolic link, else a hard link, else a copy."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.symlink(os.path.abspath(src), dst)
+        return
+    except OSError:  # e.g. Windows without the symlink privilege
+        pass
+    try:
+        os.link(os.path.realpath(src), dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def _name_from_filename(filename: str) -> str:
     stem = filename[: -len(".gguf")] if filename.lower().endswith(".gguf") else filename
     return re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-") or "model"
 
 
-def remove(name: str) -> Path:
-    stored = get_stored(name)
+def remove(name: str) -> StoredModel:
+    """Delete a model's folder from the store. A Hub model's files stay in the Hugging Face cache, which
+    other tools share (`hf cache rm` deletes them there)."""
+    stored = _stored_hub_model(str(hub.parse_spec(name))) if hub.is_hub_spec(name) else get_stored(name)
     if stored is None:
         raise ModelNotFoundError(f"{name} is not in the store ({models_dir()})")
     shutil.rmtree(stored.dir)
-    return stored.dir
+    return stored
 
 
 # -- summaries for `list` -------------------------------------------------------------------------------
@@ -568,12 +806,17 @@ def summarize(path: Path, kind: str) -> dict:
 
         with GGUFFile(path) as g:
             file_type = g.get("general.file_type")
-            return {
+            summary = {
                 "architecture": g.architecture,
                 "parameters": sum(t.n_elements for t in g.tensors.values()),
                 "quantization": FILE_TYPE_NAMES.get(file_type, str(file_type)) if file_type is not None else "?",
                 "size_bytes": g.file_size,
             }
+            n_parts, n_tensors = g.get("split.count") or 1, g.get("split.tensors.count")
+            whole = len(g.tensors) == n_tensors
+        if n_parts > 1 and not whole:  # a gguf-split model: its other parts lie beside the first
+            summary["parameters"], summary["size_bytes"] = _split_totals(path, n_parts)
+        return summary
     from pellucid.formats.safetensors import read_safetensors_header
 
     config = json.loads((path / "config.json").read_text())
@@ -588,3 +831,16 @@ def summarize(path: Path, kind: str) -> dict:
         "quantization": "/".join(sorted(dtypes)) or "?",
         "size_bytes": sum(p.stat().st_size for p in path.rglob("*") if p.is_file()),
     }
+
+
+def _split_totals(first: Path, n_parts: int) -> tuple[int, int]:
+    """Parameters and bytes over all parts of a split GGUF (`NAME-00001-of-0000N.gguf` and its siblings)."""
+    from pellucid.formats.gguf import GGUFFile
+
+    prefix = hub.split_info(first.name)[0]
+    n_params = n_bytes = 0
+    for i in range(1, n_parts + 1):
+        with GGUFFile(first.with_name(f"{prefix}-{i:05d}-of-{n_parts:05d}.gguf")) as part:
+            n_params += sum(t.n_elements for t in part.tensors.values())
+            n_bytes += part.file_size
+    return n_params, n_bytes

@@ -55,7 +55,8 @@ def add_model_arg(p: argparse.ArgumentParser) -> None:
         nargs="?",
         default=None,
         metavar="MODEL",
-        help=f"a model name, a .gguf file or a Hugging Face folder (default: {store.DEFAULT_MODEL})",
+        help=f"a model name, a .gguf file, a Hugging Face folder, a Hub model (hf:ORG/REPO[:QUANT], pulled on first "
+        f"use) or an Ollama model (ollama:NAME[:TAG], run in place) (default: {store.DEFAULT_MODEL})",
     )
 
 

@@ -46,6 +46,7 @@ SAMPLING_FLAGS = [
     ("--frequency-penalty", "frequency_penalty", float, "subtract count x this from seen tokens (default 0)"),
     ("--seed", "seed", int, "random seed: the same seed gives the same output (default: random)"),
 ]
+SAMPLING_DESTS = {dest for _, dest, _, _ in SAMPLING_FLAGS}
 
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
@@ -83,12 +84,28 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
 
 
 def _sampling(args) -> dict:
-    return {dest: getattr(args, dest) for _, dest, _, _ in SAMPLING_FLAGS if getattr(args, dest) is not None}
+    """The sampling flags given, over the defaults that came with the model (an Ollama model's params)."""
+    given = {dest: getattr(args, dest) for _, dest, _, _ in SAMPLING_FLAGS if getattr(args, dest) is not None}
+    defaults = getattr(args, "model_defaults", None) or {}
+    return {**{k: v for k, v in defaults.items() if k in SAMPLING_DESTS}, **given}
+
+
+def _with_model_defaults(args) -> None:
+    """--stop, -n and --system, when not given, from the model's own defaults (Ollama's stop, num_predict and
+    system prompt), as Ollama applies them: a flag replaces the model's value rather than adding to it."""
+    defaults = getattr(args, "model_defaults", None) or {}
+    args.stop = args.stop or list(defaults.get("stop", []))
+    if args.max_tokens is None:
+        args.max_tokens = defaults.get("max_tokens")
+    if getattr(args, "system", None) is None and not getattr(args, "raw", False):
+        args.system = defaults.get("system")
 
 
 def _load(args):
     """What answers: a running server that holds the model (RemoteLLM), else the model loaded here (LLM)."""
     resolved = store.resolve(args.model)
+    args.model_defaults = resolved.defaults
+    _with_model_defaults(args)
     template = read_chat_template(args)
     if not args.local and template is None:  # a server renders with its own template: load here instead
         remote = _remote(args, resolved)

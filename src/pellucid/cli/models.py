@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from pellucid import store
@@ -13,13 +14,22 @@ from pellucid.cli.common import add_model_arg, add_quantize_arg, command, positi
 
 def _add_pull(commands) -> None:
     p = command(commands, "pull", cmd_pull, "download a model into the store")
-    p.add_argument("spec", metavar="NAME|PATH|URL", help="a catalog name, a local .gguf / HF folder, or an http(s) URL")
+    p.add_argument(
+        "spec",
+        metavar="NAME|PATH|URL",
+        help="a catalog name; a Hugging Face Hub model: hf:ORG/REPO[:QUANT], hf:ORG/REPO/FILE.gguf, "
+        "hf:ORG/REPO@REVISION; an Ollama model to copy in: ollama:NAME[:TAG]; a local .gguf / HF folder; "
+        "or an http(s) URL",
+    )
     p.add_argument("--name", help="the name to store it under (default: from the file name)")
     p.add_argument("--force", action="store_true", help="pull again even if the store has it")
 
 
 def cmd_pull(args) -> int:
-    """Fetch a model (catalog name, path or URL) into the store, checking its sha256."""
+    """Fetch a model (catalog name, Hugging Face Hub model, Ollama model, path or URL) into the store, checking
+    its sha256.
+    A Hub model's files go into the Hugging Face cache (shared with transformers and llama.cpp); the store
+    links to them. Pulling a Hub model again updates it to the revision's latest commit."""
     stored = store.pull(args.spec, name=args.name, force=args.force)
     print(f"{stored.name}: {_summary_line(stored.summary)}\n  {stored.path}")
     return 0
@@ -31,19 +41,40 @@ def _add_list(commands) -> None:
 
 
 def cmd_list(args) -> int:
-    """The models in the store, then the catalog models not pulled yet."""
+    """The models in the store; then the models other tools keep on disk (Ollama, LM Studio, llama.cpp, the
+    Hugging Face cache), which run in place; then the catalog models not pulled yet."""
     from pellucid.inspect import format_count
     from pellucid.memory import format_bytes
 
     stored = store.list_models()
     pulled = {m.name for m in stored}
     missing = [e for e in store.CATALOG.values() if e.name not in pulled]
+    elsewhere = _found_elsewhere(stored)
     if args.json:
         print_json(
             {
                 "models": [
-                    {"name": m.name, "kind": m.kind, "path": str(m.path), "source": m.source, **m.summary}
+                    {
+                        "name": m.name,
+                        "kind": m.kind,
+                        "path": str(m.path),
+                        "source": m.source,
+                        "origin": m.origin,
+                        "pulled_at": m.pulled_at,
+                        **m.summary,
+                    }
                     for m in stored
+                ],
+                "elsewhere": [
+                    {
+                        "source": f.source,
+                        "model": f.model,
+                        "kind": f.kind,
+                        "path": str(f.path),
+                        "quantization": f.quantization,
+                        "size_bytes": f.size_bytes,
+                    }
+                    for f in elsewhere
                 ],
                 "catalog": [
                     {"name": e.name, "description": e.description, "pulled": e.name in pulled}
@@ -53,21 +84,51 @@ def cmd_list(args) -> int:
         )
         return 0
     if stored:
-        rows = [("NAME", "ARCHITECTURE", "PARAMETERS", "QUANTIZATION", "SIZE", "PATH")]
+        rows = [("NAME", "ARCHITECTURE", "PARAMETERS", "QUANTIZATION", "SIZE", "SOURCE", "PATH")]
         for m in stored:
             s = m.summary
             params = format_count(s["parameters"]) if isinstance(s.get("parameters"), int) else "?"
             size = format_bytes(s["size_bytes"]) if isinstance(s.get("size_bytes"), int) else "?"
-            rows.append(
-                (m.name, str(s.get("architecture", "?")), params, str(s.get("quantization", "?")), size, str(m.path))
-            )
+            arch, quant = str(s.get("architecture", "?")), str(s.get("quantization", "?"))
+            rows.append((m.name, arch, params, quant, size, _short_source(m), str(m.path)))
         print(table(rows))
     else:
         print(f"The store ({store.models_dir()}) is empty.")
+    if elsewhere:
+        print("\nIn other tools' stores (they run in place, nothing is copied; `pellucid pull MODEL` copies one in):")
+        rows = [("  SOURCE", "MODEL", "QUANTIZATION", "SIZE", "PATH")]
+        for f in elsewhere:
+            rows.append((f"  {f.source}", f.model, f.quantization, format_bytes(f.size_bytes), str(f.path)))
+        print(table(rows))
     if missing:
         print("\nIn the catalog, not pulled yet (`pellucid pull NAME`, or just use the name):")
         print(table([(f"  {e.name}", e.description) for e in missing]))
     return 0
+
+
+def _found_elsewhere(stored: list[store.StoredModel]) -> list:
+    """The other tools' models, less those the store already links to (a Hub pull links into the HF cache)."""
+    from pellucid.other_stores import find_models
+
+    in_store = {os.path.realpath(m.dir / rel) for m in stored for rel in m.files}
+    found = []
+    for f in find_models():
+        target = f.path / "config.json" if f.kind == "hf" else f.path
+        if os.path.realpath(target) not in in_store:
+            found.append(f)
+    return found
+
+
+def _short_source(model: store.StoredModel) -> str:
+    """Where a stored model came from, in a table cell: the Hub name and commit, the Ollama name, the catalog."""
+    origin = model.origin
+    if origin.get("type") == "hf":
+        return f"{model.source} ({origin.get('revision', '?')[:7]})"
+    if model.source.startswith("pypi:"):
+        return "catalog (PyPI)"
+    if model.source.startswith("path:"):
+        return "copied from " + model.source[len("path:") :]
+    return model.source or "?"
 
 
 def _add_rm(commands) -> None:
@@ -77,8 +138,13 @@ def _add_rm(commands) -> None:
 
 def cmd_rm(args) -> int:
     """Delete a model (its whole folder) from the store."""
-    path = store.remove(args.name)
-    print(f"removed {args.name} ({path})")
+    removed = store.remove(args.name)
+    print(f"removed {removed.name} ({removed.dir})")
+    if removed.origin.get("type") == "hf":
+        print(
+            f"  its files stay in the Hugging Face cache ({removed.origin.get('cache')}), which other tools share; "
+            f"`hf cache rm model/{removed.origin.get('repo')}` deletes them there"
+        )
     return 0
 
 
