@@ -145,6 +145,26 @@ def test_split_gguf_brings_all_its_parts(fake_hub, tmp_path):
     assert stored.summary["parameters"] == 3 * 64  # counted over all three parts
     assert stored.summary["size_bytes"] == sum(p.stat().st_size for p in parts)
     assert store.resolve("hf:org/Split-GGUF:Q8_0").path == stored.path
+    from pellucid.formats.gguf import GGUFFile
+
+    with GGUFFile(stored.path) as g:  # the links in the store keep the parts' names: they open as one model
+        assert len(g.parts) == 3 and len(g.tensors) == 3
+
+
+@pytest.mark.slow
+def test_a_split_model_pulled_from_the_hub_runs(fake_hub, smollm2_path, tmp_path):
+    import pellucid
+    from model_helpers import write_split
+
+    parts = write_split(smollm2_path, tmp_path / "SmolLM2-135M-Instruct-Q4_1", 2)
+    fake_hub.add_repo("org/SmolLM2-GGUF", {p.name: p for p in parts})
+    split = pellucid.load("hf:org/SmolLM2-GGUF:Q4_1", ctx=64)
+    whole = pellucid.load(str(smollm2_path), ctx=64)
+    ask = {"max_tokens": 6, "temperature": 0}
+    assert (
+        split.generate("The capital of France is", **ask).result().text
+        == whole.generate("The capital of France is", **ask).result().text
+    )
 
 
 # -- safetensors repos ----------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ be on by default) was measured too: no faster than inductor's loops (decode 10.2
 22.9 ms), so it is not kept.
 
 Built with torch.utils.cpp_extension (g++, which torch.compile needs anyway) the first time a process asks,
-~15 s once per machine (the two files compile in parallel) (cached under ~/.cache/torch_extensions), then loaded in milliseconds. Used only when
+~15 s once per machine and version of the kernels (the two files compile in parallel; cached under
+~/.cache/torch_extensions, one folder per version: `_build_directory`), then loaded in milliseconds. Used only when
 the CPU has AVX512-VNNI and the tensors are on the CPU; anywhere else, or if the build fails (logged once),
 the products run as in the default mode. `gemv()` is an op (`torch.ops.pellucid.gemv`), so the compiled
 decode graphs call it like any ATen kernel; it releases the GIL while it runs.
@@ -66,11 +67,14 @@ def _build_and_load() -> None:
     from torch.utils import cpp_extension
 
     if not hasattr(torch.ops.pellucid, "rms_norm"):
+        build = _build_directory()
+        build.mkdir(parents=True, exist_ok=True)
         cpp_extension.load(
             name="pellucid_native",
             sources=[str(source) for source in SOURCES],
             extra_cflags=CFLAGS,
             extra_ldflags=["-fopenmp"],  # at::parallel_for splits the rows over threads only with OpenMP on
+            build_directory=str(build),
             is_python_module=False,
             verbose=False,
         )
@@ -82,6 +86,20 @@ def _build_and_load() -> None:
             n += fields[i].shape[0]
             i += FIELD_COUNTS[name]
         return x.new_empty((x.shape[0], n))
+
+
+def _build_directory() -> Path:
+    """Where the kernels are built: torch's extension folder (TORCH_EXTENSIONS_DIR, or ~/.cache/torch_extensions),
+    in a subfolder named by a hash of the sources and flags. One folder per version of the kernels, so two
+    pellucid installs (or checkouts) of different versions never rebuild over each other's library."""
+    import hashlib
+    import os
+
+    digest = hashlib.sha256(" ".join(CFLAGS).encode())
+    for source in SOURCES:
+        digest.update(source.read_bytes())
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions").expanduser()
+    return root / f"pellucid_native-{torch.__version__}-{digest.hexdigest()[:12]}"
 
 
 # How many field tensors each kernel format takes (format_of's lists).
