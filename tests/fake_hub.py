@@ -84,8 +84,21 @@ class FakeHub:
         return self.repos[repo.lower()]
 
     def downloads(self) -> list[str]:
-        """The paths of the file requests seen so far (resolve and CDN GETs, not metadata)."""
-        return [p for m, p, _ in self.requests if m == "GET" and not p.startswith("/api/")]
+        """The paths of the file transfers seen so far: GETs of small files and of the CDN, not metadata, and not
+        the resolve GETs that only redirect an LFS file to the CDN."""
+        return [
+            p
+            for m, p, _ in self.requests
+            if m == "GET"
+            and not p.startswith("/api/")
+            and not (p.startswith("/") and "/resolve/" in p and self._lfs(p))
+        ]
+
+    def _lfs(self, resolve_path: str) -> bool:
+        repo, _, rest = resolve_path.lstrip("/").partition("/resolve/")
+        file = rest.partition("/")[2]
+        served = self.repos.get(repo.lower())
+        return bool(served and file in served.files and served.files[file].lfs)
 
 
 def _sha256_file(path: Path) -> str:

@@ -205,7 +205,7 @@ def test_a_pickle_only_repo_is_refused(fake_hub):
 # -- transfers: resume, hashes, disk space --------------------------------------------------------------
 
 
-def test_a_cut_transfer_resumes_and_a_failed_pull_leaves_nothing(fake_hub, tmp_path):
+def test_a_cut_transfer_resumes_and_a_failed_pull_resumes_in_the_next(fake_hub, tmp_path):
     # 24 MiB: the client hands data to the file in 10 MiB chunks, so a resume starts after the last whole one
     big = tiny_gguf(tmp_path / "big.gguf", rows=393216)
     repo = fake_hub.add_repo("org/Big-GGUF", {"Big-Q8_0.gguf": big})
@@ -221,10 +221,15 @@ def test_a_cut_transfer_resumes_and_a_failed_pull_leaves_nothing(fake_hub, tmp_p
     fake_hub.cut[sha] = "then fail"  # half a file, then the server fails: this pull cannot finish
     with pytest.raises(PellucidError, match="HTTP 500"):
         store.pull("hf:org/Big-GGUF", quiet=True)
-    assert cache_blobs(tmp_path, "org/Big-GGUF") == []  # no half-written blob, no .incomplete file
+    # nothing under the final name: only what arrived, kept aside for the next pull
+    assert cache_blobs(tmp_path, "org/Big-GGUF") == [sha + ".pellucid-partial"]
     assert store.list_models() == []
     fake_hub.cut.pop(sha)
-    assert store.pull("hf:org/Big-GGUF", quiet=True).path.read_bytes() == big.read_bytes()  # the next one does
+    fake_hub.requests.clear()
+    assert store.pull("hf:org/Big-GGUF", quiet=True).path.read_bytes() == big.read_bytes()  # the next one resumes
+    (ranged,) = [r for m, p, r in fake_hub.requests if p == f"/cdn/{sha}" and m == "GET"]
+    assert 0 < int(ranged.removeprefix("bytes=").rstrip("-")) <= big.stat().st_size // 2  # from where it stopped
+    assert cache_blobs(tmp_path, "org/Big-GGUF") == [sha]
 
 
 def test_a_wrong_sha256_deletes_the_file(fake_hub, tmp_path):
@@ -249,15 +254,15 @@ def test_not_enough_disk_space(fake_hub, tmp_path, monkeypatch):
 
 
 def test_a_disk_that_fills_up_midway(fake_hub, tmp_path, monkeypatch):
-    from huggingface_hub import file_download
+    from pellucid import hub
 
     fake_hub.add_repo("org/Tiny-GGUF", {"Tiny-Q8_0.gguf": tiny_gguf(tmp_path / "x.gguf")})
 
-    def full_disk(url, temp_file, **kwargs):
-        temp_file.write(b"GGUF half")
+    def full_disk(out, chunk):
+        out.write(chunk[:9])
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(file_download, "http_get", full_disk)
+    monkeypatch.setattr(hub, "_write_chunk", full_disk)
     with pytest.raises(PellucidError, match="the disk filled up while downloading org/Tiny-GGUF/Tiny-Q8_0.gguf"):
         store.pull("hf:org/Tiny-GGUF", quiet=True)
     assert cache_blobs(tmp_path, "org/Tiny-GGUF") == [] and store.list_models() == []

@@ -415,19 +415,101 @@ def download(listing: RepoListing, files: list[RepoFile], *, quiet: bool = False
     found = {}
     for f in files:
         with hub_errors(listing.repo, listing.commit, f.path):
-            local = hf_hub_download(
-                listing.repo,
-                f.path,
-                revision=listing.commit,
-                cache_dir=cache,
-                endpoint=endpoint(),
-                local_files_only=listing.from_cache,
-                tqdm_class=bar,
-            )
+            if f.sha256 and not listing.from_cache and not isinstance(cached[f.path], str):
+                local = fetch_resumable(listing, f, bar)  # a large (LFS) file: resumable across pulls
+            else:
+                local = hf_hub_download(
+                    listing.repo,
+                    f.path,
+                    revision=listing.commit,
+                    cache_dir=cache,
+                    endpoint=endpoint(),
+                    local_files_only=listing.from_cache,
+                    tqdm_class=bar,
+                )
         found[f.path] = (Path(local), verify(listing, f, Path(local), quiet))
     if not listing.from_cache:
         _remember_ref(listing)
     return found
+
+
+# Connection drops one pull survives by resuming where the file stopped (each attempt asks for the rest).
+RESUME_ATTEMPTS = 5
+PARTIAL_SUFFIX = ".pellucid-partial"
+
+
+def fetch_resumable(listing: RepoListing, f: RepoFile, bar) -> Path:
+    """Download an LFS file into the Hugging Face cache so that an interrupted pull resumes where it stopped.
+
+    huggingface_hub 2.x writes each download to a temporary file unique to the process and deletes it when the
+    process fails, so a pull killed at 90% started over. Here the bytes go to blobs/<sha256>.pellucid-partial,
+    which the next attempt (or the next pull, after Ctrl-C or a crash) continues with an HTTP Range request;
+    complete, it becomes blobs/<sha256> and snapshots/<commit>/<path> links to it: the cache's own layout, so
+    the client, transformers and llama.cpp find the file as if the client had fetched it. Nothing incomplete
+    ever has the final name. `verify` checks the sha256 afterwards."""
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    repo_dir = repo_cache(listing.repo)
+    blob = repo_dir / "blobs" / f.sha256
+    link = repo_dir / "snapshots" / listing.commit / f.path
+    if not blob.exists():
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        partial = blob.with_name(blob.name + PARTIAL_SUFFIX)
+        url = hf_hub_url(listing.repo, f.path, revision=listing.commit, endpoint=endpoint())
+        for attempt in range(RESUME_ATTEMPTS):
+            have = partial.stat().st_size if partial.exists() else 0
+            if f.size is not None and have >= f.size:
+                break
+            headers = build_hf_headers(token=_token())
+            if have:
+                headers["Range"] = f"bytes={have}-"
+            try:
+                with get_session().stream("GET", url, headers=headers, follow_redirects=True) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        hf_raise_for_status(response)
+                    resumed = have and response.status_code == 206
+                    with (
+                        open(partial, "ab" if resumed else "wb") as out,
+                        bar(total=f.size, initial=have if resumed else 0, unit="B", unit_scale=True,
+                            unit_divisor=1024, desc=Path(f.path).name) as progress,
+                    ):  # fmt: skip
+                        for chunk in response.iter_bytes(1 << 20):
+                            _write_chunk(out, chunk)
+                            progress.update(len(chunk))
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    partial.unlink(missing_ok=True)  # a full disk: free what we took, the message says so
+                raise
+            except Exception as e:  # a dropped connection: ask for the rest, a few times
+                if type(e).__name__ not in ("RemoteProtocolError", "ReadError", "ReadTimeout", "ConnectError"):
+                    raise
+                if attempt == RESUME_ATTEMPTS - 1:
+                    raise PellucidError(
+                        f"the download of {listing.repo}/{f.path} kept being cut ({_first_line(e)}); "
+                        f"{_size(partial.stat().st_size if partial.exists() else 0)} of it is kept: run the same "
+                        f"command again to resume."
+                    ) from None
+        got = partial.stat().st_size
+        if f.size is not None and got != f.size:
+            raise PellucidError(
+                f"the download of {listing.repo}/{f.path} stopped at {_size(got)} of {_size(f.size)}; what arrived "
+                f"is kept: run the same command again to resume."
+            )
+        os.replace(partial, blob)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.exists():
+        link.unlink(missing_ok=True)  # a dangling link from an earlier, deleted blob
+        try:
+            link.symlink_to(os.path.relpath(blob, link.parent))
+        except OSError:  # no symlinks here (some Windows setups): the cache's own fallback is a copy
+            shutil.copyfile(blob, link)
+    return link
+
+
+def _write_chunk(out, chunk: bytes) -> None:
+    out.write(chunk)  # a function of its own so a test can fill the disk here
 
 
 def _remember_ref(listing: RepoListing) -> None:
@@ -550,7 +632,7 @@ def hub_errors(repo: str, revision: str | None, path: str | None = None) -> Iter
         status = e.response.status_code if e.response is not None else "?"
         raise PellucidError(
             f"the Hub answered HTTP {status} for {repo}{'/' + path if path else ''}: {_first_line(e)}. "
-            f"Try again later; nothing half-downloaded was kept."
+            f"Try again later; a download resumes where it stopped (nothing incomplete is ever used)."
         ) from None
     except (httpx2.ConnectError, httpx2.TimeoutException, httpx2.RemoteProtocolError) as e:
         if path is None:
