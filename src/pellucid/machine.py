@@ -6,8 +6,8 @@ throughput, so "how fast is pellucid here" means little without "how fast could 
 for the reports that compare a run against them (`explain`, `bench`).
 
 How each is measured (on `threads` threads, in this process, after a warm-up):
-- **bandwidth_gb_s**: the best of 10 sums of a 1 GiB float32 buffer, far past every cache, already resident:
-  bytes read / seconds. A plain streaming read, which is what a bandwidth-bound decode step approaches (the
+- **bandwidth_gb_s**: the best of 10 sums of a 1 GiB float32 buffer, far past every cache, already resident,
+  over 3 buffers allocated one after another: bytes read / seconds. A plain streaming read, which is what a bandwidth-bound decode step approaches (the
   project's 2-core Zen 4 machine reads 38-48 GB/s this way, depending on the day and its neighbours).
 - **matmul_gflops_f32** / **matmul_gflops_bf16**: the best of 5 products of two 2048 x 2048 matrices
   (torch.mm, oneDNN/MKL underneath), 2 * 2048^3 multiply-adds counted as 2 flops each / seconds. bfloat16 is
@@ -55,18 +55,22 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def measure_bandwidth(threads: int) -> float:
-    """GB/s of a plain streaming read (see the module docstring)."""
+def measure_bandwidth(threads: int, buffers: int = 3) -> float:
+    """GB/s of a plain streaming read (see the module docstring): the best of 10 sums over each of `buffers`
+    freshly allocated buffers. Why several buffers: on the project's VM one 1 GiB buffer read at 42 GB/s and
+    the next, allocated right after, at 29-30 (where its pages landed physically), reproducibly."""
     import torch
 
     torch.set_num_threads(threads)
-    buffer = torch.ones(BANDWIDTH_BYTES // 4)  # float32, touched (resident) before timing
-    buffer.sum()
     best = float("inf")
-    for _ in range(10):
-        started = time.perf_counter()
+    for _ in range(buffers):
+        buffer = torch.ones(BANDWIDTH_BYTES // 4)  # float32, touched (resident) before timing
         buffer.sum()
-        best = min(best, time.perf_counter() - started)
+        for _ in range(10):
+            started = time.perf_counter()
+            buffer.sum()
+            best = min(best, time.perf_counter() - started)
+        del buffer
     return BANDWIDTH_BYTES / best / 1e9
 
 
@@ -94,12 +98,13 @@ def measure(threads: int) -> MachineLimits:
     """Measure this machine's limits on `threads` threads (a few seconds) and cache them."""
     from pellucid.quant import kernels
 
+    bandwidth = measure_bandwidth(threads)  # first: nothing else allocated yet
     f32 = measure_matmul(threads, "f32")
     bf16 = measure_matmul(threads, "bf16")
     limits = MachineLimits(
         cpu=cpu_name(),
         threads=threads,
-        bandwidth_gb_s=round(measure_bandwidth(threads), 1),
+        bandwidth_gb_s=round(bandwidth, 1),
         matmul_gflops_f32=round(f32, 1),
         matmul_gflops_bf16=round(bf16, 1) if bf16 is not None else None,
         matmul_gflops=round(bf16 if (kernels.fast_mode() and bf16 is not None) else f32, 1),
