@@ -80,6 +80,8 @@ def random_blocks(ggml_type: GGMLType, n_blocks: int, seed: int = 0) -> np.ndarr
     blocks = rng.integers(0, 256, (n_blocks, layout.type_size), dtype=np.uint8)
     for offset in F16_FIELDS[ggml_type]:
         blocks[:, offset : offset + 2] = finite_halves(rng, n_blocks).view(np.uint8).reshape(n_blocks, 2)
+    if ggml_type == GGMLType.MXFP4:  # scales 2^-16..2^15 (as models have), so products stay finite and normal
+        blocks[:, 0] = rng.integers(112, 144, n_blocks)  # test_mxfp4_every_exponent_... covers all 256 bytes
     return blocks.reshape(-1)
 
 

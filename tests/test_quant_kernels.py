@@ -14,12 +14,13 @@ import torch
 from pellucid.formats.gguf import GGUFFile
 from pellucid.quant import kernels
 from pellucid.quant.dequant import dequantize
-from pellucid.quant.packed import pack
+from pellucid.quant.packed import PackedExperts, PackedWeight, pack
 from pellucid.quant.types import BLOCK_LAYOUT, GGMLType
 from test_quant_dequant import random_blocks
 
 FORMATS = [
     GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.IQ4_XS,
+    GGMLType.MXFP4,
 ]  # fmt: skip
 ROWS = [1, 3, kernels.GEMV_MAX_ROWS, kernels.GEMV_MAX_ROWS + 5]  # packed GEMV (1-8 rows), unpack + GEMM (more)
 
@@ -60,6 +61,52 @@ def test_a_short_prompt_chunk(ggml_type, t):
     shape = (24, 2 * 256)
     raw = random_blocks(ggml_type, shape[0] * shape[1] // BLOCK_LAYOUT[ggml_type].block_size)
     check_product(raw, ggml_type, shape, t, lead=(1,))
+
+
+@pytest.mark.parametrize("ggml_type", FORMATS, ids=lambda t: t.name)
+def test_parts_are_the_dequantized_matrix(ggml_type):
+    """`parts()` (what every kernel reads) stacked back into (N, K) is `dequantize()` bit for bit: the same float32
+    products (a compiler could fuse Q4_1's d * q + m into an FMA; eager torch does not)."""
+    shape = (24, 2 * 256)
+    raw = random_blocks(ggml_type, shape[0] * shape[1] // BLOCK_LAYOUT[ggml_type].block_size)
+    packed = pack(raw, ggml_type, shape)
+    got = torch.stack(packed.parts(), dim=-2).reshape(shape)
+    torch.testing.assert_close(got, dequantize(raw, ggml_type, shape), rtol=0, atol=0)
+
+
+def test_mxfp4_fields_view_the_file():
+    raw = torch.from_numpy(random_blocks(GGMLType.MXFP4, 24 * 16))
+    packed = pack(raw, GGMLType.MXFP4, (24, 512))
+    assert packed.n_bytes == raw.numel()  # 17 bytes per 32 weights: 4.25 bits, nothing unpacked at load
+    assert all(t.untyped_storage().data_ptr() == raw.untyped_storage().data_ptr() for t in packed.parameters())
+
+
+@pytest.mark.parametrize("ggml_type", [GGMLType.MXFP4, GGMLType.Q4_K, GGMLType.Q3_K], ids=lambda t: t.name)
+def test_expert_stack(ggml_type):
+    """An (E, N, K) expert stack as GGUF stores it: expert e is a 2-D packed matrix viewing rows e N..(e + 1) N
+    of the stack's bytes (Q3_K: re-laid-out at load, sliced the same way), kept from one call to the next."""
+    n_experts, shape = 3, (24, 512)
+    raw = random_blocks(ggml_type, n_experts * shape[0] * shape[1] // BLOCK_LAYOUT[ggml_type].block_size)
+    experts = pack(raw, ggml_type, (n_experts, *shape))
+    assert isinstance(experts, PackedExperts) and experts.shape == (n_experts, *shape)
+    assert experts.n_experts == n_experts and experts.ggml_type == ggml_type
+    w = dequantize(raw, ggml_type, (n_experts, *shape))
+    stack_start = experts.stack.fields()
+    for e in range(n_experts):
+        matrix = experts.expert(e)
+        assert isinstance(matrix, PackedWeight) and matrix.shape == shape and experts.expert(e) is matrix
+        for name, t in matrix.fields().items():  # a view at expert e's rows, not a copy
+            whole = stack_start[name]
+            assert t.untyped_storage().data_ptr() == whole.untyped_storage().data_ptr()
+            assert t.data_ptr() == whole[e * shape[0]].data_ptr()
+        torch.testing.assert_close(torch.stack(matrix.parts(), dim=-2).reshape(shape), w[e], rtol=0, atol=0)
+    x = torch.randn(2, shape[1], generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        y = kernels.matmul(x, experts.expert(1))
+    expected = x.double() @ w[1].double().T
+    assert ((y.double() - expected).abs() <= 1e-5 * (x.double().abs() @ w[1].double().abs().T)).all()
+    with pytest.raises(IndexError, match="expert 3 of a stack of 3"):
+        experts.expert(3)
 
 
 @pytest.mark.parametrize("m", ROWS)

@@ -18,6 +18,23 @@ fused multiply-adds a compiler may form: last-bit differences).
 
 Kernels (quant/kernels.py) build on `parts`: a matrix-vector product multiplies each part by its slice of x
 and sums, which torch.compile turns into one loop that reads each packed byte once.
+
+MXFP4 (GPT-OSS's expert weights: 32 four-bit E2M1 floats and one E8M0 power-of-two scale per block) is read in
+place like Q4_0: `qs` and the exponent bytes `e` are views of the file (4.25 bits per weight).
+
+Expert stacks. GGUF stores a mixture-of-experts layer's experts as one 3-D tensor (E, N, K) (torch order): E
+matrices of N rows back to back. `pack(raw, ggml_type, (E, N, K))` returns a `PackedExperts`, one packed matrix
+of E * N rows viewing the file (no copy), and
+
+    experts.expert(e) -> PackedWeight    # expert e's (N, K) matrix: rows e N..(e + 1) N of the stack, a view
+    experts.n_experts, experts.shape     # E; (E, N, K)
+    experts.stack                        # the (E * N, K) PackedWeight itself (e.g. for a kernel that takes ids)
+
+`expert(e)` is a 2-D PackedWeight like any other (kernels.matmul, native.format_of, row_slice all take it); the
+objects are made once and kept, so a decode step asking for its routed experts pays nothing, and the native
+kernels' per-matrix state (a repacked copy) is made once per expert. Experts that meet the same x (one token's
+routed gate/up projections) can go to the native kernels in one call: `kernels.matmul_many(x, [experts.expert(e)
+for e in ids])`.
 """
 
 from __future__ import annotations
@@ -29,7 +46,7 @@ import torch
 from torch import nn
 
 from pellucid.errors import UnsupportedError
-from pellucid.quant.dequant import IQ4_LEVELS, as_blocks, k_scales_mins, unpack
+from pellucid.quant.dequant import IQ4_LEVELS, MXFP4_LEVELS, as_blocks, e8m0_to_fp32_half, k_scales_mins, unpack
 from pellucid.quant.types import GGMLType
 
 
@@ -209,6 +226,29 @@ class Q8_0(PackedWeight):
     @staticmethod
     def weights(qs, d):
         return [d.float().unsqueeze(-1) * qs]
+
+
+class MXFP4(PackedWeight):
+    """block_mxfp4 {u8 e; u8 qs[16]}: w = 2^(e - 127) / 2 * L[q], L the 16 E2M1 values doubled (MXFP4_LEVELS).
+
+    Both fields are views of the file's blocks; nibbles as Q4_0 (low: weights 0-15, high: 16-31).
+    """
+
+    ggml_type = GGMLType.MXFP4
+
+    @classmethod
+    def from_blocks(cls, blocks, shape) -> MXFP4:  # (N, G, 17)
+        return cls(shape, {"qs": blocks[..., 1:], "e": blocks[..., 0]})
+
+    @staticmethod
+    def x_layout(fields):
+        return (2, 16)
+
+    @staticmethod
+    def weights(qs, e):
+        levels = torch.tensor(MXFP4_LEVELS, dtype=torch.float32, device=qs.device)
+        d = e8m0_to_fp32_half(e).unsqueeze(-1)  # (N, G, 1), exact powers of two
+        return [levels[(qs & 15).long()] * d, levels[(qs >> 4).long()] * d]
 
 
 class Q4_K(PackedWeight):
@@ -397,20 +437,34 @@ class Dense(PackedWeight):
 
 # -- building one ----------------------------------------------------------------------------------------------
 
-VIEWED = {GGMLType.Q4_0: Q4_0, GGMLType.Q4_1: Q4_1, GGMLType.Q5_0: Q5_0, GGMLType.Q5_1: Q5_1, GGMLType.Q8_0: Q8_0}
+VIEWED = {
+    GGMLType.Q4_0: Q4_0,
+    GGMLType.Q4_1: Q4_1,
+    GGMLType.Q5_0: Q5_0,
+    GGMLType.Q5_1: Q5_1,
+    GGMLType.Q8_0: Q8_0,
+    GGMLType.MXFP4: MXFP4,
+}
 IN_PLACE_K = {GGMLType.Q4_K: Q4_K, GGMLType.Q5_K: Q5_K, GGMLType.Q6_K: Q6_K, GGMLType.IQ4_XS: IQ4_XS}
 DENSE = {GGMLType.F16: torch.float16, GGMLType.BF16: torch.bfloat16, GGMLType.F32: torch.float32}
 
 
-def pack(raw: np.ndarray | torch.Tensor, ggml_type: GGMLType, shape: tuple[int, int]) -> PackedWeight:
-    """The matrix `shape` (N, K) stored as `ggml_type` in `raw` (e.g. `GGUFFile.raw(name)`), ready for kernels.
+def pack(raw: np.ndarray | torch.Tensor, ggml_type: GGMLType, shape: tuple[int, ...]) -> PackedWeight:
+    """The matrix `shape` (N, K) stored as `ggml_type` in `raw` (e.g. `GGUFFile.raw(name)`), ready for kernels;
+    for an expert stack (E, N, K), a `PackedExperts`.
 
     `raw` is not copied for the viewed formats: keep the file mapped while the weight is in use (a torch
     tensor made from it keeps the mapping alive).
     """
     ggml_type = GGMLType(ggml_type)
+    if len(shape) == 3:
+        n_experts, n, k = shape
+        return PackedExperts(pack(raw, ggml_type, (n_experts * n, k)), n_experts)
     if len(shape) != 2:
-        raise ValueError(f"pack() takes a matrix (out_features, in_features), not shape {tuple(shape)}")
+        raise ValueError(
+            f"pack() takes a matrix (out_features, in_features) or an expert stack (experts, out_features, "
+            f"in_features), not shape {tuple(shape)}"
+        )
     n, k = shape
     if ggml_type in DENSE:
         w = _as_tensor(raw).view(DENSE[ggml_type]).view(n, k)
@@ -422,6 +476,45 @@ def pack(raw: np.ndarray | torch.Tensor, ggml_type: GGMLType, shape: tuple[int, 
     if ggml_type in IN_PLACE_K:
         return IN_PLACE_K[ggml_type].from_blocks(blocks, shape)
     return _as_q8g(raw, ggml_type, shape)
+
+
+class PackedExperts(nn.Module):
+    """A stack of E expert matrices (N, K) in one format, as GGUF stores them: one (E * N, K) PackedWeight (`stack`,
+    viewing the file) whose rows e N..(e + 1) N are expert e. See the module's docstring."""
+
+    def __init__(self, stack: PackedWeight, n_experts: int):
+        super().__init__()
+        if n_experts < 1 or stack.shape[0] % n_experts:
+            raise ValueError(f"cannot split {stack.shape[0]} rows into {n_experts} experts")
+        self.stack = stack
+        self.n_experts = n_experts
+        self.shape = (n_experts, stack.shape[0] // n_experts, stack.shape[1])
+        self._experts: tuple[tuple[int, ...], list[PackedWeight | None]] | None = None
+
+    @property
+    def ggml_type(self) -> GGMLType | None:
+        return self.stack.ggml_type
+
+    @property
+    def n_bytes(self) -> int:
+        return self.stack.n_bytes
+
+    def expert(self, e: int) -> PackedWeight:
+        """Expert e's (N, K) matrix: a PackedWeight viewing the stack's bytes, made on first use and kept (a new one
+        if the stack's tensors were replaced, e.g. by `.to(device)`)."""
+        if not 0 <= e < self.n_experts:
+            raise IndexError(f"expert {e} of a stack of {self.n_experts}")
+        key = tuple(map(id, self.stack._parameters.values()))
+        if self._experts is None or self._experts[0] != key:
+            self._experts = (key, [None] * self.n_experts)
+        views = self._experts[1]
+        if views[e] is None:
+            n = self.shape[1]
+            views[e] = self.stack.row_slice(e * n, (e + 1) * n)
+        return views[e]
+
+    def extra_repr(self) -> str:
+        return f"{self.n_experts} experts of {type(self.stack).__name__}, out={self.shape[1]}, in={self.shape[2]}"
 
 
 def _as_q8g(raw, ggml_type: GGMLType, shape) -> Q8G:
