@@ -27,7 +27,7 @@ from test_quant_dequant import random_blocks
 
 FORMATS = [
     GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0,
-    GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.IQ4_XS,
+    GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.IQ4_XS, GGMLType.MXFP4,
 ]  # fmt: skip
 
 
@@ -140,6 +140,21 @@ def test_several_matrices_in_one_call():
     """q/k/v of different formats and sizes share one call; each lands in its own columns."""
     check([random_matrix(GGMLType.Q4_1, (64, 512)), random_matrix(GGMLType.Q8_0, (24, 512), 1),
            random_matrix(GGMLType.Q4_K, (40, 512), 2)], 5)  # fmt: skip
+
+
+def test_routed_experts_of_a_stack_in_one_call():
+    """A token's routed experts (views into an (E, N, K) MXFP4 stack) meet the same x in one native call, each
+    checked against its own dequantized matrix."""
+    raw, t, _ = random_matrix(GGMLType.MXFP4, (4 * 32, 512))
+    experts = pack(raw, t, (4, 32, 512))
+    ids = [2, 0, 3]
+    x = torch.randn(1, 512, generator=torch.Generator().manual_seed(0)) * 3
+    with torch.inference_mode():
+        outs = native.gemv_parts(x, [native.format_of(experts.expert(e)) for e in ids])
+    w = dequantize(raw, t, (4, 32, 512)).double()
+    for e, out in zip(ids, outs):
+        scale = x.double().abs() @ w[e].abs().T
+        assert ((out.double() - rounded_like_the_kernels(x, t) @ w[e].T).abs() <= 1e-5 * scale + 1e-30).all()
 
 
 @pytest.mark.parametrize("model", ["smollm2_path", "gemma3_path"])

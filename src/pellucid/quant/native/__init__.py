@@ -5,7 +5,9 @@ layer and nothing is traced or compiled (model/compiled.py), so a fresh process 
 
 What they do (the C++ file says how): x's rows are rounded to int8 as llama.cpp does (in blocks of 32 for the
 32-weight formats, of 256 for the K-quants), and the dot products are AVX512-VNNI integer instructions, the
-weights' unpacking shared by all rows of a batched decode step. Q4_K, Q5_K and Q6_K are read in place, a
+weights' unpacking shared by all rows of a batched decode step. MXFP4 is one of the 32-weight formats: its
+nibbles become int8 E2M1 values (doubled) by one table lookup, its E8M0 byte a power-of-two scale, as llama.cpp's
+`ggml_vec_dot_mxfp4_q8_0`. Q4_K, Q5_K and Q6_K are read in place, a
 256-weight super-block at a time, as llama.cpp's own kernels do. Inductor's float32 loops (quant/kernels.py)
 unpack each weight to float32 and spend an FMA per weight per row. They run in the default arithmetic
 (`kernels.fast_mode`), which also runs prefill's GEMMs in bfloat16; `--exact` (PELLUCID_EXACT=1) does not use
@@ -91,6 +93,7 @@ FIELD_COUNTS = {
     "Q5_0": 3,
     "Q5_1": 4,
     "Q8_0": 2,
+    "MXFP4": 2,
     "Q4_K": 5,
     "Q5_K": 6,
     "Q6_K": 4,
@@ -122,6 +125,8 @@ def format_of(packed) -> tuple[str, list[torch.Tensor]] | None:
         return "Q5_1", [f["qs"], f["qh"], f["d"], f["m"]]
     if kind is P.Q8_0:
         return "Q8_0", [f["qs"], f["d"]]
+    if kind is P.MXFP4:
+        return "MXFP4", [f["qs"], f["e"]]
     if kind is P.Q4_K:
         return "Q4_K", [f["qs"], f["d"], f["dmin"], f["sc"], f["mn"]]
     if kind is P.Q5_K:

@@ -225,6 +225,29 @@ struct Q8_0 {
   }
 };
 
+// MXFP4 (block_mxfp4 {u8 e; u8 qs[16]}): each nibble indexes the 16 E2M1 values doubled (kvalues_mxfp4), which
+// one vpshufb turns into int8 weights, and the block's scale is the E8M0 byte as 2^(e - 127) / 2: what llama.cpp's
+// ggml_vec_dot_mxfp4_q8_0 computes (an integer dot product with x's int8 block, times both scales).
+inline float e8m0_half(uint8_t e) {  // ggml_e8m0_to_fp32_half: e = 0, 1 are the subnormals 2^-128, 2^-127
+  const uint32_t bits = e < 2 ? 0x00200000u << e : static_cast<uint32_t>(e - 1) << 23;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+struct MXFP4 {
+  static constexpr bool kSigned = true, kHasMin = false;
+  const uint8_t* qs; int64_t qn, qg;
+  const uint8_t* e; int64_t en, eg;
+  __attribute__((always_inline)) inline void block(int64_t n, int64_t g, __m256i& w, __m256& scale, float& min) const {
+    const __m256i levels = _mm256_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,
+                                            0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+    w = _mm256_shuffle_epi8(levels, nibbles(qs + n * qn + g * qg));
+    scale = _mm256_set1_ps(e8m0_half(e[n * en + g * eg]));
+    min = 0.0f;
+  }
+};
+
 // The K-quants, a 256-weight super-block at a time against x's Q8_K form (llama.cpp's ggml_vec_dot_q*_K_q8_K):
 // each 32 weights meet x in two integer instructions per row (vpmaddubsw: uint8 weight x int8 x, pairs summed to
 // int16; vpdpwssd: times the group's integer scale, summed into int32 lanes), and the super-block's integer total
@@ -896,6 +919,11 @@ Matrix parse(const std::string& fmt, at::TensorList f, size_t& i, int64_t M) {
     auto t = take(2);
     return matrix(Q8_0{ptr<int8_t>(t[0]), t[0].stride(0), t[0].stride(1), ptr<at::Half>(t[1]), t[1].stride(0),
                        t[1].stride(1)}, t[0].size(0), M);
+  }
+  if (fmt == "MXFP4") {  // qs, e
+    auto t = take(2);
+    return matrix(MXFP4{ptr<uint8_t>(t[0]), t[0].stride(0), t[0].stride(1), ptr<uint8_t>(t[1]), t[1].stride(0),
+                        t[1].stride(1)}, t[0].size(0), M);
   }
   if (fmt == "Q4_K" || fmt == "Q5_K") {  // qs, [qh,] d, dmin, sc, mn
     const bool fifth = fmt == "Q5_K";
