@@ -103,17 +103,19 @@ def test_dequantize_is_the_reference_unpacking(ggml_type):
 
 @pytest.mark.parametrize("m", [1, 3, native.MAX_ROWS])
 @pytest.mark.parametrize(
-    "ggml_type", [GGMLType.Q4_K, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1], ids=lambda t: t.name
+    "ggml_type",
+    [GGMLType.Q4_K, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.MXFP4],
+    ids=lambda t: t.name,
 )
 def test_repacked_is_the_same_product(ggml_type, m):
-    """Q4_K, Q4_0, Q4_1, Q5_0 and Q5_1 repacked (8 rows interleaved, llama.cpp's repack idea) against the same
+    """Q4_K, Q4_0, Q4_1, Q5_0, Q5_1 and MXFP4 repacked (8 rows interleaved, llama.cpp's repack idea) against the same
     oracle, beside a matrix in the file's layout in one call; the unpacking for prefill is the reference's."""
     raw, t, shape = random_matrix(ggml_type, (48, 512))
     packed = pack(raw, t, shape)
     spec = native.repacked(packed)
     blocks = {
         GGMLType.Q4_K: (2, 1184), GGMLType.Q4_0: (16, 144), GGMLType.Q4_1: (16, 160), GGMLType.Q5_0: (16, 176),
-        GGMLType.Q5_1: (16, 192),
+        GGMLType.Q5_1: (16, 192), GGMLType.MXFP4: (16, 136),
     }[ggml_type]  # fmt: skip
     assert spec[0] == ggml_type.name + "x8" and spec[1][0].shape == (6, *blocks)
     other_raw, other_t, other_shape = random_matrix(GGMLType.Q6_K, (16, 512), 1)

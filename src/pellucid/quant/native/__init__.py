@@ -103,6 +103,7 @@ FIELD_COUNTS = {
     "Q4_1x8": 1,
     "Q5_0x8": 1,
     "Q5_1x8": 1,
+    "MXFP4x8": 1,
     "Q8G16": 2,
     "Q8G32": 2,
     "Q8G32M": 3,
@@ -147,11 +148,11 @@ def format_of(packed) -> tuple[str, list[torch.Tensor]] | None:
 def repacked(packed):
     """The kernels' spec of `packed` in the repacked layout (8 rows interleaved, as llama.cpp repacks for its CPU
     kernels: gemv.cpp's Q4KX8), built now (~0.2 s per GB), or None for a format or shape that is not repacked.
-    Q4_K (the bulk of Q4_K_M files), Q4_0, Q4_1, Q5_0 and Q5_1 are: their products run 1.3-2x faster so, where
+    Q4_K (the bulk of Q4_K_M files), Q4_0, Q4_1, Q5_0, Q5_1 and MXFP4 are: their products run 1.3-2x faster so, where
     the other formats already stream at or near the memory's speed. The file's pages of the matrix are handed back to the OS afterwards,
     so the copy replaces them in memory."""
     spec = format_of(packed)
-    if spec is None or spec[0] not in ("Q4_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1") or packed.shape[0] % 8:
+    if spec is None or spec[0] not in ("Q4_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "MXFP4") or packed.shape[0] % 8:
         return None
     return spec[0] + "x8", [torch.ops.pellucid.repack(spec[0], spec[1])]
 
