@@ -128,47 +128,21 @@ def test_real_weights(model, m, request):
 
 @pytest.mark.parametrize("fast", [False, True], ids=["exact", "fast"])
 def test_a_gguf_with_mxfp4_matrices_runs_as_its_dequantized_weights(tmp_path, monkeypatch, fast):
-    """A tiny llama whose FFN matrices gguf-py quantized to MXFP4 (llama.cpp's quantizer makes MXFP4 only for
-    gpt-oss expert tensors), loaded by load_model: prefill and a decode step against the same model built from
-    gguf-py's dequantized weights. Exact mode: the same float32 arithmetic, to test_model_tiny.py's tolerance.
-    Default (fast) mode: bfloat16 prefill GEMMs and int8-rounded x in decode, ~1e-2 of the logits' scale (a wrong
-    scale or nibble order is of order 1)."""
-    from gguf import GGMLQuantizationType, GGUFWriter
-    from gguf.quants import dequantize as gguf_dequantize
-    from gguf.quants import quantize as gguf_quantize
-
-    from model_helpers import random_weights, tiny_config
+    """A tiny llama whose FFN matrices are MXFP4 (model_helpers.write_mxfp4_llama), loaded by load_model: prefill
+    and a decode step against the same model built from gguf-py's dequantized weights. Exact mode: the same
+    float32 arithmetic, to test_model_tiny.py's tolerance. Default (fast) mode: bfloat16 prefill GEMMs and
+    int8-rounded x in decode, ~1e-2 of the logits' scale (measured 4e-3; a wrong scale or nibble order is of
+    order 1)."""
+    from model_helpers import tiny_config, write_mxfp4_llama
     from pellucid.model.families import family_for
     from pellucid.model.loader import Weights, build_transformer, load_model
 
     monkeypatch.setattr(kernels, "_fast", fast and kernels.native.available())
     config = tiny_config("llama")
-    path = tmp_path / "tiny-mxfp4.gguf"
-    writer = GGUFWriter(str(path), "llama")
-    writer.add_block_count(config.n_layers)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_feed_forward_length(config.ffn_size)
-    writer.add_head_count(config.n_heads)
-    writer.add_head_count_kv(config.n_kv_heads)
-    writer.add_context_length(config.context_length)
-    writer.add_layer_norm_rms_eps(config.norm_eps)
-    dense = {}
-    for name, t in random_weights(config).items():
-        if ".ffn_" in name and t.dim() == 2:
-            raw = gguf_quantize(t.numpy(), GGMLQuantizationType.MXFP4)
-            writer.add_tensor(name, raw, raw_dtype=GGMLQuantizationType.MXFP4)
-            t = torch.from_numpy(gguf_dequantize(raw, GGMLQuantizationType.MXFP4).reshape(t.shape).copy())
-        else:
-            writer.add_tensor(name, t.numpy())
-        dense[name] = t
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-
-    model = load_model(path, device="cpu")
+    held = write_mxfp4_llama(tmp_path / "tiny-mxfp4.gguf", config)
+    model = load_model(tmp_path / "tiny-mxfp4.gguf", device="cpu")
     assert isinstance(model.blocks[0].mlp.up_proj.packed, MXFP4)
-    reference = build_transformer(config, Weights.from_dict(dense), family_for("llama").gguf_names).eval()
+    reference = build_transformer(config, Weights.from_dict(held), family_for("llama").gguf_names).eval()
     tokens = torch.randint(0, config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         want = reference(tokens)
