@@ -65,13 +65,14 @@ def test_a_short_prompt_chunk(ggml_type, t):
 
 @pytest.mark.parametrize("ggml_type", FORMATS, ids=lambda t: t.name)
 def test_parts_are_the_dequantized_matrix(ggml_type):
-    """`parts()` (what every kernel reads) stacked back into (N, K) is `dequantize()` bit for bit: the same float32
-    products (a compiler could fuse Q4_1's d * q + m into an FMA; eager torch does not)."""
+    """`parts()` (what every kernel reads) stacked back into (N, K) is `dequantize()` bit for bit, zeros' signs
+    included: the same float32 products (a compiler could fuse Q4_1's d * q + m into an FMA; eager torch does
+    not). MXFP4's parts build the levels from their bits where dequantize looks them up."""
     shape = (24, 2 * 256)
     raw = random_blocks(ggml_type, shape[0] * shape[1] // BLOCK_LAYOUT[ggml_type].block_size)
     packed = pack(raw, ggml_type, shape)
     got = torch.stack(packed.parts(), dim=-2).reshape(shape)
-    torch.testing.assert_close(got, dequantize(raw, ggml_type, shape), rtol=0, atol=0)
+    assert torch.equal(got.view(torch.int32), dequantize(raw, ggml_type, shape).view(torch.int32))
 
 
 def test_mxfp4_fields_view_the_file():
