@@ -8,16 +8,20 @@ then timed through the native kernels in the layout decode uses by default (repa
 file's layout, and through the compiled float32 kernel of exact mode. Each number is the best of 7 runs of
 `--steps` products, after 20 untimed ones.
 
-Measured on the project's 2-core EPYC (AVX512-VNNI), busy with other work (load average 7-8), 2048 x 2048:
+Measured on the project's 2-core EPYC (AVX512-VNNI) while other work kept it busy (load average 6-9), so each
+number moved 20-50% between runs; the ranges are three runs, one thread:
 
-    threads  path                          Q4_0     MXFP4
-    1        native, repacked (default)    86 us    131 us
-    1        native, file layout           255 us   211 us
-    1        compiled float32 (--exact)    1.1 ms   2.3 ms
-    2        native, repacked (default)    166 us   175 us
+    shape           path                          Q4_0            MXFP4
+    2048 x 2048     native, repacked (default)    86-165 us       131-232 us
+    2048 x 2048     native, file layout           255-452 us      211-399 us
+    2048 x 2048     compiled float32 (--exact)    1.0-1.2 ms      1.7-3.7 ms
+    16384 x 4096    native, repacked (default)    3.5-4.1 ms      3.7-4.2 ms
+    16384 x 4096    compiled float32 (--exact)    12-14 ms        51-64 ms
 
-The matrix (2.2-2.4 MB) sits in cache, so this is the kernels' arithmetic: MXFP4's nibbles pass through one more
-instruction (a vpshufb table lookup) than Q4_0's. The busy machine moves each number by 20-50% between runs.
+A 2048 x 2048 matrix (2.2-2.4 MB) sits in cache, so there the kernels' arithmetic counts: MXFP4's nibbles take
+one more instruction (a vpshufb table lookup) than Q4_0's, 1.3-1.5x the time. At 16384 x 4096 (35 MB) both
+stream from memory and MXFP4 (4.25 bits per weight) is within 3-7% of Q4_0 (4.5). Two threads on the busy
+machine stalled each other (0.2-1.3 ms at 2048 x 2048): not a measurement.
 """
 
 from __future__ import annotations

@@ -555,7 +555,7 @@ def _e2m1_doubled(q: torch.Tensor) -> torch.Tensor:
     """MXFP4_LEVELS[q] for nibbles q, float32, in few vectorizable ops. The nibble's bits s ee m, placed as a
     float32's sign, low exponent bits and top mantissa bit, are its doubled E2M1 value times 2^-127 (ee = 0: the
     subnormal m 2^-127), so one exact multiply by 2^127 gives the level. Nibble 8 (-0) gets no sign bit: the
-    table's 0 is +0. Compiled 2048 x 2048 GEMV, one thread: 1.7 ms (Q4_0: 1.1-1.5). A table lookup (an indirect
+    table's 0 is +0. Compiled 2048 x 2048 GEMV, one thread: 1.7-3.7 ms (Q4_0 1.0-1.5). A table lookup (an indirect
     load inductor does not vectorize) took 13 ms, and longer arithmetic made inductor write the products to
     memory before summing them (2-10 ms)."""
     q = q.to(torch.int32)
