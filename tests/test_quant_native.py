@@ -144,19 +144,23 @@ def test_several_matrices_in_one_call():
            random_matrix(GGMLType.Q4_K, (40, 512), 2)], 5)  # fmt: skip
 
 
-def test_routed_experts_of_a_stack_in_one_call():
-    """A token's routed experts (views into an (E, N, K) MXFP4 stack) meet the same x in one native call, each
-    checked against its own dequantized matrix."""
+def test_routed_experts_of_a_stack_in_one_call(fast):
+    """A token's routed experts (views into an (E, N, K) MXFP4 stack) meet the same x in one native call, in the
+    file's layout and through `kernels.matmul_many` (each expert repacked at its first use), each checked
+    against its own dequantized matrix."""
     raw, t, _ = random_matrix(GGMLType.MXFP4, (4 * 32, 512))
     experts = pack(raw, t, (4, 32, 512))
     ids = [2, 0, 3]
     x = torch.randn(1, 512, generator=torch.Generator().manual_seed(0)) * 3
     with torch.inference_mode():
-        outs = native.gemv_parts(x, [native.format_of(experts.expert(e)) for e in ids])
+        in_file = native.gemv_parts(x, [native.format_of(experts.expert(e)) for e in ids])
+        repacked = kernels.matmul_many(x, [experts.expert(e) for e in ids])
+    assert kernels._native_spec(experts.expert(2))[0] == "MXFP4x8"
     w = dequantize(raw, t, (4, 32, 512)).double()
-    for e, out in zip(ids, outs):
+    for e, a, b in zip(ids, in_file, repacked):
         scale = x.double().abs() @ w[e].abs().T
-        assert ((out.double() - rounded_like_the_kernels(x, t) @ w[e].T).abs() <= 1e-5 * scale + 1e-30).all()
+        for out in (a, b):
+            assert ((out.double() - rounded_like_the_kernels(x, t) @ w[e].T).abs() <= 1e-5 * scale + 1e-30).all()
 
 
 @pytest.mark.parametrize("model", ["smollm2_path", "gemma3_path"])
