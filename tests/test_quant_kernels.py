@@ -108,6 +108,14 @@ def test_expert_stack(ggml_type):
     assert ((y.double() - expected).abs() <= 1e-5 * (x.double().abs() @ w[1].double().abs().T)).all()
     with pytest.raises(IndexError, match="expert 3 of a stack of 3"):
         experts.expert(3)
+    first = experts.expert(0)
+    assert experts.expert(0) is first
+    floating = any(t.is_floating_point() for t in experts.stack.fields().values())  # Q4_K's d, Q3_K's scales
+    experts.stack.to(torch.float64)  # changes floating fields in place: views of their old data would be stale
+    assert (experts.expert(0) is first) != floating
+    name, t = next(iter(experts.stack.fields().items()))
+    experts.stack.register_parameter(name, torch.nn.Parameter(t.clone(), requires_grad=False))  # as .to(device)
+    assert experts.expert(0).fields()[name].data_ptr() == experts.stack.fields()[name].data_ptr()
 
 
 @pytest.mark.parametrize("m", ROWS)

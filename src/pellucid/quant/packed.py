@@ -448,7 +448,7 @@ IN_PLACE_K = {GGMLType.Q4_K: Q4_K, GGMLType.Q5_K: Q5_K, GGMLType.Q6_K: Q6_K, GGM
 DENSE = {GGMLType.F16: torch.float16, GGMLType.BF16: torch.bfloat16, GGMLType.F32: torch.float32}
 
 
-def pack(raw: np.ndarray | torch.Tensor, ggml_type: GGMLType, shape: tuple[int, ...]) -> PackedWeight:
+def pack(raw: np.ndarray | torch.Tensor, ggml_type: GGMLType, shape: tuple[int, ...]) -> PackedWeight | PackedExperts:
     """The matrix `shape` (N, K) stored as `ggml_type` in `raw` (e.g. `GGUFFile.raw(name)`), ready for kernels;
     for an expert stack (E, N, K), a `PackedExperts`.
 
@@ -488,7 +488,7 @@ class PackedExperts(nn.Module):
         self.stack = stack
         self.n_experts = n_experts
         self.shape = (n_experts, stack.shape[0] // n_experts, stack.shape[1])
-        self._experts: tuple[tuple[int, ...], list[PackedWeight | None]] | None = None
+        self._experts: tuple[tuple[torch.Tensor, ...], list[PackedWeight | None]] | None = None
 
     @property
     def ggml_type(self) -> GGMLType | None:
@@ -503,9 +503,11 @@ class PackedExperts(nn.Module):
         if the stack's tensors were replaced, e.g. by `.to(device)`)."""
         if not 0 <= e < self.n_experts:
             raise IndexError(f"expert {e} of a stack of {self.n_experts}")
-        key = tuple(map(id, self.stack._parameters.values()))
-        if self._experts is None or self._experts[0] != key:
-            self._experts = (key, [None] * self.n_experts)
+        # The stack's data now (a module's .to() may swap a parameter's data in place); the kept tensors hold their
+        # storage, so a new tensor cannot reuse an old address and pass for it.
+        fields = tuple(t.data for t in self.stack._parameters.values())
+        if self._experts is None or not all(map(_same_data, self._experts[0], fields)):
+            self._experts = (fields, [None] * self.n_experts)
         views = self._experts[1]
         if views[e] is None:
             n = self.shape[1]
@@ -514,6 +516,10 @@ class PackedExperts(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.n_experts} experts of {type(self.stack).__name__}, out={self.shape[1]}, in={self.shape[2]}"
+
+
+def _same_data(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.data_ptr() == b.data_ptr() and a.dtype == b.dtype and a.device == b.device and a.shape == b.shape
 
 
 def _as_q8g(raw, ggml_type: GGMLType, shape) -> Q8G:
