@@ -488,7 +488,7 @@ class PackedExperts(nn.Module):
         self.stack = stack
         self.n_experts = n_experts
         self.shape = (n_experts, stack.shape[0] // n_experts, stack.shape[1])
-        self._experts: tuple[tuple[torch.Tensor, ...], list[PackedWeight | None]] | None = None
+        self._experts: tuple[tuple, list[PackedWeight | None]] | None = None  # (where the data was, views)
 
     @property
     def ggml_type(self) -> GGMLType | None:
@@ -503,11 +503,11 @@ class PackedExperts(nn.Module):
         if the stack's tensors were replaced, e.g. by `.to(device)`)."""
         if not 0 <= e < self.n_experts:
             raise IndexError(f"expert {e} of a stack of {self.n_experts}")
-        # The stack's data now (a module's .to() may swap a parameter's data in place); the kept tensors hold their
-        # storage, so a new tensor cannot reuse an old address and pass for it.
-        fields = tuple(t.data for t in self.stack._parameters.values())
-        if self._experts is None or not all(map(_same_data, self._experts[0], fields)):
-            self._experts = (fields, [None] * self.n_experts)
+        # Where the stack's data is now (a module's .to() may swap a parameter's data in place). The views made
+        # from the old data hold its storage, so a new tensor cannot reuse an old address and pass for it.
+        key = tuple((t.data_ptr(), t.dtype, t.device) for t in self.stack._parameters.values())
+        if self._experts is None or self._experts[0] != key:
+            self._experts = (key, [None] * self.n_experts)
         views = self._experts[1]
         if views[e] is None:
             n = self.shape[1]
@@ -516,10 +516,6 @@ class PackedExperts(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.n_experts} experts of {type(self.stack).__name__}, out={self.shape[1]}, in={self.shape[2]}"
-
-
-def _same_data(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.data_ptr() == b.data_ptr() and a.dtype == b.dtype and a.device == b.device and a.shape == b.shape
 
 
 def _as_q8g(raw, ggml_type: GGMLType, shape) -> Q8G:
