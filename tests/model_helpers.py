@@ -146,3 +146,35 @@ def write_split(src: Path, prefix: Path, parts: int, *, metadata_only_first: boo
     writer.write_tensors_to_file()
     writer.close()
     return [split_part_path(prefix, i + 1, parts) for i in range(parts)]
+
+
+def write_mxfp4_llama(path: Path, config: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A tiny llama GGUF whose FFN matrices gguf-py quantized to MXFP4 (llama.cpp's quantizer makes MXFP4 only
+    for gpt-oss expert tensors), the rest float32. Returns the weights the file holds, MXFP4 ones as gguf-py
+    dequantizes them: the oracle for a model loaded from `path`."""
+    from gguf import GGMLQuantizationType, GGUFWriter
+    from gguf.quants import dequantize as gguf_dequantize
+    from gguf.quants import quantize as gguf_quantize
+
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_block_count(config.n_layers)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.ffn_size)
+    writer.add_head_count(config.n_heads)
+    writer.add_head_count_kv(config.n_kv_heads)
+    writer.add_context_length(config.context_length)
+    writer.add_layer_norm_rms_eps(config.norm_eps)
+    held = {}
+    for name, t in random_weights(config, seed).items():
+        if ".ffn_" in name and t.dim() == 2:
+            raw = gguf_quantize(t.numpy(), GGMLQuantizationType.MXFP4)
+            writer.add_tensor(name, raw, raw_dtype=GGMLQuantizationType.MXFP4)
+            t = torch.from_numpy(gguf_dequantize(raw, GGMLQuantizationType.MXFP4).reshape(t.shape).copy())
+        else:
+            writer.add_tensor(name, t.numpy())
+        held[name] = t
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return held

@@ -149,3 +149,15 @@ def test_format_count():
     assert format_count(22_713_216) == "22.7M"
     assert format_count(6_738_415_616) == "6.74B"
     assert format_count(999) == "999"
+
+
+def test_mxfp4_matrices_are_shown_at_4_25_bits(tmp_path):
+    from model_helpers import tiny_config, write_mxfp4_llama
+
+    held = write_mxfp4_llama(tmp_path / "tiny-mxfp4.gguf", tiny_config("llama"))
+    report = inspect_model(resolve(tmp_path / "tiny-mxfp4.gguf"))
+    shares = {q.type: q for q in report.quant}
+    n_mxfp4 = sum(t.numel() for name, t in held.items() if ".ffn_" in name and t.dim() == 2)
+    assert shares["MXFP4"].n_elements == n_mxfp4 and shares["MXFP4"].bits_per_weight == 4.25  # 17 bytes per 32
+    assert report.memory.weights_loaded == report.memory.weights  # packed in place: held as the file's bytes
+    assert "MXFP4" in render_text(report)

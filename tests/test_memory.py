@@ -140,6 +140,14 @@ def test_rows_that_are_not_whole_blocks_fall_back_to_f16():
     assert memory.requantized_type((128,), GGMLType.Q4_0) == GGMLType.F32
 
 
+def test_mxfp4_matrices_and_expert_stacks_are_held_as_stored():
+    """MXFP4 is read in place (17 bytes per 32 weights), a 2-D matrix and a GPT-OSS-20B-shaped expert stack alike."""
+    matrix = TensorSize("blk.0.attn_q.weight", (2880, 2880), 2880 * 90 * 17, ggml_type=GGMLType.MXFP4)
+    stack = TensorSize("blk.0.ffn_down_exps.weight", (32, 2880, 2880), 32 * 2880 * 90 * 17, ggml_type=GGMLType.MXFP4)
+    for t in (matrix, stack):
+        assert memory.engine_bytes(t) == t.n_bytes == t.n_elements * 17 // 32
+
+
 def test_unknown_precision_is_a_user_error():
     with pytest.raises(PellucidError, match="f16"):
         memory.kv_cache_bytes(llama7b_config(), 10, "q3")

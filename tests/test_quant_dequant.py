@@ -40,6 +40,7 @@ F16_FIELDS = {
     GGMLType.Q6_K: (208,),
     GGMLType.IQ4_NL: (0,),
     GGMLType.IQ4_XS: (0,),
+    GGMLType.MXFP4: (),  # its scale is an E8M0 exponent byte: every value is a finite power of two
 }
 QUANTIZED = list(F16_FIELDS)
 # Formats gguf-py can also *quantize*, giving realistic blocks on top of random ones.
@@ -79,6 +80,8 @@ def random_blocks(ggml_type: GGMLType, n_blocks: int, seed: int = 0) -> np.ndarr
     blocks = rng.integers(0, 256, (n_blocks, layout.type_size), dtype=np.uint8)
     for offset in F16_FIELDS[ggml_type]:
         blocks[:, offset : offset + 2] = finite_halves(rng, n_blocks).view(np.uint8).reshape(n_blocks, 2)
+    if ggml_type == GGMLType.MXFP4:  # scales 2^-16..2^15 (as models have), so products stay finite and normal
+        blocks[:, 0] = rng.integers(112, 144, n_blocks)  # test_mxfp4_every_exponent_... covers all 256 bytes
     return blocks.reshape(-1)
 
 
@@ -105,6 +108,25 @@ def test_quantized_random_weights_match_gguf_py(ggml_type):
     blocks = torch.from_numpy(weights).view(-1, 32)
     step = blocks.abs().amax(dim=1, keepdim=True) * STEP_OF_ABSMAX[ggml_type]
     assert ((got.view(-1, 32) - blocks).abs() <= step * 1.001).all()
+
+
+def test_mxfp4_every_exponent_and_nibble_matches_gguf_py():
+    """Every E8M0 byte 0-255 (2^-128 .. 2^126 halved: subnormal scales at 0 and 1, products that overflow to inf
+    at the top) with every nibble 0-15 in each position, low and high."""
+    nibbles = np.arange(16, dtype=np.uint8)
+    qs = np.stack([nibbles | (np.roll(nibbles, s) << 4) for s in range(16)])  # (16, 16): each pair of nibbles
+    blocks = np.zeros((256, 16, 17), np.uint8)
+    blocks[:, :, 0] = np.arange(256, dtype=np.uint8)[:, None]
+    blocks[:, :, 1:] = qs
+    raw = blocks.reshape(-1)
+    with np.errstate(over="ignore"):  # e = 254, 255 times the largest levels overflow float32, in both
+        want = reference(raw, GGMLType.MXFP4, (256 * 16, 32))
+    got = dequantize(raw, GGMLType.MXFP4, (256 * 16, 32))
+    assert_exact(got, want)
+    assert torch.isinf(got).any() and (got[:16] != 0).any()  # both ends of the exponent range were reached
+    groups = unpack(raw, GGMLType.MXFP4, (256 * 16, 32))  # int8 levels and a power-of-two scale per block
+    assert groups.q.dtype == torch.int8 and groups.mins is None
+    assert_exact(groups.dequantize(), want)
 
 
 def test_float_formats_match_gguf_py():

@@ -27,7 +27,7 @@ from test_quant_dequant import random_blocks
 
 FORMATS = [
     GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0,
-    GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.IQ4_XS,
+    GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.IQ4_XS, GGMLType.MXFP4,
 ]  # fmt: skip
 
 
@@ -103,17 +103,19 @@ def test_dequantize_is_the_reference_unpacking(ggml_type):
 
 @pytest.mark.parametrize("m", [1, 3, native.MAX_ROWS])
 @pytest.mark.parametrize(
-    "ggml_type", [GGMLType.Q4_K, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1], ids=lambda t: t.name
+    "ggml_type",
+    [GGMLType.Q4_K, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.MXFP4],
+    ids=lambda t: t.name,
 )
 def test_repacked_is_the_same_product(ggml_type, m):
-    """Q4_K, Q4_0, Q4_1, Q5_0 and Q5_1 repacked (8 rows interleaved, llama.cpp's repack idea) against the same
+    """Q4_K, Q4_0, Q4_1, Q5_0, Q5_1 and MXFP4 repacked (8 rows interleaved, llama.cpp's repack idea) against the same
     oracle, beside a matrix in the file's layout in one call; the unpacking for prefill is the reference's."""
     raw, t, shape = random_matrix(ggml_type, (48, 512))
     packed = pack(raw, t, shape)
     spec = native.repacked(packed)
     blocks = {
         GGMLType.Q4_K: (2, 1184), GGMLType.Q4_0: (16, 144), GGMLType.Q4_1: (16, 160), GGMLType.Q5_0: (16, 176),
-        GGMLType.Q5_1: (16, 192),
+        GGMLType.Q5_1: (16, 192), GGMLType.MXFP4: (16, 136),
     }[ggml_type]  # fmt: skip
     assert spec[0] == ggml_type.name + "x8" and spec[1][0].shape == (6, *blocks)
     other_raw, other_t, other_shape = random_matrix(GGMLType.Q6_K, (16, 512), 1)
@@ -140,6 +142,25 @@ def test_several_matrices_in_one_call():
     """q/k/v of different formats and sizes share one call; each lands in its own columns."""
     check([random_matrix(GGMLType.Q4_1, (64, 512)), random_matrix(GGMLType.Q8_0, (24, 512), 1),
            random_matrix(GGMLType.Q4_K, (40, 512), 2)], 5)  # fmt: skip
+
+
+def test_routed_experts_of_a_stack_in_one_call(fast):
+    """A token's routed experts (views into an (E, N, K) MXFP4 stack) meet the same x in one native call, in the
+    file's layout and through `kernels.matmul_many` (each expert repacked at its first use), each checked
+    against its own dequantized matrix."""
+    raw, t, _ = random_matrix(GGMLType.MXFP4, (4 * 32, 512))
+    experts = pack(raw, t, (4, 32, 512))
+    ids = [2, 0, 3]
+    x = torch.randn(1, 512, generator=torch.Generator().manual_seed(0)) * 3
+    with torch.inference_mode():
+        in_file = native.gemv_parts(x, [native.format_of(experts.expert(e)) for e in ids])
+        repacked = kernels.matmul_many(x, [experts.expert(e) for e in ids])
+    assert kernels._native_spec(experts.expert(2))[0] == "MXFP4x8"
+    w = dequantize(raw, t, (4, 32, 512)).double()
+    for e, a, b in zip(ids, in_file, repacked):
+        scale = x.double().abs() @ w[e].abs().T
+        for out in (a, b):
+            assert ((out.double() - rounded_like_the_kernels(x, t) @ w[e].T).abs() <= 1e-5 * scale + 1e-30).all()
 
 
 @pytest.mark.parametrize("model", ["smollm2_path", "gemma3_path"])

@@ -6,7 +6,7 @@ Oracles:
   seeds (normal, bfloat16-rounded, heavy-tailed, rounding ties, and 24 awkward blocks: zeros of both signs,
   outliers, one-signed and constant blocks, float16 underflow and overflow of the scales, float32
   subnormals, |max| ties). Tolerance: none, every byte of every block.
-- gguf-py's numpy quantizers (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), run live. Tolerance: none.
+- gguf-py's numpy quantizers (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, MXFP4), run live. Tolerance: none.
 - For the round trip, `dequantize()` (checked against gguf-py in test_quant_dequant.py) and the matmul kernels.
 """
 
@@ -38,7 +38,7 @@ _spec.loader.exec_module(make_reference)
 REFERENCE = json.loads((FIXTURES / "reference.json").read_text())
 CASES = {case["name"]: case for case in REFERENCE["cases"]}
 TYPES = list(QUANTIZERS)
-LEGACY = [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1]
+GGUF_PY = [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.MXFP4]
 NAME = lambda t: t.name  # noqa: E731 - test ids
 
 
@@ -71,7 +71,7 @@ def test_matches_llama_cpp(ggml_type, case):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("ggml_type", LEGACY, ids=NAME)
+@pytest.mark.parametrize("ggml_type", GGUF_PY, ids=NAME)
 def test_matches_gguf_py(ggml_type, case):
     # Where a block's largest |x| (Q4_0, Q5_0) or its min (Q4_1, Q5_1) is a zero, gguf-py and llama.cpp pick
     # zeros of different signs (llama.cpp: +0.0, or the first zero), and d or m differs in the sign bit. Adding
@@ -88,7 +88,10 @@ def test_matches_gguf_py(ggml_type, case):
 # Q8_0: D = 2.3 / 127 -> 0.0052; Q4_0: 2.3 / 8 -> 0.083; Q5_0: 2.3 / 16 -> 0.042; Q4_1: 4.1 / 15 -> 0.079;
 # Q5_1: 4.1 / 31 -> 0.038; Q6_K: 2.0 / 32 -> 0.018; Q4_K and Q5_K as Q4_1 and Q5_1 (their searched step and
 # min do a little better, their 6-bit scales a little worse). Measured: 0.0053, 0.086, 0.043, 0.078, 0.038,
-# 0.018, 0.072, 0.036. The bounds are the estimates plus 15%.
+# 0.018, 0.072, 0.036. MXFP4: the scale s = 2^(floor(log2 max|x|) - 2) is 0.5 for most blocks (max|x| in [2, 4)),
+# so the levels are 0.25 apart below 1, 0.5 up to 2 and 1 up to 3: 68%, 27% and 4.5% of the weights, MSE
+# 0.68 0.25^2 / 12 + 0.27 0.5^2 / 12 + 0.045 / 12 -> RMS 0.113; measured 0.115. The bounds are the estimates
+# plus 15%.
 ROUND_TRIP_RMS = {
     GGMLType.Q8_0: 0.0060,
     GGMLType.Q4_0: 0.095,
@@ -98,6 +101,7 @@ ROUND_TRIP_RMS = {
     GGMLType.Q6_K: 0.021,
     GGMLType.Q4_K: 0.091,
     GGMLType.Q5_K: 0.044,
+    GGMLType.MXFP4: 0.13,
 }
 
 

@@ -44,6 +44,9 @@ GPU_CHUNK_WEIGHTS = 1 << 26  # 256 MB of float32 per step: bounds the temporarie
 
 # IQ4_NL / IQ4_XS: the 16 non-uniform levels a 4-bit index selects (kvalues_iq4nl in ggml-common.h).
 IQ4_LEVELS = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
+# MXFP4: the 16 values of a 4-bit E2M1 float (sign, 2 exponent bits, 1 mantissa bit), doubled so they are
+# integers (kvalues_mxfp4 in ggml-common.h); the block's E8M0 scale is halved to match (`e8m0_to_fp32_half`).
+MXFP4_LEVELS = (0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12)
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]  # (n_blocks, type_size) uint8 -> (n_blocks, block_size) f32
 # (n_blocks, type_size) uint8 -> q (n_blocks, ..., 32), scale and min (n_blocks, ...) per group of 32
@@ -108,7 +111,7 @@ def unpack(
     device: torch.device | str | None = None,
 ) -> GroupQuant:
     """Split a quantized tensor into integer values, scales and mins per group (32 weights; 16 for Q2_K,
-    Q3_K and Q6_K): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, the K-quants and IQ4_NL / IQ4_XS (whose q are the levels).
+    Q3_K and Q6_K): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, the K-quants, IQ4_NL / IQ4_XS and MXFP4 (whose q are the levels).
 
     `GroupQuant.dequantize()` reproduces `dequantize()` exactly for all of them except Q4_0 and Q5_0, stored
     as d * (q - offset): computed as q * d + (-offset d) they can differ in the last bit (by at most
@@ -323,6 +326,28 @@ def _iq4_nl(blocks: torch.Tensor) -> torch.Tensor:
     return d.unsqueeze(1) * q
 
 
+# -- MXFP4: 32 four-bit floats sharing a power-of-two scale (GPT-OSS's expert weights) ---------------------------
+
+
+def e8m0_to_fp32_half(e: torch.Tensor) -> torch.Tensor:
+    """An E8M0 exponent byte e (a bare float32 exponent, bias 127) as the float 2^(e - 127) / 2, exactly: the
+    bits of ggml_e8m0_to_fp32_half (e = 0 and 1 give the subnormals 2^-128 and 2^-127). Same shape, float32."""
+    e = e.to(torch.int32)
+    return torch.where(e < 2, 0x00200000 << e, (e - 1) << 23).view(torch.float32)
+
+
+def _unpack_mxfp4(blocks: torch.Tensor) -> Unpacked:
+    # block_mxfp4 { u8 e; u8 qs[16]; }  w = 2^(e - 127) / 2 * L[q]; low nibbles are weights 0-15, high 16-31
+    e, qs = _fields(blocks, 1, 16)
+    levels = torch.tensor(MXFP4_LEVELS, dtype=torch.int8, device=blocks.device)
+    return levels[_low_high(qs).flatten(1).long()], e8m0_to_fp32_half(e).squeeze(1), None
+
+
+def _mxfp4(blocks: torch.Tensor) -> torch.Tensor:
+    q, d, _ = _unpack_mxfp4(blocks)
+    return d.unsqueeze(1) * q
+
+
 # -- K-quants: 256-weight super-blocks of 16 or 8 sub-blocks with quantized scales ------------------------------
 
 
@@ -445,6 +470,7 @@ DECODERS: dict[GGMLType, Decoder] = {
     GGMLType.Q6_K: _q6_k,
     GGMLType.IQ4_NL: _iq4_nl,
     GGMLType.IQ4_XS: _iq4_xs,
+    GGMLType.MXFP4: _mxfp4,
 }
 
 UNPACKERS: dict[GGMLType, Callable[[torch.Tensor], Unpacked]] = {
@@ -460,4 +486,5 @@ UNPACKERS: dict[GGMLType, Callable[[torch.Tensor], Unpacked]] = {
     GGMLType.Q6_K: _unpack_q6_k,
     GGMLType.IQ4_NL: _unpack_iq4_nl,
     GGMLType.IQ4_XS: _unpack_iq4_xs,
+    GGMLType.MXFP4: _unpack_mxfp4,
 }

@@ -87,7 +87,7 @@ BLOCK_LAYOUT: dict[GGMLType, BlockLayout] = {
     GGMLType.BF16: BlockLayout(1, 2),
     GGMLType.TQ1_0: BlockLayout(256, 54),
     GGMLType.TQ2_0: BlockLayout(256, 66),
-    GGMLType.MXFP4: BlockLayout(32, 17),
+    GGMLType.MXFP4: BlockLayout(32, 17),  # u8 E8M0 exponent, then 16 bytes of 4-bit E2M1 floats
 }
 
 

@@ -5,7 +5,9 @@ layer and nothing is traced or compiled (model/compiled.py), so a fresh process 
 
 What they do (the C++ file says how): x's rows are rounded to int8 as llama.cpp does (in blocks of 32 for the
 32-weight formats, of 256 for the K-quants), and the dot products are AVX512-VNNI integer instructions, the
-weights' unpacking shared by all rows of a batched decode step. Q4_K, Q5_K and Q6_K are read in place, a
+weights' unpacking shared by all rows of a batched decode step. MXFP4 is one of the 32-weight formats: its
+nibbles become int8 E2M1 values (doubled) by one table lookup, its E8M0 byte a power-of-two scale, as llama.cpp's
+`ggml_vec_dot_mxfp4_q8_0`. Q4_K, Q5_K and Q6_K are read in place, a
 256-weight super-block at a time, as llama.cpp's own kernels do. Inductor's float32 loops (quant/kernels.py)
 unpack each weight to float32 and spend an FMA per weight per row. They run in the default arithmetic
 (`kernels.fast_mode`), which also runs prefill's GEMMs in bfloat16; `--exact` (PELLUCID_EXACT=1) does not use
@@ -109,6 +111,7 @@ FIELD_COUNTS = {
     "Q5_0": 3,
     "Q5_1": 4,
     "Q8_0": 2,
+    "MXFP4": 2,
     "Q4_K": 5,
     "Q5_K": 6,
     "Q6_K": 4,
@@ -118,6 +121,7 @@ FIELD_COUNTS = {
     "Q4_1x8": 1,
     "Q5_0x8": 1,
     "Q5_1x8": 1,
+    "MXFP4x8": 1,
     "Q8G16": 2,
     "Q8G32": 2,
     "Q8G32M": 3,
@@ -140,6 +144,8 @@ def format_of(packed) -> tuple[str, list[torch.Tensor]] | None:
         return "Q5_1", [f["qs"], f["qh"], f["d"], f["m"]]
     if kind is P.Q8_0:
         return "Q8_0", [f["qs"], f["d"]]
+    if kind is P.MXFP4:
+        return "MXFP4", [f["qs"], f["e"]]
     if kind is P.Q4_K:
         return "Q4_K", [f["qs"], f["d"], f["dmin"], f["sc"], f["mn"]]
     if kind is P.Q5_K:
@@ -160,11 +166,11 @@ def format_of(packed) -> tuple[str, list[torch.Tensor]] | None:
 def repacked(packed):
     """The kernels' spec of `packed` in the repacked layout (8 rows interleaved, as llama.cpp repacks for its CPU
     kernels: gemv.cpp's Q4KX8), built now (~0.2 s per GB), or None for a format or shape that is not repacked.
-    Q4_K (the bulk of Q4_K_M files), Q4_0, Q4_1, Q5_0 and Q5_1 are: their products run 1.3-2x faster so, where
+    Q4_K (the bulk of Q4_K_M files), Q4_0, Q4_1, Q5_0, Q5_1 and MXFP4 are: their products run 1.3-2x faster so, where
     the other formats already stream at or near the memory's speed. The file's pages of the matrix are handed back to the OS afterwards,
     so the copy replaces them in memory."""
     spec = format_of(packed)
-    if spec is None or spec[0] not in ("Q4_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1") or packed.shape[0] % 8:
+    if spec is None or spec[0] not in ("Q4_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "MXFP4") or packed.shape[0] % 8:
         return None
     return spec[0] + "x8", [torch.ops.pellucid.repack(spec[0], spec[1])]
 

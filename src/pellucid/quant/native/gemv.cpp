@@ -225,6 +225,29 @@ struct Q8_0 {
   }
 };
 
+// MXFP4 (block_mxfp4 {u8 e; u8 qs[16]}): each nibble indexes the 16 E2M1 values doubled (kvalues_mxfp4), which
+// one vpshufb turns into int8 weights, and the block's scale is the E8M0 byte as 2^(e - 127) / 2: what llama.cpp's
+// ggml_vec_dot_mxfp4_q8_0 computes (an integer dot product with x's int8 block, times both scales).
+inline float e8m0_half(uint8_t e) {  // ggml_e8m0_to_fp32_half: e = 0, 1 are the subnormals 2^-128, 2^-127
+  const uint32_t bits = e < 2 ? 0x00200000u << e : static_cast<uint32_t>(e - 1) << 23;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+struct MXFP4 {
+  static constexpr bool kSigned = true, kHasMin = false;
+  const uint8_t* qs; int64_t qn, qg;
+  const uint8_t* e; int64_t en, eg;
+  __attribute__((always_inline)) inline void block(int64_t n, int64_t g, __m256i& w, __m256& scale, float& min) const {
+    const __m256i levels = _mm256_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,
+                                            0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+    w = _mm256_shuffle_epi8(levels, nibbles(qs + n * qn + g * qg));
+    scale = _mm256_set1_ps(e8m0_half(e[n * en + g * eg]));
+    min = 0.0f;
+  }
+};
+
 // The K-quants, a 256-weight super-block at a time against x's Q8_K form (llama.cpp's ggml_vec_dot_q*_K_q8_K):
 // each 32 weights meet x in two integer instructions per row (vpmaddubsw: uint8 weight x int8 x, pairs summed to
 // int16; vpdpwssd: times the group's integer scale, summed into int32 lanes), and the super-block's integer total
@@ -526,10 +549,26 @@ inline __m256i fifth_bits(__m256i nibble) {
 // (144, 160, 176, 192 bytes). One vpdpbusd per 4 bytes of x gives 8 rows' sums; w = d * (q - 8 or 16)
 // (Q4_0, Q5_0) or d * q + m (Q4_1, Q5_1) is applied once per block for 8 rows. A fifth bit goes into its byte
 // by one vpermt2d: the 4 bits of a lane index a table of the 16 patterns of 0x00/0x10 bytes.
-template <bool kMin, bool kFifth = false>
+// MXFP4 (kMx) the same way, with its 8 rows' E8M0 bytes in place of the halves (136 bytes, as the file's 8 x 17):
+// a nibble becomes its E2M1 level doubled plus 12 (0..24, unsigned for vpdpbusd) by one vpshufb, and the 12 is
+// taken out through x's block sums as Q4_0's 8 is: w = d * (level + 12 - 12), d = 2^(e - 127) / 2.
+inline __m256i mx_levels_plus_12() {
+  return _mm256_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0,
+                          12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0);
+}
+
+inline __m256 e8m0_half8(const uint8_t* e) {  // 8 E8M0 bytes -> 8 floats, as e8m0_half
+  const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(e)));
+  const __m256i sub = _mm256_sllv_epi32(_mm256_set1_epi32(0x00200000), v);
+  const __m256i norm = _mm256_slli_epi32(_mm256_sub_epi32(v, _mm256_set1_epi32(1)), 23);
+  const __m256i small = _mm256_cmpgt_epi32(_mm256_set1_epi32(2), v);
+  return _mm256_castsi256_ps(_mm256_blendv_epi8(norm, sub, small));
+}
+
+template <bool kMin, bool kFifth = false, bool kMx = false>
 struct Q4X8 {
-  static constexpr int64_t kQh = kMin ? 32 : 16, kQs = kQh + (kFifth ? 32 : 0), kBytes = kQs + 128;
-  static constexpr float kOffset = kFifth ? 16.0f : 8.0f;
+  static constexpr int64_t kQh = kMx ? 8 : kMin ? 32 : 16, kQs = kQh + (kFifth ? 32 : 0), kBytes = kQs + 128;
+  static constexpr float kOffset = kMx ? 12.0f : kFifth ? 16.0f : 8.0f;
   const uint8_t* base;  // (N / 8, G, kBytes)
   int64_t gn, gg;
 
@@ -541,13 +580,14 @@ struct Q4X8 {
     for (int m = 0; m < MM; ++m) acc[m] = _mm256_setzero_ps();
     for (int64_t g = 0; g < G; ++g) {
       const uint8_t* b = base + R * gn + g * gg;
-      const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b)));
+      const __m256 d8 = kMx ? e8m0_half8(b) : _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b)));
       __m256i t[MM];
       for (int m = 0; m < MM; ++m) t[m] = _mm256_setzero_si256();
 #pragma GCC unroll 4
       for (int c = 0; c < 4; ++c) {
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + kQs + 32 * c));
         __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        if (kMx) lo = _mm256_shuffle_epi8(mx_levels_plus_12(), lo), hi = _mm256_shuffle_epi8(mx_levels_plus_12(), hi);
         if (kFifth) {
           const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + kQh));
           const __m256i four = _mm256_set1_epi32(15);
@@ -592,17 +632,23 @@ struct Q4X8 {
     for (int64_t g = 0; g < K / QK; ++g) {
       const uint8_t* b = base + R * gn + g * gg;
       alignas(32) float d[8], mn[8];
-      _mm256_store_ps(d, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b))));
+      _mm256_store_ps(d, kMx ? e8m0_half8(b) : _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b))));
       if (kMin) _mm256_store_ps(mn, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 16))));
       for (int r = 0; r < 8; ++r) {
         const __m128 dv = _mm_set1_ps(d[r]);
-        const __m128 add = kMin ? _mm_set1_ps(mn[r]) : _mm_set1_ps(-kOffset * d[r]);
+        const __m128 add = kMx ? _mm_setzero_ps() : kMin ? _mm_set1_ps(mn[r]) : _mm_set1_ps(-kOffset * d[r]);
         float* o = out + r * K + g * QK;
         for (int c = 0; c < 4; ++c) {
           int32_t raw;
           std::memcpy(&raw, b + kQs + 32 * c + 4 * r, 4);
           const __m128i q = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(raw));
           __m128i ilo = _mm_and_si128(q, _mm_set1_epi32(15)), ihi = _mm_srli_epi32(q, 4);
+          if (kMx) {  // the nibbles' E2M1 levels (doubled), as int8 then int32: w = d * level exactly
+            const __m128i bytes = _mm_cvtsi32_si128(raw), m4 = _mm_set1_epi8(15);
+            const __m128i levels = _mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+            ilo = _mm_cvtepi8_epi32(_mm_shuffle_epi8(levels, _mm_and_si128(bytes, m4)));
+            ihi = _mm_cvtepi8_epi32(_mm_shuffle_epi8(levels, _mm_and_si128(_mm_srli_epi16(bytes, 4), m4)));
+          }
           if (kFifth) {  // bit j of row r's qh: weight j's fifth bit
             uint32_t h;
             std::memcpy(&h, b + kQh + 4 * r, 4);
@@ -897,6 +943,11 @@ Matrix parse(const std::string& fmt, at::TensorList f, size_t& i, int64_t M) {
     return matrix(Q8_0{ptr<int8_t>(t[0]), t[0].stride(0), t[0].stride(1), ptr<at::Half>(t[1]), t[1].stride(0),
                        t[1].stride(1)}, t[0].size(0), M);
   }
+  if (fmt == "MXFP4") {  // qs, e
+    auto t = take(2);
+    return matrix(MXFP4{ptr<uint8_t>(t[0]), t[0].stride(0), t[0].stride(1), ptr<uint8_t>(t[1]), t[1].stride(0),
+                        t[1].stride(1)}, t[0].size(0), M);
+  }
   if (fmt == "Q4_K" || fmt == "Q5_K") {  // qs, [qh,] d, dmin, sc, mn
     const bool fifth = fmt == "Q5_K";
     auto t = take(fifth ? 6 : 5);
@@ -941,6 +992,12 @@ Matrix parse(const std::string& fmt, at::TensorList f, size_t& i, int64_t M) {
     if (has_min)
       return matrix_x8(Q4X8<true, true>{ptr<uint8_t>(t[0]), t[0].stride(0), t[0].stride(1)}, t[0].size(0) * 8, M, false);
     return matrix_x8(Q4X8<false, true>{ptr<uint8_t>(t[0]), t[0].stride(0), t[0].stride(1)}, t[0].size(0) * 8, M, false);
+  }
+  if (fmt == "MXFP4x8") {  // one (N / 8, G, 136) buffer made by `repack`
+    auto t = take(1);
+    using F = Q4X8<false, false, true>;
+    TORCH_CHECK(t[0].dim() == 3 && t[0].size(2) == F::kBytes && t[0].stride(2) == 1, "pellucid::gemv: bad MXFP4x8");
+    return matrix_x8(F{ptr<uint8_t>(t[0]), t[0].stride(0), t[0].stride(1)}, t[0].size(0) * 8, M, false);
   }
   if (fmt == "Q4_1x8") {  // one (N / 8, G, 160) buffer made by `repack`
     auto t = take(1);
@@ -1194,6 +1251,35 @@ at::Tensor repack_q4(at::TensorList f) {
   return out;
 }
 
+// MXFP4 (qs, e) -> (N / 8, G, 136) repacked (see Q4X8): the 8 rows' exponent bytes, then their nibbles.
+at::Tensor repack_mxfp4(at::TensorList f) {
+  TORCH_CHECK(f.size() == 2, "pellucid::repack: MXFP4 takes qs and e");
+  using F = Q4X8<false, false, true>;
+  const at::Tensor &qs = f[0], &e = f[1];
+  const int64_t N = qs.size(0), G = qs.size(1);
+  TORCH_CHECK(N % 8 == 0 && qs.stride(2) == 1, "pellucid::repack: rows must be a multiple of 8, got ", N);
+  at::Tensor out = at::empty({N / 8, G, F::kBytes}, at::TensorOptions().dtype(at::kByte));
+  uint8_t* o = out.data_ptr<uint8_t>();
+  const uint8_t *q = ptr<uint8_t>(qs), *ep = ptr<uint8_t>(e);
+  {
+    NoGil released;
+    at::parallel_for(0, N / 8, 1, [&](int64_t g0, int64_t g1) {
+      for (int64_t R = g0; R < g1; ++R)
+        for (int64_t g = 0; g < G; ++g) {
+          uint8_t* b = o + (R * G + g) * F::kBytes;
+          for (int r = 0; r < 8; ++r) {
+            const int64_t n = R * 8 + r;
+            b[r] = ep[n * e.stride(0) + g * e.stride(1)];
+            const uint8_t* src = q + n * qs.stride(0) + g * qs.stride(1);
+            for (int c = 0; c < 4; ++c) std::memcpy(b + F::kQs + 32 * c + 4 * r, src + 4 * c, 4);
+          }
+        }
+    });
+  }
+  page_out(ep, N * e.stride(0));  // the blocks start at e: the span of all N rows
+  return out;
+}
+
 // Q4_K matrix (the Q4_K fields, as gemv takes them) -> its (N / 8, S, 1184) repacked form (see Q4KX8). The
 // file's pages of the matrix are then handed back to the kernel (MADV_PAGEOUT: they are clean file pages, re-read
 // if anything reads them again), so the repacked copy replaces them in memory instead of doubling it.
@@ -1201,7 +1287,8 @@ at::Tensor repack(c10::string_view format_in, at::TensorList f) {
   const std::string fmt(format_in.data(), format_in.size());
   if (fmt == "Q4_0" || fmt == "Q4_1") return repack_q4(f);
   if (fmt == "Q5_0" || fmt == "Q5_1") return repack_q5(f);
-  TORCH_CHECK(fmt == "Q4_K" && f.size() == 5, "pellucid::repack: only Q4_0, Q4_1, Q5_0, Q5_1 and Q4_K are repacked, not ", fmt);
+  if (fmt == "MXFP4") return repack_mxfp4(f);
+  TORCH_CHECK(fmt == "Q4_K" && f.size() == 5, "pellucid::repack: only Q4_0, Q4_1, Q5_0, Q5_1, MXFP4 and Q4_K are repacked, not ", fmt);
   const at::Tensor &qs = f[0], &d = f[1], &dmin = f[2], &sc = f[3], &mn = f[4];
   const int64_t N = qs.size(0), S = qs.size(1);
   TORCH_CHECK(N % 8 == 0, "pellucid::repack: rows must be a multiple of 8, got ", N);
