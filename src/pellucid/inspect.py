@@ -786,6 +786,8 @@ def _memory_section(r: ModelReport) -> list[str]:
         rows.append(("KV cache", "none: an encoder reads its whole input in one pass and caches nothing"))
     else:
         formula = f"{c.n_layers} layers x {c.n_kv_heads} KV heads x ({c.head_dim} + {c.value_head_dim}) dims x 2 bytes"
+        if c.kv_lora_rank:  # latent attention caches one latent + RoPE key per token, shared by the heads
+            formula = f"{c.n_layers} layers x (latent {c.kv_lora_rank} + RoPE key {c.rope_dim}) dims x 2 bytes"
         if any(c.sliding_layers):
             formula += f"; sliding-window layers stop at {c.sliding_window:,} tokens"
         rows += [

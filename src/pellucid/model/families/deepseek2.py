@@ -8,7 +8,7 @@
 - RoPE rotates adjacent pairs (HF `rope_interleave`, default true; llama.cpp's NORM rope, weights unpermuted).
 - YaRN: frequencies as usual for YaRN; the softmax scale is 1/sqrt(qk head dim) times mscale(factor,
   mscale_all_dim)^2, and cos/sin are multiplied by mscale(factor, mscale) / mscale(factor, mscale_all_dim)
-  (1 for V3, whose two are equal). llama.cpp reads mscale_all_dim from `rope.scaling.yarn_log_mul`, which the
+  (1 for V3, whose two are equal). llama.cpp reads mscale_all_dim from `rope.scaling.yarn_log_multiplier`, which the
   converter writes as 0.1 x mscale_all_dim (llama.cpp divides it back), and assumes mscale == mscale_all_dim.
 - GGUF: the converter writes `attention.head_count_kv` 1, `key_length` kv_lora_rank + rope dims and
   `value_length` kv_lora_rank (the absorbed form's one shared "head"); the per-head sizes are
@@ -60,7 +60,7 @@ def gguf_config(get, fields: dict[str, Any]) -> dict[str, Any]:
     scaling = fields["rope_scaling"]
     if scaling is not None and scaling.kind == "yarn":
         # the converter stores 0.1 x mscale_all_dim; llama.cpp takes mscale == mscale_all_dim, so cos/sin keep 1
-        mscale_all_dim = (get("rope.scaling.yarn_log_mul") or 0.0) / 0.1
+        mscale_all_dim = (get("rope.scaling.yarn_log_multiplier") or 0.0) / 0.1
         changes["rope_attention_factor"] = float(get("rope.scaling.attn_factor", 1.0))
         changes["query_scale"] = _mla_query_scale(head_dim, scaling.factor, mscale_all_dim)
     return changes

@@ -105,8 +105,10 @@ class LatentAttention(nn.Module):
         """q_nope (B, T, H, nope_dim), q_pe (B, T, H, rope_dim) over the cached [latent, k_pe] keys (B, 1, S, L):
         the heads' value outputs (B, T, H, v_dim)."""
         T, S = q_nope.shape[1], keys.shape[2]
-        mask = None if T == S or T == 1 else attention_mask(T, S, None, keys.device)
-        causal = T == S and T > 1
+        # A decode step (T = 1) sees every cached key; tested first so that a compiled step, where S is symbolic,
+        # makes no decision on S.
+        causal = T > 1 and T == S
+        mask = None if T == 1 or causal else attention_mask(T, S, None, keys.device)
         latent, k_pe = keys[..., : self.rank], keys[..., self.rank :]  # (B, 1, S, rank), (B, 1, S, rope_dim)
         k_b, v_b = self.k_b.to(keys.dtype), self.v_b.to(keys.dtype)
         if T > 1 and self._decompress_is_cheaper(T, S):
