@@ -652,6 +652,12 @@ def _shape_section(r: ModelReport) -> list[str]:
     heads = f"{c.n_heads} query, {c.n_kv_heads} key/value"
     if c.n_kv_heads and c.n_heads != c.n_kv_heads:
         heads += f" (grouped-query attention: {c.gqa_ratio} query heads share each KV head)"
+    if c.kv_lora_rank:
+        heads += (
+            f" (multi-head latent attention: every head's keys and values decompressed from one {c.kv_lora_rank}-dim "
+            f"latent per token, plus a shared {c.rope_dim}-dim RoPE key"
+            + (f"; queries through a {c.q_lora_rank}-dim bottleneck)" if c.q_lora_rank else ")")
+        )
     rows = [
         ("layers", str(c.n_layers)),
         ("hidden size", str(c.hidden_size)),
