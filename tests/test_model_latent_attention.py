@@ -15,9 +15,11 @@ import torch
 
 from pellucid.errors import UnsupportedError
 from pellucid.model.config import config_from_hf
+from pellucid.model.layers import attention_mask
 from pellucid.model.loader import load_model
 
 transformers = pytest.importorskip("transformers")
+TOL = dict(rtol=1e-5, atol=1e-5)  # two orders of the same float32 sums
 
 V2_LITE = dict(  # DeepSeek-V2-Lite's attention at a tiny size: no q_lora_rank, YaRN with mscale 1 vs 0.707
     vocab_size=64,
@@ -97,10 +99,14 @@ def test_absorbed_and_decompressed_attention_agree(v2_lite, monkeypatch):
     q_nope = torch.randn(1, T, attn.n_heads, attn.nope_dim, generator=g)
     q_pe = torch.randn(1, T, attn.n_heads, attn.rope_dim, generator=g)
     keys = torch.randn(1, 1, S, attn.rank + attn.rope_dim, generator=g)
-    absorbed = attn._attend(q_nope, q_pe, keys)  # a chunk over a longer cache: absorbed
-    attn._decompress_is_cheaper = lambda T, S: True
-    decompressed = attn._attend(q_nope, q_pe, keys)
-    torch.testing.assert_close(absorbed, decompressed, rtol=1e-5, atol=1e-5)
+    assert not attn._decompress_is_cheaper(T, S)  # a short chunk over a longer cache absorbs
+    mask = attention_mask(T, S, None, keys.device)
+    absorbed = attn._attend_absorbed(q_nope, q_pe, keys, mask, False)
+    torch.testing.assert_close(absorbed, attn._attend_decompressed(q_nope, q_pe, keys, mask, False), **TOL)
+    keys = keys[:, :, :T]  # a fresh prompt: causal, decompressed
+    assert attn._decompress_is_cheaper(T, T)
+    absorbed = attn._attend_absorbed(q_nope, q_pe, keys, None, True)
+    torch.testing.assert_close(absorbed, attn._attend_decompressed(q_nope, q_pe, keys, None, True), **TOL)
 
 
 def test_latent_cache_holds_latent_and_rope_key_per_token(v2_lite):

@@ -103,28 +103,42 @@ class LatentAttention(nn.Module):
 
     def _attend(self, q_nope: torch.Tensor, q_pe: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """q_nope (B, T, H, nope_dim), q_pe (B, T, H, rope_dim) over the cached [latent, k_pe] keys (B, 1, S, L):
-        the heads' value outputs (B, T, H, v_dim)."""
+        the heads' value outputs (B, T, H, v_dim), by whichever order of the sums costs less."""
         T, S = q_nope.shape[1], keys.shape[2]
         # A decode step (T = 1) sees every cached key; tested first so that a compiled step, where S is symbolic,
         # makes no decision on S.
         causal = T > 1 and T == S
         mask = None if T == 1 or causal else attention_mask(T, S, None, keys.device)
-        latent, k_pe = keys[..., : self.rank], keys[..., self.rank :]  # (B, 1, S, rank), (B, 1, S, rope_dim)
-        k_b, v_b = self.k_b.to(keys.dtype), self.v_b.to(keys.dtype)
         if T > 1 and self._decompress_is_cheaper(T, S):
-            k_nope = torch.einsum("bzsr,hnr->bhsn", latent, k_b)  # (B, H, S, nope_dim)
-            v = torch.einsum("bzsr,hvr->bhsv", latent, v_b)  # (B, H, S, v_dim)
-            k = torch.cat((k_nope, k_pe.expand(-1, self.n_heads, -1, -1)), dim=-1)
-            q = torch.cat((q_nope, q_pe.to(q_nope.dtype)), dim=-1).transpose(1, 2)  # (B, H, T, head_dim)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.scale)
-            return out.transpose(1, 2)
-        q_abs = torch.einsum("bthn,hnr->bhtr", q_nope, k_b)  # K_b folded into the query: (B, H, T, rank)
+            return self._attend_decompressed(q_nope, q_pe, keys, mask, causal)
+        return self._attend_absorbed(q_nope, q_pe, keys, mask, causal)
+
+    def _attend_absorbed(self, q_nope, q_pe, keys, mask, causal: bool) -> torch.Tensor:
+        B, T, H, _ = q_nope.shape
+        S = keys.shape[2]
+        latent = keys[..., : self.rank]  # (B, 1, S, rank)
+        q_abs = torch.einsum("bthn,hnr->bhtr", q_nope, self.k_b.to(keys.dtype))  # K_b folded in: (B, H, T, rank)
         q = torch.cat((q_abs, q_pe.transpose(1, 2).to(q_abs.dtype)), dim=-1)  # (B, H, T, rank + rope_dim)
-        # One key head shared by all H query heads (multi-query); the values are the keys' latent part.
-        out = F.scaled_dot_product_attention(
-            q, keys, latent, attn_mask=mask, is_causal=causal, scale=self.scale, enable_gqa=True
-        )  # (B, H, T, rank)
-        return torch.einsum("bhtr,hvr->bthv", out, v_b)
+        # One key "head" serves all H query heads (multi-query attention): the heads' queries are rows of one
+        # matrix product with the cached keys, never a copy of the cache per head (SDPA's enable_gqa and
+        # broadcasting matmuls copy it: 10x slower at 4,096 tokens).
+        scores = (q.reshape(B, 1, H * T, -1) @ keys.transpose(-1, -2)).view(B, H, T, S) * self.scale
+        if causal:
+            mask = attention_mask(T, S, None, keys.device)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores.float(), dim=-1).to(keys.dtype)
+        out = (weights.view(B, 1, H * T, S) @ latent).view(B, H, T, self.rank)  # values: the keys' latent part
+        return torch.einsum("bhtr,hvr->bthv", out, self.v_b.to(keys.dtype))
+
+    def _attend_decompressed(self, q_nope, q_pe, keys, mask, causal: bool) -> torch.Tensor:
+        latent, k_pe = keys[..., : self.rank], keys[..., self.rank :]  # (B, 1, S, rank), (B, 1, S, rope_dim)
+        k_nope = torch.einsum("bzsr,hnr->bhsn", latent, self.k_b.to(keys.dtype))  # (B, H, S, nope_dim)
+        v = torch.einsum("bzsr,hvr->bhsv", latent, self.v_b.to(keys.dtype))  # (B, H, S, v_dim)
+        k = torch.cat((k_nope, k_pe.expand(-1, self.n_heads, -1, -1)), dim=-1)
+        q = torch.cat((q_nope, q_pe.to(q_nope.dtype)), dim=-1).transpose(1, 2)  # (B, H, T, head_dim)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.scale)
+        return out.transpose(1, 2)
 
     def _decompress_is_cheaper(self, T: int, S: int) -> bool:
         """Multiply-adds of T queries over S keys: decompressing costs S x rank x (nope + v) per head up front
