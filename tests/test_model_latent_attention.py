@@ -120,10 +120,16 @@ def test_latent_cache_holds_latent_and_rope_key_per_token(v2_lite):
     assert cache.n_bytes == 100 * c.kv_bytes_per_token(4)
 
 
-def test_moe_layers_are_refused():
-    config = transformers.DeepseekV3Config(**dict(V2_LITE, first_k_dense_replace=1, q_lora_rank=16)).to_dict()
-    with pytest.raises(UnsupportedError, match="1 of 2 layers with mixture-of-experts"):
-        config_from_hf(config)
+def test_moe_layers_are_refused_by_the_loader_not_by_inspect():
+    from pellucid.model.families import family_for_hf
+    from pellucid.model.loader import Weights, build_transformer
+
+    config = config_from_hf(transformers.DeepseekV3Config(**dict(V2_LITE, first_k_dense_replace=1)).to_dict())
+    assert (config.n_experts, config.n_experts_used) == (4, 2)  # what inspect shows
+    with pytest.raises(UnsupportedError, match=r"mixture-of-experts layers \(4 experts\)"):
+        build_transformer(config, Weights.from_dict({}), family_for_hf("deepseek_v3").hf_names)
+    dense = config_from_hf(transformers.DeepseekV3Config(**V2_LITE).to_dict())
+    assert dense.n_experts == 0
 
 
 def test_server_answers_a_chat_request_on_the_tiny_deepseek_gguf():

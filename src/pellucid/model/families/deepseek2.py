@@ -15,7 +15,8 @@
   `attention.key_length_mla` / `value_length_mla`. kv_b_proj is split into `attn_k_b` (heads, rank, nope:
   transposed) and `attn_v_b` (heads, v, rank); old files with one `attn_kv_b` load too.
 - The feed-forward of the first `first_k_dense_replace` (GGUF `leading_dense_block_count`) layers is a dense
-  gated MLP; the rest are mixtures of experts, which pellucid does not run yet: such models are refused. Tiny
+  gated MLP; the rest are mixtures of experts, which pellucid does not run yet: such models are refused by the
+  loader (`inspect` and `fit` still describe them). Tiny
   all-dense configs (first_k_dense_replace = num_hidden_layers) run, which is how the attention is tested.
 - MTP (multi-token prediction) layers past num_hidden_layers are not converted by llama.cpp and not read here.
 """
@@ -23,19 +24,17 @@
 from dataclasses import replace
 from typing import Any
 
-from pellucid.errors import UnsupportedError
 from pellucid.model.config import hf_rope_parameters, yarn_mscale
 from pellucid.model.families import Family, TensorNames, hf_names
 
-_MOE = "mixture-of-experts layers, which pellucid does not run yet (only the latent attention is implemented)"
 
-
-def _refuse_moe(n_dense: int, n_layers: int) -> None:
-    if n_dense < n_layers:
-        raise UnsupportedError(
-            f"this DeepSeek-style model has {n_layers - n_dense} of {n_layers} layers with {_MOE}; "
-            f"only models whose every layer is dense load"
-        )
+def _experts(n_dense: int, n_layers: int, n_experts: int, n_used: int) -> dict[str, int]:
+    """The expert counts the model runs with: none when every layer is dense (the converter writes the config's
+    counts anyway), else the file's, which the loader's check refuses (MoE is not implemented yet) while
+    `inspect` and `fit` can still describe the model."""
+    if n_dense >= n_layers:
+        return {"n_experts": 0, "n_experts_used": 0}
+    return {"n_experts": n_experts, "n_experts_used": n_used}
 
 
 def _mla_query_scale(head_dim: int, factor: float, mscale_all_dim: float) -> float:
@@ -43,8 +42,6 @@ def _mla_query_scale(head_dim: int, factor: float, mscale_all_dim: float) -> flo
 
 
 def gguf_config(get, fields: dict[str, Any]) -> dict[str, Any]:
-    n_layers = fields["n_layers"]
-    _refuse_moe(get("leading_dense_block_count", 0), n_layers)
     rope_dim = fields["rope_dim"]
     head_dim = get("attention.key_length_mla") or fields["head_dim"]
     changes: dict[str, Any] = dict(
@@ -54,8 +51,9 @@ def gguf_config(get, fields: dict[str, Any]) -> dict[str, Any]:
         head_dim=head_dim,
         value_head_dim=get("attention.value_length_mla") or fields["value_head_dim"],
         rope_dim=rope_dim,
-        n_experts=0,  # all layers dense (checked above): the expert count the converter writes is unused
-        n_experts_used=0,
+        **_experts(
+            get("leading_dense_block_count", 0), fields["n_layers"], fields["n_experts"], fields["n_experts_used"]
+        ),
     )
     scaling = fields["rope_scaling"]
     if scaling is not None and scaling.kind == "yarn":
@@ -67,9 +65,7 @@ def gguf_config(get, fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def hf_config(text: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
-    n_layers = fields["n_layers"]
-    if text.get("n_routed_experts"):
-        _refuse_moe(text.get("first_k_dense_replace") or 0, n_layers)
+    n_dense = (text.get("first_k_dense_replace") or 0) if text.get("n_routed_experts") else fields["n_layers"]
     head_dim = text["qk_nope_head_dim"] + text["qk_rope_head_dim"]
     changes: dict[str, Any] = dict(
         kv_lora_rank=text["kv_lora_rank"],
@@ -79,6 +75,9 @@ def hf_config(text: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
         value_head_dim=text["v_head_dim"],
         rope_dim=text["qk_rope_head_dim"],
         rope_style="interleaved" if text.get("rope_interleave", True) else "neox",
+        **_experts(
+            n_dense, fields["n_layers"], text.get("n_routed_experts") or 0, text.get("num_experts_per_tok") or 0
+        ),
     )
     scaling = fields["rope_scaling"]
     if scaling is not None:
