@@ -234,8 +234,8 @@ def config_from_gguf(metadata: dict[str, Any], tensor_names: set[str] | None = N
             "beta_fast": float(get("rope.scaling.yarn_beta_fast", 32.0)),
             "beta_slow": float(get("rope.scaling.yarn_beta_slow", 1.0)),
         }
-        # llama.cpp's cos/sin multiplier: mscale(factor) = 1 + 0.1 ln(factor), or with yarn_log_multiplier (mscale_all_dim)
-        # the ratio mscale(factor, 1) / mscale(factor, log_mul); either times rope.scaling.attn_factor.
+        # llama.cpp's cos/sin multiplier: mscale(factor) = 1 + 0.1 ln(factor), or with yarn_log_multiplier
+        # (mscale_all_dim) the ratio mscale(factor, 1) / mscale(factor, log_mul); times rope.scaling.attn_factor.
         log_mul = get("rope.scaling.yarn_log_multiplier")
         ratio = yarn_mscale(rope_scaling.factor) / yarn_mscale(rope_scaling.factor, log_mul) if log_mul else None
         fields["rope_attention_factor"] *= ratio if ratio is not None else yarn_mscale(rope_scaling.factor)

@@ -8,8 +8,9 @@
 - RoPE rotates adjacent pairs (HF `rope_interleave`, default true; llama.cpp's NORM rope, weights unpermuted).
 - YaRN: frequencies as usual for YaRN; the softmax scale is 1/sqrt(qk head dim) times mscale(factor,
   mscale_all_dim)^2, and cos/sin are multiplied by mscale(factor, mscale) / mscale(factor, mscale_all_dim)
-  (1 for V3, whose two are equal). llama.cpp reads mscale_all_dim from `rope.scaling.yarn_log_multiplier`, which the
-  converter writes as 0.1 x mscale_all_dim (llama.cpp divides it back), and assumes mscale == mscale_all_dim.
+  (1 for V3, whose two are equal). llama.cpp reads mscale_all_dim from `rope.scaling.yarn_log_multiplier`,
+  which the converter writes as 0.1 x mscale_all_dim (llama.cpp divides it back), and assumes mscale ==
+  mscale_all_dim.
 - GGUF: the converter writes `attention.head_count_kv` 1, `key_length` kv_lora_rank + rope dims and
   `value_length` kv_lora_rank (the absorbed form's one shared "head"); the per-head sizes are
   `attention.key_length_mla` / `value_length_mla`. kv_b_proj is split into `attn_k_b` (heads, rank, nope:
