@@ -281,6 +281,9 @@ def multiply_adds(model, cache, new_tokens: int, past_tokens: int) -> int:
     per_token = sum(size(m) for m in model.blocks.modules() if isinstance(m, (Linear, QuantizedLinear)))
     c = model.config
     per_context_token = c.n_heads * (c.head_dim + c.value_head_dim)  # q.k and p.v for one cached position
+    if c.kv_lora_rank:  # latent attention, counted in its absorbed (decode) form: the per-head matrices fold
+        per_token += sum(b.attn.k_b.numel() + b.attn.v_b.numel() for b in model.blocks)  # into q and the output,
+        per_context_token = c.n_heads * (2 * c.kv_lora_rank + c.rope_dim)  # and q.k, p.v run over the latent
     attention = 0
     for layer in cache.layers:
         window = getattr(layer, "window", None)

@@ -665,6 +665,12 @@ def _shape_section(r: ModelReport) -> list[str]:
     heads = f"{c.n_heads} query, {c.n_kv_heads} key/value"
     if c.n_kv_heads and c.n_heads != c.n_kv_heads:
         heads += f" (grouped-query attention: {c.gqa_ratio} query heads share each KV head)"
+    if c.kv_lora_rank:
+        heads += (
+            f" (multi-head latent attention: every head's keys and values decompressed from one {c.kv_lora_rank}-dim "
+            f"latent per token, plus a shared {c.rope_dim}-dim RoPE key"
+            + (f"; queries through a {c.q_lora_rank}-dim bottleneck)" if c.q_lora_rank else ")")
+        )
     rows = [
         ("layers", str(c.n_layers)),
         ("hidden size", str(c.hidden_size)),
@@ -799,6 +805,8 @@ def _memory_section(r: ModelReport) -> list[str]:
         rows.append(("KV cache", "none: an encoder reads its whole input in one pass and caches nothing"))
     else:
         formula = f"{c.n_layers} layers x {c.n_kv_heads} KV heads x ({c.head_dim} + {c.value_head_dim}) dims x 2 bytes"
+        if c.kv_lora_rank:  # latent attention caches one latent + RoPE key per token, shared by the heads
+            formula = f"{c.n_layers} layers x (latent {c.kv_lora_rank} + RoPE key {c.rope_dim}) dims x 2 bytes"
         if any(c.sliding_layers):
             formula += f"; sliding-window layers stop at {c.sliding_window:,} tokens"
         rows += [

@@ -70,6 +70,10 @@ FEATURE_OFF = {
         "multipliers",
         {"embedding_multiplier": 1.0, "residual_multiplier": 1.0, "logits_scaling": 1.0, "attention_multiplier": 0.25},
     ),
+    "deepseek2": (
+        "YaRN (frequencies and mscale)",
+        {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}},
+    ),
 }
 
 

@@ -68,6 +68,12 @@ TEKKEN_REGEX = (
     r"|\s+(?!\S)|\s+"
 )
 GPT2_DIGITS = "gpt2+digits"  # StarCoder/Granite: every digit alone, then GPT-2's ByteLevel regex
+DEEPSEEK_V3_REGEXES = (  # three Split steps, one after the other (DeepSeek-V3's tokenizer.json)
+    r"\p{N}{1,3}",
+    "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+    r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
+    r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+)
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,7 @@ class Tokenizer:
     rstrip: tuple[str, ...] = ()  # added tokens that swallow the whitespace after them (Phi-3's role markers)
     pad: str | None = None
     unk: str | None = None
-    regex: str | None = None  # bpe: the Split regex; None for spm
+    regex: str | tuple[str, ...] | None = None  # bpe: the Split regex (or several, applied in turn); None for spm
     ignore_merges: bool = False
     dummy_prefix: bool = False  # spm: a space is added before the text (Llama 2 / Phi-3), not for Gemma
     generation_eos: tuple[str, ...] = ()  # generation_config.json eos_token_id (defaults to eos)
@@ -158,6 +164,59 @@ def _longrope(rotary_dims: int) -> dict:
         "long_factor": [round(1.5 * 1.6**i, 4) for i in range(n)],
     }
 
+
+# DeepSeek-V3's attention at tiny sizes: 2 heads of 32 + 16 (values 32), latent 32, low-rank query 32, YaRN x16
+# over an original context of 256 (pairs 0-4 of 8 on the ramp). Experts are configured (the converter and
+# llama.cpp expect the keys) but never built: first_k_dense_replace = num_hidden_layers.
+DEEPSEEK_MLA = dict(
+    max_position_embeddings=4096,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=False,
+    n_routed_experts=4,
+    num_experts_per_tok=2,
+    n_group=1,
+    topk_group=1,
+    n_shared_experts=1,
+    rope_interleave=True,
+    rope_parameters={
+        "rope_type": "yarn",
+        "rope_theta": 10000.0,
+        "factor": 16.0,
+        "original_max_position_embeddings": 256,
+        "beta_fast": 32.0,
+        "beta_slow": 1.0,
+        "mscale": 1.0,
+        "mscale_all_dim": 1.0,
+    },
+)
+DEEPSEEK_TINY = dict(
+    hidden_size=32,
+    intermediate_size=32,
+    moe_intermediate_size=32,
+    num_hidden_layers=2,
+    first_k_dense_replace=2,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    q_lora_rank=32,
+    kv_lora_rank=32,
+    qk_nope_head_dim=32,
+    qk_rope_head_dim=16,
+    v_head_dim=32,
+)
+DEEPSEEK_KQUANT = dict(
+    hidden_size=256,
+    intermediate_size=256,
+    moe_intermediate_size=256,
+    num_hidden_layers=1,
+    first_k_dense_replace=1,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    q_lora_rank=256,
+    kv_lora_rank=256,
+    qk_nope_head_dim=128,
+    qk_rope_head_dim=64,
+    v_head_dim=128,
+)
 
 # Phi-3: llama.cpp picks the long factors when its context (padded to a multiple of 256) exceeds the original
 # context, transformers when the sequence in one forward call does; 256 lets both pick either (see README).
@@ -557,6 +616,34 @@ FAMILIES: dict[str, Family] = {
             ),
             seed=110,
         ),
+        Family(
+            name="deepseek2",
+            config_class="DeepseekV3Config",
+            model_class="DeepseekV3ForCausalLM",
+            gguf_arch="deepseek2",
+            tokenizer=Tokenizer(
+                kind="bpe",
+                gguf_pre="deepseek-v3",
+                bos="<｜begin▁of▁sentence｜>",
+                eos="<｜end▁of▁sentence｜>",
+                add_bos=True,
+                leading=("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"),
+                trailing=("<｜User｜>", "<｜Assistant｜>", "<think>", "</think>"),
+                not_special=("<think>", "</think>"),
+                regex=DEEPSEEK_V3_REGEXES,
+                chat_template="deepseek-ai-DeepSeek-V3.1.jinja",
+                chat_prompt="<｜User｜>Hi! Count the stars.<｜Assistant｜><think></think>",
+            ),
+            # DeepSeek-V3's attention (MLA: low-rank query, latent KV, decoupled RoPE key, YaRN with mscale) with
+            # every layer's FFN dense (first_k_dense_replace = layers): the MoE block is not implemented yet.
+            tiny=dict(DEEPSEEK_MLA, **DEEPSEEK_TINY),
+            kquant=dict(DEEPSEEK_MLA, **DEEPSEEK_KQUANT),
+            seed=111,
+            llamacpp_note="llama.cpp reads mscale_all_dim from rope.scaling.yarn_log_mul (written as 0.1 x "
+            "mscale_all_dim) and assumes mscale == mscale_all_dim (both 1 here, as in DeepSeek-V3); it requires "
+            "q_lora_rank unless the model has 26 or 27 layers (V2-Lite), so a tiny model without a low-rank "
+            "query cannot be converted.",
+        ),
     ]
 }
 
@@ -664,8 +751,11 @@ def _tokenizer_json(tok: Tokenizer) -> dict:
         if tok.regex == GPT2_DIGITS:
             splits = [{"type": "Digits", "individual_digits": True}, dict(byte_level, use_regex=True)]
         else:
-            split = {"type": "Split", "pattern": {"Regex": tok.regex}, "behavior": "Isolated", "invert": False}
-            splits = [split, byte_level]
+            regexes = (tok.regex,) if isinstance(tok.regex, str) else tok.regex
+            split = [
+                {"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": False} for r in regexes
+            ]
+            splits = [*split, byte_level]
         normalizer = None
         pre_tokenizer = {"type": "Sequence", "pretokenizers": splits}
         decoder = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}

@@ -309,8 +309,8 @@ def make_cache(
             f"{config.context_length:,} tokens; ask for at most {config.context_length:,}"
         )
     device = torch.device(device) if device is not None else torch.device("cpu")
-    shape = (batch_size, config.n_kv_heads)
-    dims = (config.head_dim, config.value_head_dim)
+    heads, key_dim, value_dim = config.kv_cache_shape  # latent attention: one "head" of latent + RoPE key, no values
+    shape, dims = (batch_size, heads), (key_dim, value_dim)
     layers: list[KVCache | RotatingKVCache] = []
     for i in range(config.n_layers):
         window = config.sliding_window if config.sliding_layers and config.sliding_layers[i] else None

@@ -23,7 +23,9 @@ class RopeScaling:
     kind "linear": positions divided by `factor`. "llama3": low frequencies divided by `factor`, high ones
     kept, a smooth ramp between (`extra`: low_freq_factor, high_freq_factor); GGUF files carry the result as
     `rope_freqs.weight`. "longrope" (Phi-3): per-frequency divisors, `short_factors` up to
-    `original_context_length` and `long_factors` beyond it (GGUF: rope_factors_short/long tensors).
+    `original_context_length` and `long_factors` beyond it (GGUF: rope_factors_short/long tensors). "yarn"
+    (DeepSeek V2/V3): high frequencies kept, low ones divided by `factor`, a linear ramp between them set by the
+    `extra` beta_fast / beta_slow rotation counts over `original_context_length`.
     """
 
     kind: str
@@ -75,6 +77,11 @@ class ModelConfig:
     tie_embeddings: bool = True  # no separate output matrix: logits use the token embedding
     n_experts: int = 0
     n_experts_used: int = 0
+    # Multi-head latent attention (DeepSeek V2/V3, Kimi K2): keys and values are decompressed per head from a
+    # latent of kv_lora_rank values shared by all heads, plus a rope_dim-wide RoPE key also shared; queries are
+    # head_dim - rope_dim dims without RoPE followed by rope_dim with it. 0 = ordinary attention.
+    kv_lora_rank: int = 0
+    q_lora_rank: int = 0  # MLA's low-rank query (q_a -> RMSNorm -> q_b); 0 = one q projection (V2-Lite)
 
     def __post_init__(self):
         if self.qk_norm is True:  # older callers said qk_norm=True for the per-head kind
@@ -88,17 +95,29 @@ class ModelConfig:
     def gqa_ratio(self) -> int:
         return self.n_heads // self.n_kv_heads
 
+    @property
+    def kv_cache_shape(self) -> tuple[int, int, int]:
+        """What one layer caches per token: (heads, key dims, value dims).
+
+        Latent attention caches no per-head keys or values, only the normed latent and the RoPE key, as one
+        "key" of kv_lora_rank + rope_dim values and no value (its values are the latent part of that key).
+        """
+        if self.kv_lora_rank:
+            return 1, self.kv_lora_rank + self.rope_dim, 0
+        return self.n_kv_heads, self.head_dim, self.value_head_dim
+
     def kv_bytes_per_token(self, bytes_per_element: float = 2.0) -> float:
         """K and V for one token across all layers (f16 = 2 bytes per element)."""
-        per_layer = self.n_kv_heads * (self.head_dim + self.value_head_dim) * bytes_per_element
-        return self.n_layers * per_layer
+        heads, key_dim, value_dim = self.kv_cache_shape
+        return self.n_layers * heads * (key_dim + value_dim) * bytes_per_element
 
     def kv_cache_bytes(self, n_tokens: int, bytes_per_element: float = 2.0) -> float:
         """KV cache for a context of n_tokens; sliding-window layers keep at most `sliding_window` tokens, plus,
         when the context is longer than the window, the prefill tail that lets a prefix be reused (engine/kv_cache.py)."""
         from pellucid.engine.kv_cache import REUSE_SLACK
 
-        per_layer = self.n_kv_heads * (self.head_dim + self.value_head_dim) * bytes_per_element
+        heads, key_dim, value_dim = self.kv_cache_shape
+        per_layer = heads * (key_dim + value_dim) * bytes_per_element
         total = 0.0
         for i in range(self.n_layers):
             local = bool(self.sliding_layers) and self.sliding_layers[i] and self.sliding_window
@@ -216,9 +235,24 @@ def config_from_gguf(metadata: dict[str, Any], tensor_names: set[str] | None = N
         n_experts=get("expert_count", 0) or 0,
         n_experts_used=get("expert_used_count", 0) or 0,
     )
+    if rope_scaling is not None and rope_scaling.kind == "yarn":
+        rope_scaling.extra = {
+            "beta_fast": float(get("rope.scaling.yarn_beta_fast", 32.0)),
+            "beta_slow": float(get("rope.scaling.yarn_beta_slow", 1.0)),
+        }
+        # llama.cpp's cos/sin multiplier: mscale(factor) = 1 + 0.1 ln(factor), or with yarn_log_multiplier
+        # (mscale_all_dim) the ratio mscale(factor, 1) / mscale(factor, log_mul); times rope.scaling.attn_factor.
+        log_mul = get("rope.scaling.yarn_log_multiplier")
+        ratio = yarn_mscale(rope_scaling.factor) / yarn_mscale(rope_scaling.factor, log_mul) if log_mul else None
+        fields["rope_attention_factor"] *= ratio if ratio is not None else yarn_mscale(rope_scaling.factor)
     if family is not None and family.gguf_config is not None:
         fields.update(family.gguf_config(get, fields))
     return ModelConfig(**fields)
+
+
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's attention temperature correction, 0.1 * mscale * ln(factor) + 1 (1 for factor <= 1)."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
 
 
 # -- from a Hugging Face config.json ----------------------------------------------------------------------
@@ -289,6 +323,8 @@ def config_from_hf(config: dict[str, Any], tensor_names: set[str] | None = None)
         fields["rope_attention_factor"] = _longrope_attention_factor(
             rope, fields["context_length"], fields["rope_scaling"]
         )
+    if fields["rope_scaling"] is not None and fields["rope_scaling"].kind == "yarn":
+        fields["rope_attention_factor"] = _yarn_attention_factor(rope, fields["rope_scaling"])
     if family is not None and family.hf_config is not None:
         fields.update(family.hf_config(text, fields))
     return ModelConfig(**fields)
@@ -301,6 +337,17 @@ def _longrope_attention_factor(rope: dict[str, Any], context_length: int, scalin
     original = scaling.original_context_length
     stretch = context_length / original
     return math.sqrt(1 + math.log(stretch) / math.log(original)) if stretch > 1 else 1.0
+
+
+def _yarn_attention_factor(rope: dict[str, Any], scaling: RopeScaling) -> float:
+    """YaRN's cos/sin multiplier as transformers computes it: `attention_factor` if given, else
+    mscale(factor, mscale) / mscale(factor, mscale_all_dim) when both are set (DeepSeek), else mscale(factor)."""
+    if rope.get("attention_factor") is not None:
+        return float(rope["attention_factor"])
+    mscale, mscale_all_dim = rope.get("mscale"), rope.get("mscale_all_dim")
+    if mscale and mscale_all_dim:
+        return yarn_mscale(scaling.factor, mscale) / yarn_mscale(scaling.factor, mscale_all_dim)
+    return yarn_mscale(scaling.factor)
 
 
 _HF_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
@@ -342,6 +389,12 @@ def _hf_rope_scaling(rope: dict[str, Any], text: dict[str, Any]) -> RopeScaling 
             short_factors=tuple(float(x) for x in rope["short_factor"]),
             long_factors=tuple(float(x) for x in rope["long_factor"]),
         )
+    if kind == "yarn":
+        factor = rope.get("factor") or text["max_position_embeddings"] / original
+        extra = {"beta_fast": float(rope.get("beta_fast") or 32.0), "beta_slow": float(rope.get("beta_slow") or 1.0)}
+        if rope.get("truncate") is False:
+            raise UnsupportedError("YaRN RoPE with truncate=false is not supported yet")
+        return RopeScaling(kind="yarn", factor=float(factor), original_context_length=original, extra=extra)
     return RopeScaling(kind=kind, factor=float(rope.get("factor", 1.0)), original_context_length=original)
 
 

@@ -34,7 +34,8 @@ from pellucid.formats.gguf import GGUFFile
 from pellucid.model.config import ModelConfig, config_from_gguf, config_from_hf
 from pellucid.model.families import Family, TensorNames, family_for, family_for_hf
 from pellucid.model.layers import Attention, Block, Embedding, GatedMLP, Linear, RMSNorm, RotaryEmbedding, frozen
-from pellucid.model.layers.rope import llama3_freq_factors
+from pellucid.model.layers.latent_attention import LatentAttention
+from pellucid.model.layers.rope import llama3_freq_factors, yarn_freq_factors
 from pellucid.model.transformer import Transformer
 from pellucid.quant.linear import QuantizedEmbedding, QuantizedLinear
 from pellucid.quant.packed import PackedWeight, pack
@@ -341,6 +342,15 @@ def _build_ropes(config: ModelConfig, weights: Weights, names: TensorNames):
             scaling.extra["high_freq_factor"],
             scaling.original_context_length,
         )
+    elif scaling is not None and scaling.kind == "yarn":
+        factors = yarn_freq_factors(
+            config.rope_dim,
+            config.rope_theta,
+            scaling.factor,
+            scaling.original_context_length,
+            scaling.extra["beta_fast"],
+            scaling.extra["beta_slow"],
+        )
     elif scaling is not None and scaling.kind == "longrope":
         if scaling.short_factors is not None:  # config.json lists them
             factors, long_factors = torch.tensor(scaling.short_factors), torch.tensor(scaling.long_factors)
@@ -375,6 +385,25 @@ def _build_block(config: ModelConfig, weights: Weights, names: TensorNames, i: i
             raise UnsupportedError(f"{config.architecture} needs a tensor pellucid has no name for")
         return template.format(i=i)
 
+    if config.kv_lora_rank:
+        attention = _build_latent_attention(config, weights, names, name)
+    else:
+        attention = _build_attention(config, weights, names, name, i)
+    sliding = bool(config.sliding_layers) and config.sliding_layers[i]
+    hidden = config.hidden_size
+    return Block(
+        _norm(weights, name(names.attn_norm), config, hidden) if config.pre_norms else None,
+        attention,
+        _norm(weights, name(names.ffn_norm), config, hidden) if config.pre_norms else None,
+        _build_mlp(config, weights, names, name),
+        sliding=sliding,
+        post_attn_norm=_norm(weights, name(names.post_attn_norm), config, hidden) if config.post_norms else None,
+        post_ffn_norm=_norm(weights, name(names.post_ffn_norm), config, hidden) if config.post_norms else None,
+        residual_multiplier=config.residual_multiplier,
+    )
+
+
+def _build_attention(config: ModelConfig, weights: Weights, names: TensorNames, name, i: int) -> Attention:
     hidden, q_out = config.hidden_size, config.n_heads * config.head_dim
     kv_out, v_out = config.n_kv_heads * config.head_dim, config.n_kv_heads * config.value_head_dim
     heads = f"{config.n_heads} heads, {config.n_kv_heads} KV heads of {config.head_dim}"
@@ -392,7 +421,7 @@ def _build_block(config: ModelConfig, weights: Weights, names: TensorNames, i: i
     weights.expect(name(names.o), (hidden, config.n_heads * config.value_head_dim), heads)
     sliding = bool(config.sliding_layers) and config.sliding_layers[i]
     over_heads = config.qk_norm == "projection"
-    attention = Attention(
+    return Attention(
         q,
         k,
         v,
@@ -413,15 +442,50 @@ def _build_block(config: ModelConfig, weights: Weights, names: TensorNames, i: i
         softcap=config.attn_logit_softcap,
         use_rope=not config.rope_layers or config.rope_layers[i],
     )
-    return Block(
-        _norm(weights, name(names.attn_norm), config, hidden) if config.pre_norms else None,
-        attention,
-        _norm(weights, name(names.ffn_norm), config, hidden) if config.pre_norms else None,
-        _build_mlp(config, weights, names, name),
-        sliding=sliding,
-        post_attn_norm=_norm(weights, name(names.post_attn_norm), config, hidden) if config.post_norms else None,
-        post_ffn_norm=_norm(weights, name(names.post_ffn_norm), config, hidden) if config.post_norms else None,
-        residual_multiplier=config.residual_multiplier,
+
+
+def _build_latent_attention(config: ModelConfig, weights: Weights, names: TensorNames, name) -> LatentAttention:
+    """MLA (DeepSeek): the query path, the shared latent + RoPE key, and the per-head decompression matrices."""
+    hidden, heads, rank, rope_dim = config.hidden_size, config.n_heads, config.kv_lora_rank, config.rope_dim
+    nope, v_dim = config.head_dim - rope_dim, config.value_head_dim
+    why = (
+        f"{heads} heads of {nope} + {rope_dim} (values {v_dim}), kv_lora_rank {rank}, q_lora_rank {config.q_lora_rank}"
+    )
+    q_out = heads * config.head_dim
+    q = q_a = q_a_norm = q_b = None
+    if config.q_lora_rank:
+        weights.expect(name(names.q_a), (config.q_lora_rank, hidden), why)
+        weights.expect(name(names.q_b), (q_out, config.q_lora_rank), why)
+        q_a, q_b = make_linear(weights, name(names.q_a)), make_linear(weights, name(names.q_b))
+        q_a_norm = _norm(weights, name(names.q_a_norm), config, config.q_lora_rank)
+    else:
+        weights.expect(name(names.q), (q_out, hidden), why)
+        q = make_linear(weights, name(names.q))
+    weights.expect(name(names.kv_a), (rank + rope_dim, hidden), why)
+    if names.k_b and weights.has(name(names.k_b)):  # llama.cpp's split: k_b stored transposed (heads, rank, nope)
+        weights.expect(name(names.k_b), (heads, rank, nope), why)
+        weights.expect(name(names.v_b), (heads, v_dim, rank), why)
+        k_b = weights.tensor(name(names.k_b), torch.float32).transpose(1, 2).contiguous()
+        v_b = weights.tensor(name(names.v_b), torch.float32)
+    else:  # one kv_b: per head, nope_dim rows of k then v_dim rows of v
+        weights.expect(name(names.kv_b), (heads * (nope + v_dim), rank), why)
+        k_b, v_b = (
+            weights.tensor(name(names.kv_b), torch.float32).view(heads, nope + v_dim, rank).split([nope, v_dim], 1)
+        )
+        k_b, v_b = k_b.contiguous(), v_b.contiguous()
+    weights.expect(name(names.o), (hidden, heads * v_dim), why)
+    return LatentAttention(
+        q,
+        q_a,
+        q_a_norm,
+        q_b,
+        make_linear(weights, name(names.kv_a)),
+        _norm(weights, name(names.kv_a_norm), config, rank),
+        k_b.to(weights.dtype),
+        v_b.to(weights.dtype),
+        make_linear(weights, name(names.o)),
+        rope_dim=rope_dim,
+        query_scale=config.query_scale,
     )
 
 
@@ -452,7 +516,7 @@ def _check_supported(config: ModelConfig) -> None:
     problems = []
     if config.n_experts:
         problems.append(f"mixture-of-experts layers ({config.n_experts} experts)")
-    if config.rope_scaling is not None and config.rope_scaling.kind not in ("linear", "llama3", "longrope"):
+    if config.rope_scaling is not None and config.rope_scaling.kind not in ("linear", "llama3", "longrope", "yarn"):
         problems.append(f"{config.rope_scaling.kind!r} RoPE scaling")
     if config.activation not in ("silu", "gelu_tanh"):
         problems.append(f"the {config.activation!r} activation")

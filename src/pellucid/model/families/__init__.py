@@ -47,6 +47,17 @@ class TensorNames:
     k_norm: str | None = None
     post_attn_norm: str | None = None
     post_ffn_norm: str | None = None
+    # Latent attention (MLA): the low-rank query, the shared latent and RoPE key, and the per-head decompression,
+    # either as one matrix (HF's kv_b_proj: per head, nope rows then v rows) or split (llama.cpp's attn_k_b,
+    # stored transposed as (heads, rank, nope), and attn_v_b (heads, v, rank))
+    q_a: str | None = None
+    q_a_norm: str | None = None
+    q_b: str | None = None
+    kv_a: str | None = None
+    kv_a_norm: str | None = None
+    kv_b: str | None = None
+    k_b: str | None = None
+    v_b: str | None = None
     # Tensors a checkpoint may carry that the model recomputes (old llama checkpoints' rotary inv_freq)
     ignored: tuple[str, ...] = ()
 
@@ -96,9 +107,20 @@ class Family:
 
 
 def _families() -> list[Family]:
-    from pellucid.model.families import gemma2, gemma3, granite, llama, olmo2, phi3, qwen2, qwen3, smollm3
+    from pellucid.model.families import (
+        deepseek2,
+        gemma2,
+        gemma3,
+        granite,
+        llama,
+        olmo2,
+        phi3,
+        qwen2,
+        qwen3,
+        smollm3,
+    )
 
-    return [m.FAMILY for m in (llama, qwen2, qwen3, gemma2, gemma3, phi3, olmo2, smollm3, granite)]
+    return [m.FAMILY for m in (llama, qwen2, qwen3, gemma2, gemma3, phi3, olmo2, smollm3, granite, deepseek2)]
 
 
 def _registry() -> dict[str, Family]:
@@ -154,8 +176,6 @@ RELATIVES = {
     "olmoe": "olmo2 (OLMoE is a mixture-of-experts model, not supported yet)",
     "phi2": "phi3",
     "granitemoe": "granite (the dense Granite 3 models); mixture-of-experts is not supported yet",
-    "deepseek2": "none yet: DeepSeek V2/V3 use latent attention and experts (the R1 distills run: they are qwen2/llama)",
-    "deepseek_v3": "none yet: DeepSeek V3 uses latent attention and experts (the R1 distills run: they are qwen2/llama)",
     "gpt-oss": "none yet: GPT-OSS is a mixture-of-experts model",
     "gpt_oss": "none yet: GPT-OSS is a mixture-of-experts model",
     "llama4": "llama (Llama 3.x); Llama 4 is a mixture-of-experts model, not supported yet",
