@@ -148,13 +148,10 @@ def write_split(src: Path, prefix: Path, parts: int, *, metadata_only_first: boo
     return [split_part_path(prefix, i + 1, parts) for i in range(parts)]
 
 
-def write_mxfp4_llama(path: Path, config: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A tiny llama GGUF whose FFN matrices gguf-py quantized to MXFP4 (llama.cpp's quantizer makes MXFP4 only
-    for gpt-oss expert tensors), the rest float32. Returns the weights the file holds, MXFP4 ones as gguf-py
-    dequantizes them: the oracle for a model loaded from `path`."""
-    from gguf import GGMLQuantizationType, GGUFWriter
-    from gguf.quants import dequantize as gguf_dequantize
-    from gguf.quants import quantize as gguf_quantize
+def llama_gguf_writer(path: Path, config: ModelConfig):
+    """A gguf-py GGUFWriter for a llama-architecture file at `path`, its header keys from `config`; add tensors,
+    then `finish_gguf(writer)`."""
+    from gguf import GGUFWriter
 
     writer = GGUFWriter(str(path), "llama")
     writer.add_block_count(config.n_layers)
@@ -164,6 +161,25 @@ def write_mxfp4_llama(path: Path, config: ModelConfig, seed: int = 0) -> dict[st
     writer.add_head_count_kv(config.n_kv_heads)
     writer.add_context_length(config.context_length)
     writer.add_layer_norm_rms_eps(config.norm_eps)
+    return writer
+
+
+def finish_gguf(writer) -> None:
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def write_mxfp4_llama(path: Path, config: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A tiny llama GGUF whose FFN matrices gguf-py quantized to MXFP4 (llama.cpp's quantizer makes MXFP4 only
+    for gpt-oss expert tensors), the rest float32. Returns the weights the file holds, MXFP4 ones as gguf-py
+    dequantizes them: the oracle for a model loaded from `path`."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize as gguf_dequantize
+    from gguf.quants import quantize as gguf_quantize
+
+    writer = llama_gguf_writer(path, config)
     held = {}
     for name, t in random_weights(config, seed).items():
         if ".ffn_" in name and t.dim() == 2:
@@ -173,8 +189,5 @@ def write_mxfp4_llama(path: Path, config: ModelConfig, seed: int = 0) -> dict[st
         else:
             writer.add_tensor(name, t.numpy())
         held[name] = t
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish_gguf(writer)
     return held

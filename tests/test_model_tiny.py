@@ -157,27 +157,16 @@ def test_unknown_architecture_names_its_closest_family(name, suggested):
 
 def test_unused_tensor_is_refused(tmp_path):
     """A tensor the decoder ignores (here GPT-OSS's attention sinks) must stop the load, not be dropped."""
-    from gguf import GGUFWriter
-
+    from model_helpers import finish_gguf, llama_gguf_writer
     from pellucid.model.loader import load_model
 
     config = tiny_config("llama")
     tensors = random_weights(config) | {"blk.0.attn_sinks.weight": torch.zeros(4)}
     path = tmp_path / "tiny.gguf"
-    writer = GGUFWriter(str(path), "llama")
-    writer.add_block_count(config.n_layers)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_feed_forward_length(config.ffn_size)
-    writer.add_head_count(config.n_heads)
-    writer.add_head_count_kv(config.n_kv_heads)
-    writer.add_context_length(config.context_length)
-    writer.add_layer_norm_rms_eps(config.norm_eps)
+    writer = llama_gguf_writer(path, config)
     for name, t in tensors.items():
         writer.add_tensor(name, t.numpy())
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish_gguf(writer)
     with pytest.raises(UnsupportedError, match=r"blk\.0\.attn_sinks\.weight"):
         load_model(path, device="cpu")
 

@@ -91,21 +91,29 @@ def _hbar(label: str, value: float, scale: float, colour: str, note: str) -> str
             f'fill="{colour}"/></svg></td><td class="muted">{_e(note)}</td></tr>')  # fmt: skip
 
 
+def _stacked_bar(label: str, segments: list[tuple[str, float, str, str]], scale: float, note: str) -> str:
+    """One table row: `label`, a bar of (name, value, colour, hover text) segments on a shared scale, `note`."""
+    x, rects = 0.0, []
+    for _name, value, colour, title in segments:
+        w = BAR_W * value / scale if scale > 0 else 0.0
+        rects.append(f'<rect x="{x:.1f}" width="{w:.1f}" height="18" fill="{colour}"><title>{_e(title)}</title></rect>')
+        x += w
+    return (f'<tr><td>{_e(label)}</td><td><svg width="{BAR_W}" height="18">{"".join(rects)}</svg></td>'
+            f'<td class="muted">{_e(note)}</td></tr>')  # fmt: skip
+
+
+def _legend(colours: dict[str, str]) -> str:
+    return " ".join(f'<span style="color:{c}">■</span> {p.replace("_", " ")}' for p, c in colours.items())
+
+
 def _parts(r: dict) -> str:
     rows = []
     for phase in ("prefill", "decode"):
         parts = r["parts"][phase]
         total = sum(parts.values()) or 1.0
-        x, rects = 0.0, []
-        for part, seconds in parts.items():
-            w = BAR_W * seconds / total
-            rects.append(f'<rect x="{x:.1f}" width="{w:.1f}" height="18" fill="{PART_COLOURS[part]}">'
-                         f"<title>{part}: {seconds * 1000:.1f} ms</title></rect>")  # fmt: skip
-            x += w
-        rows.append(f'<tr><td>{phase}</td><td><svg width="{BAR_W}" height="18">{"".join(rects)}</svg></td>'
-                    f'<td class="muted">{total * 1000:.1f} ms</td></tr>')  # fmt: skip
-    legend = " ".join(f'<span style="color:{c}">■</span> {p}' for p, c in PART_COLOURS.items())
-    return f"<table>{''.join(rows)}</table><p class='muted'>{legend}</p>"
+        segments = [(p, s, PART_COLOURS[p], f"{p}: {s * 1000:.1f} ms") for p, s in parts.items()]
+        rows.append(_stacked_bar(phase, segments, total, f"{total * 1000:.1f} ms"))
+    return f"<table>{''.join(rows)}</table><p class='muted'>{_legend(PART_COLOURS)}</p>"
 
 
 def _layers(r: dict) -> str:
@@ -133,17 +141,16 @@ def _memory(r: dict) -> str:
         k: v for k, v in (("measured", m["stack"]["measured"]), ("predicted (fit)", m["stack"]["predicted"])) if v
     }
     scale = max([sum(v.values()) for v in stacks.values()] + [m["measured_rss_mb"] or 0, 1])
-    rows = []
-    for label, stack in stacks.items():
-        x, rects = 0.0, []
-        for part, mb in stack.items():
-            w = BAR_W * mb / scale
-            rects.append(f'<rect x="{x:.1f}" width="{w:.1f}" height="18" fill="{STACK_COLOURS[part]}">'
-                         f"<title>{part}: {mb} MiB</title></rect>")  # fmt: skip
-            x += w
-        rows.append(f'<tr><td>{_e(label)}</td><td><svg width="{BAR_W}" height="18">{"".join(rects)}</svg></td>'
-                    f'<td class="muted">{sum(stack.values()):.0f} MiB</td></tr>')  # fmt: skip
-    legend = " ".join(f'<span style="color:{c}">■</span> {p.replace("_", " ")}' for p, c in STACK_COLOURS.items())
+    rows = [
+        _stacked_bar(
+            label,
+            [(p, mb, STACK_COLOURS[p], f"{p}: {mb} MiB") for p, mb in stack.items()],
+            scale,
+            f"{sum(stack.values()):.0f} MiB",
+        )  # fmt: skip
+        for label, stack in stacks.items()
+    ]
+    legend = _legend(STACK_COLOURS)
     table = "".join(
         f"<tr><td>{p.replace('_', ' ')}</td>"
         + "".join(f"<td>{_e(stack[p])} MiB</td>" for stack in stacks.values())
