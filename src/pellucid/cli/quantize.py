@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pellucid.cli.common import command
+from pellucid.cli.common import command, positive_int
 from pellucid.errors import UnsupportedError
 
 
@@ -22,6 +22,12 @@ def _add_quantize(commands) -> None:
         f"tensor as llama.cpp does (output head Q6_K, some attn_v/ffn_down with more bits)",
     )
     p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=1,
+        help="torch threads while quantizing (default 1: faster wherever the cores also run other work)",
+    )
     p.add_argument(
         "--imatrix",
         metavar="FILE",
@@ -50,6 +56,7 @@ def cmd_quantize(args) -> int:
             args.dst,
             target.name,
             force=args.force,
+            threads=args.threads,
             on_plan=lambda total: setattr(bar, "total", total),
             progress=bar.update,
         )
