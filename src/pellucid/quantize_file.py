@@ -246,6 +246,7 @@ class Result:
     written_bytes: int
     n_weights: int
     types: dict[str, GGMLType]  # each tensor's type in the new file
+    requantized_from: GGMLType | None = None  # the source's main type, when it was already quantized
 
     @property
     def bits_per_weight(self) -> float:
@@ -318,34 +319,40 @@ def quantize_file(
             raise PellucidError(f"{out} is the source file; write the quantized model under another name")
         shapes = {name: (info.shape, info.ggml_type) for name, info in src.tensors.items()}
         types = plan(shapes, target, hparams_of(src.metadata))
-        _check_not_below(src, types, target)
+        mostly = _check_not_below(src, target)
         written = sum(tensor_nbytes(types[n], info.n_elements) for n, info in src.tensors.items())
         _check_free_space(out.parent, written)
         if on_plan:
             on_plan(src.tensor_data_bytes)
-        import torch
-
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
+        with _torch_threads(threads):
             _write(src, out, target, types, written, progress)
-        finally:
-            torch.set_num_threads(before)
         n_weights = sum(info.n_elements for info in src.tensors.values())
-        return Result(out, src.file_size, out.stat().st_size, n_weights, types)
+        requantized = mostly if mostly not in FLOAT_TYPES else None
+        return Result(out, src.file_size, out.stat().st_size, n_weights, types, requantized)
 
 
-def _check_not_below(src: GGUFFile, types: dict[str, GGMLType], target: FileType) -> None:
-    """Refuse to 'quantize' a file to more bits than it has: the file would grow and keep the quality it has."""
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _check_not_below(src: GGUFFile, target: FileType) -> GGMLType:
+    """Refuse to 'quantize' a file to more bits than it has: the file would grow and keep the quality it has.
+    Returns the type that holds most of the source's matrices."""
     counts: dict[GGMLType, int] = {}
     for name, info in src.tensors.items():
         if allows_quantization(name, info.shape):
             counts[info.ggml_type] = counts.get(info.ggml_type, 0) + info.n_elements
-    if not counts:
-        return
-    mostly = max(counts, key=counts.__getitem__)
+    mostly = max(counts, key=counts.__getitem__, default=GGMLType.F32)
     if mostly in FLOAT_TYPES:
-        return
+        return mostly
     have, want = BLOCK_LAYOUT[mostly].bits_per_weight, BLOCK_LAYOUT[target.base].bits_per_weight
     if have < want:
         raise PellucidError(
@@ -353,6 +360,7 @@ def _check_not_below(src: GGUFFile, types: dict[str, GGMLType], target: FileType
             f"({want:g} bits) would make a larger file of the same quality. Quantize from the original float "
             f"model (an F16/BF16/F32 GGUF) instead"
         )
+    return mostly
 
 
 def _check_free_space(folder: Path, needed: int) -> None:

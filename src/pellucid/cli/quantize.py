@@ -68,6 +68,11 @@ def cmd_quantize(args) -> int:
         f"wrote {result.path}\n  {format_bytes(result.written_bytes)} ({result.bits_per_weight:.2f} bits per weight; "
         f"the source: {format_bytes(result.source_bytes)}); tensors: {mix}"
     )
+    if result.requantized_from is not None:
+        print(
+            f"  note: the source was already {result.requantized_from.name}, so this file carries that rounding error "
+            f"as well as its own; quantize from the F16/BF16 original when you have it"
+        )
     return 0
 
 
