@@ -243,14 +243,15 @@ def _tensor_bytes(src: GGUFFile, info: TensorInfo, new: GGMLType) -> np.ndarray:
 class Result:
     path: Path
     source_bytes: int
-    written_bytes: int
+    written_bytes: int  # the whole file
+    tensor_bytes: int  # its tensors' (what bits per weight counts, as `inspect` does)
     n_weights: int
     types: dict[str, GGMLType]  # each tensor's type in the new file
     requantized_from: GGMLType | None = None  # the source's main type, when it was already quantized
 
     @property
     def bits_per_weight(self) -> float:
-        return 8 * self.written_bytes / max(self.n_weights, 1)
+        return 8 * self.tensor_bytes / max(self.n_weights, 1)
 
 
 def default_name(metadata: dict[str, Any], source: Path, target: FileType) -> str:
@@ -303,7 +304,7 @@ def quantize_file(
 
     `threads`: torch's intra-op threads while quantizing. One by default: the quantizers are thousands of small
     ops, and on cores that other work also uses, threads stall each other at every op (SmolLM2 to Q4_K_M on the
-    2-core machine under load: 2 threads 2 min 13 s, 1 thread 9 s); on an idle many-core machine more may help."""
+    2-core machine under load: 2 threads 2 min 13 s, 1 thread 14 s); on an idle many-core machine more may help."""
     target = file_type(type_name)
     src_path = Path(src_path).expanduser()
     if src_path.is_dir():
@@ -328,7 +329,7 @@ def quantize_file(
             _write(src, out, target, types, written, progress)
         n_weights = sum(info.n_elements for info in src.tensors.values())
         requantized = mostly if mostly not in FLOAT_TYPES else None
-        return Result(out, src.file_size, out.stat().st_size, n_weights, types, requantized)
+        return Result(out, src.file_size, out.stat().st_size, written, n_weights, types, requantized)
 
 
 @contextlib.contextmanager
