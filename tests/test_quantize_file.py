@@ -317,3 +317,37 @@ def test_cli_bad_input(tmp_path, capsys):
     assert cli.main(["quantize", src, str(tmp_path), "--type", "Q8_0"]) == 1
     err = capsys.readouterr().err
     assert "exists; pass --force" in err and "Traceback" not in err
+
+
+def tiny_gguf(path: Path, arch: str, tensors: dict[str, tuple[np.ndarray, GGMLQuantizationType | None]], **kv) -> Path:
+    writer = GGUFWriter(path, arch)
+    writer.add_uint32(f"{arch}.block_count", 1)
+    for key, value in kv.items():
+        writer.add_uint32(f"{arch}.{key}", value)
+    for name, (data, raw_dtype) in tensors.items():
+        writer.add_tensor(name, data, raw_dtype=raw_dtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_refuses_what_llamacpp_has_other_rules_for(tmp_path):
+    """Architectures pellucid does not run (llama.cpp has rules by architecture, e.g. Falcon's) and experts."""
+    w = {"blk.0.attn_q.weight": (np.ones((32, 32), np.float32), None)}
+    falcon = tiny_gguf(tmp_path / "falcon.gguf", "falcon", w)
+    with pytest.raises(UnsupportedError, match="not 'falcon'.*llama-quantize"):
+        qf.quantize_file(falcon, tmp_path / "out.gguf", "Q8_0")
+    moe = tiny_gguf(tmp_path / "moe.gguf", "qwen2", w, expert_count=8)
+    with pytest.raises(UnsupportedError, match="mixture-of-experts"):
+        qf.quantize_file(moe, tmp_path / "out.gguf", "Q8_0")
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_refuses_a_type_it_cannot_decode_before_writing(tmp_path):
+    iq2 = np.zeros((4, 66), np.uint8)  # 4 rows of one IQ2_XXS block (256 weights, 66 bytes)
+    src = tiny_gguf(tmp_path / "iq2.gguf", "llama", {"blk.0.attn_q.weight": (iq2, GGMLQuantizationType.IQ2_XXS)})
+    with pytest.raises(UnsupportedError, match="IQ2_XXS tensors, which pellucid cannot decode"):
+        qf.quantize_file(src, tmp_path / "out.gguf", "Q4_0")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iq2.gguf"]

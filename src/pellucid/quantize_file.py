@@ -318,8 +318,10 @@ def quantize_file(
             raise PellucidError(f"{out} exists; pass --force to overwrite it, or choose another name")
         if out.resolve() in {p.path.resolve() for p in src.parts}:
             raise PellucidError(f"{out} is the source file; write the quantized model under another name")
+        _check_architecture(src)
         shapes = {name: (info.shape, info.ggml_type) for name, info in src.tensors.items()}
         types = plan(shapes, target, hparams_of(src.metadata))
+        _check_decodable(src, types)
         mostly = _check_not_below(src, target)
         written = sum(tensor_nbytes(types[n], info.n_elements) for n, info in src.tensors.items())
         _check_free_space(out.parent, written)
@@ -330,6 +332,38 @@ def quantize_file(
         n_weights = sum(info.n_elements for info in src.tensors.values())
         requantized = mostly if mostly not in FLOAT_TYPES else None
         return Result(out, src.file_size, out.stat().st_size, written, n_weights, types, requantized)
+
+
+def _check_architecture(src: GGUFFile) -> None:
+    """The type rules here are llama.cpp's for the dense families pellucid runs; llama-quant.cpp has other rules for
+    mixture-of-experts models (attn_v and attn_k to Q8_0 with 8 experts, ...) and for some architectures (Falcon)."""
+    from pellucid.model.families import supported_architectures
+
+    arch = src.architecture
+    if arch not in supported_architectures():
+        raise UnsupportedError(
+            f"pellucid quantizes the architectures it runs ({', '.join(supported_architectures())}), not {arch!r}: "
+            f"llama.cpp chooses some tensors' types by architecture. Use llama.cpp's llama-quantize for this file"
+        )
+    if (src.arch_get("expert_count") or 0) > 1:
+        raise UnsupportedError(
+            f"{src.path.name} is a mixture-of-experts model, whose per-tensor types pellucid does not choose yet; "
+            f"use llama.cpp's llama-quantize"
+        )
+
+
+def _check_decodable(src: GGUFFile, types: dict[str, GGMLType]) -> None:
+    """Every tensor that changes type must be decoded first: say which cannot be before writing anything."""
+    from pellucid.quant.dequant import DECODERS
+
+    stuck = sorted(
+        {i.ggml_type.name for n, i in src.tensors.items() if i.ggml_type != types[n]} - {t.name for t in DECODERS}
+    )
+    if stuck:
+        raise UnsupportedError(
+            f"{src.path.name} holds {', '.join(stuck)} tensors, which pellucid cannot decode to re-encode them; "
+            f"quantize from the model's F16/BF16 original instead"
+        )
 
 
 @contextlib.contextmanager
