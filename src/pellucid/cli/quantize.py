@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pellucid import store
 from pellucid.cli.common import command, positive_int
 from pellucid.errors import UnsupportedError
 
@@ -10,7 +11,11 @@ def _add_quantize(commands) -> None:
     from pellucid.quantize_file import FILE_TYPES
 
     p = command(commands, "quantize", cmd_quantize, "make a smaller GGUF file: Q4_K_M, Q8_0, ... (like llama-quantize)")
-    p.add_argument("src", metavar="SRC", help="a .gguf file (any type pellucid reads; the first part of a split one)")
+    p.add_argument(
+        "src",
+        metavar="SRC",
+        help="a .gguf file (any type pellucid reads; any part of a split one) or a model name from the store or catalog",
+    )
     p.add_argument(
         "dst", metavar="DST", help="the .gguf file to write, or a folder (then the naming convention picks the name)"
     )
@@ -50,9 +55,10 @@ def cmd_quantize(args) -> int:
             "does when given none); leave the option out, or use llama.cpp's llama-quantize for imatrix quants"
         )
     target = file_type(args.type)  # a wrong name fails before the file is opened
+    source = store.resolve(args.src)  # a path, or a name (a catalog model is pulled first, as `run` does)
     with ProgressBar(0, f"quantizing to {target.name}") as bar:  # its total is known once the file is planned
         result = quantize_file(
-            args.src,
+            source.path,
             args.dst,
             target.name,
             force=args.force,
