@@ -157,6 +157,8 @@ def use_more_bits(i_layer: int, n_layers: int) -> bool:
 
 def plan(tensors: dict[str, tuple[tuple[int, ...], GGMLType]], target: FileType, hp: Hparams) -> dict[str, GGMLType]:
     """The type each tensor gets: {name: (shape in PyTorch order, its type now)} -> {name: new type}."""
+    from pellucid.quant.quantize import type_for_rows  # here: it imports torch, which `pellucid --help` need not
+
     tied = "output.weight" not in tensors  # has_tied_embeddings: the token embedding is also the output head
     n_attn_v = sum(category(n) == "attn_v" for n in tensors)
     counters = {"attn_v": 0, "ffn_down": 0}
@@ -169,7 +171,8 @@ def plan(tensors: dict[str, tuple[tuple[int, ...], GGMLType]], target: FileType,
             types[name] = target.base  # not a quantized type: no per-tensor rules, no fallback
         else:
             chosen = _mixture_type(name, shape[-1], target, hp, tied, n_attn_v, counters)
-            types[name] = _fallback(chosen, shape[-1])
+            # tensor_type_fallback: rows that are not whole blocks of the type (F16 if not whole 32-blocks either)
+            types[name] = type_for_rows(chosen, shape[-1]) or GGMLType.F16
     return types
 
 
@@ -200,17 +203,6 @@ def _mixture_type(name, k: int, target: FileType, hp: Hparams, tied: bool, n_att
         if target.name == "Q4_K_S" and i < n // 8:
             return GGMLType.Q5_K
     return new  # attn_q, attn_k, attn_output, ffn_gate, ffn_up, an untied token_embd: the base type
-
-
-# tensor_type_fallback: a 256-weight type on rows that are not whole 256-weight blocks.
-FALLBACK = {GGMLType.Q4_K: GGMLType.Q5_0, GGMLType.Q5_K: GGMLType.Q5_1, GGMLType.Q6_K: GGMLType.Q8_0}
-
-
-def _fallback(new: GGMLType, k: int) -> GGMLType:
-    if k % BLOCK_LAYOUT[new].block_size == 0:
-        return new
-    new = FALLBACK.get(new, new)  # 32-weight types have nothing smaller to fall back to
-    return new if k % BLOCK_LAYOUT[new].block_size == 0 else GGMLType.F16  # rows not whole 32-blocks either
 
 
 # -- 2. each tensor's bytes ------------------------------------------------------------------------------------
