@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from pellucid import store
 from pellucid.cli.common import command, positive_int
 from pellucid.errors import UnsupportedError
@@ -66,10 +68,7 @@ def cmd_quantize(args) -> int:
             on_plan=lambda total: setattr(bar, "total", total),
             progress=bar.update,
         )
-    counts: dict[str, int] = {}
-    for t in result.types.values():
-        counts[t.name] = counts.get(t.name, 0) + 1
-    mix = ", ".join(f"{n} {name}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    mix = ", ".join(f"{n} {name}" for name, n in Counter(t.name for t in result.types.values()).most_common())
     print(
         f"wrote {result.path}\n  {format_bytes(result.written_bytes)} ({result.bits_per_weight:.2f} bits per weight; "
         f"the source: {format_bytes(result.source_bytes)}); tensors: {mix}"
