@@ -355,3 +355,17 @@ def test_refuses_a_type_it_cannot_decode_before_writing(tmp_path):
     with pytest.raises(UnsupportedError, match="IQ2_XXS tensors, which pellucid cannot decode"):
         qf.quantize_file(src, tmp_path / "out.gguf", "Q4_0")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["iq2.gguf"]
+
+
+def test_real_models_requantized(gemma3_path, smollm2_path, tmp_path):
+    """The catalog files: Gemma 3 270M Q4_K_M (Q8_0 embedding, Q4_K / Q5_0 layers) cannot go up to Q8_0, can go to
+    Q4_0, and says it was requantized; SmolLM2 Q4_1 to Q4_K_M gives llama.cpp's types (576-wide rows: Q5_0 fallback,
+    Q6_K ffn_down where its 1536-wide rows fit, Q8_0 tied embedding). The bytes are compared with llama.cpp's in
+    benchmarks/quantize_vs_llamacpp.py (identical for Q4_K_M, Q4_K_S, Q4_0)."""
+    with pytest.raises(PellucidError, match="mostly to Q5_0"):
+        qf.quantize_file(gemma3_path, tmp_path / "g8.gguf", "Q8_0")
+    assert qf.quantize_file(gemma3_path, tmp_path / "g4.gguf", "Q4_0").requantized_from == "Q4_K_M"
+    smol = qf.quantize_file(smollm2_path, tmp_path, "Q4_K_M")
+    assert smol.path.name == "smollm2-135M-8k-lc100k-mix1-ep2-Q4_K_M.gguf"
+    counts = {t: sum(v == t for v in smol.types.values()) for t in set(smol.types.values())}
+    assert counts == {GGMLType.Q5_0: 166, GGMLType.F32: 61, GGMLType.Q4_K: 16, GGMLType.Q8_0: 15, GGMLType.Q6_K: 14}

@@ -36,7 +36,7 @@ import numpy as np
 
 from pellucid.errors import ModelFileError, PellucidError, UnsupportedError
 from pellucid.formats.gguf import SPLIT_COUNT, SPLIT_NO, SPLIT_TENSORS_COUNT, GGUFFile, TensorInfo
-from pellucid.quant.types import BLOCK_LAYOUT, GGMLType, tensor_nbytes
+from pellucid.quant.types import BLOCK_LAYOUT, FILE_TYPE_NAMES, GGMLType, tensor_nbytes
 
 QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION: the block layouts of today's ggml (Q4_0 .. Q8_0 changed in v2)
 FILE_TYPE_KEY = "general.file_type"
@@ -239,7 +239,7 @@ class Result:
     tensor_bytes: int  # its tensors' (what bits per weight counts, as `inspect` does)
     n_weights: int
     types: dict[str, GGMLType]  # each tensor's type in the new file
-    requantized_from: GGMLType | None = None  # the source's main type, when it was already quantized
+    requantized_from: str | None = None  # the source's type (general.file_type's name), when it was quantized
 
     @property
     def bits_per_weight(self) -> float:
@@ -322,7 +322,9 @@ def quantize_file(
         with _torch_threads(threads):
             _write(src, out, target, types, written, progress)
         n_weights = sum(info.n_elements for info in src.tensors.values())
-        requantized = mostly if mostly not in FLOAT_TYPES else None
+        requantized = None
+        if mostly not in FLOAT_TYPES:
+            requantized = FILE_TYPE_NAMES.get(src.get(FILE_TYPE_KEY), mostly.name)
         return Result(out, src.file_size, out.stat().st_size, written, n_weights, types, requantized)
 
 
@@ -372,10 +374,11 @@ def _torch_threads(n: int):
 
 def _check_not_below(src: GGUFFile, target: FileType) -> GGMLType:
     """Refuse to 'quantize' a file to more bits than it has: the file would grow and keep the quality it has.
-    Returns the type that holds most of the source's matrices."""
+    Returns the type that holds most of the source's layer matrices (the embedding and head, which every mixture
+    treats apart, are left out: Gemma 3's Q8_0 embedding outweighs its Q4_K layers)."""
     counts: dict[GGMLType, int] = {}
     for name, info in src.tensors.items():
-        if allows_quantization(name, info.shape):
+        if allows_quantization(name, info.shape) and category(name) not in ("token_embd", "output"):
             counts[info.ggml_type] = counts.get(info.ggml_type, 0) + info.n_elements
     mostly = max(counts, key=counts.__getitem__, default=GGMLType.F32)
     if mostly in FLOAT_TYPES:

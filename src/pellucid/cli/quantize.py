@@ -75,7 +75,7 @@ def cmd_quantize(args) -> int:
     )
     if result.requantized_from is not None:
         print(
-            f"  note: the source was already {result.requantized_from.name}, so this file carries that rounding error "
+            f"  note: the source was already {result.requantized_from}, so this file carries that rounding error "
             f"as well as its own; quantize from the F16/BF16 original when you have it"
         )
     return 0
