@@ -312,8 +312,6 @@ def test_cli_bad_input(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert cli.main(["quantize", str(tmp_path), str(tmp_path / "x.gguf"), "--type", "q8_0"]) == 1
     assert "not a Hugging Face model folder" in capsys.readouterr().err
-    with pytest.raises(UnsupportedError, match="convert_hf_to_gguf.py"):  # an HF folder: not a source yet
-        qf.quantize_file(tmp_path, tmp_path / "x.gguf", "Q8_0")
     assert cli.main(["quantize", src, str(tmp_path), "--type", "q8_0", "--imatrix", "m.dat"]) == 1
     assert "--imatrix is not implemented yet" in capsys.readouterr().err
     assert cli.main(["quantize", src, str(tmp_path), "--type", "Q8_0"]) == 0
@@ -369,3 +367,47 @@ def test_real_models_requantized(gemma3_path, smollm2_path, tmp_path):
     assert smol.path.name == "smollm2-135M-8k-lc100k-mix1-ep2-Q4_K_M.gguf"
     counts = {t: sum(v == t for v in smol.types.values()) for t in set(smol.types.values())}
     assert counts == {GGMLType.Q5_0: 166, GGMLType.F32: 61, GGMLType.Q4_K: 16, GGMLType.Q8_0: 15, GGMLType.Q6_K: 14}
+
+
+# -- Hugging Face folders (llama family): what llama.cpp's converter would write, then quantized ----------------
+
+
+def assert_same_model(ours: Path, theirs: Path) -> None:
+    """Every tensor (type and bytes) and every metadata key equal, but general.name (the converter took it from
+    make_fixtures' --model-name; pellucid from the folder's name)."""
+    with GGUFFile(ours) as a, GGUFFile(theirs) as b:
+        assert list(a.metadata) == list(b.metadata)
+        for key in b.metadata:
+            if key != "general.name":
+                assert np.array_equal(a.metadata[key], b.metadata[key]), key
+                assert a.metadata_types[key] == b.metadata_types[key], key
+        assert list(a.tensors) == list(b.tensors)
+        for name in b.tensors:
+            assert a.tensors[name].ggml_type == b.tensors[name].ggml_type, name
+            assert np.array_equal(a.raw(name), b.raw(name)), name
+
+
+@pytest.mark.parametrize(
+    ("variant", "type_name", "oracle"), [("tiny", "Q8_0", "tiny-q8_0"), ("kquant", "Q4_K_M", "kquant-q4_k_m")]
+)
+def test_hf_llama_folder_as_llamacpp_converts_and_quantizes_it(variant, type_name, oracle, tmp_path):
+    """The zoo's llama HF folders (llama 3 RoPE scaling, tied head, 2 shards) quantized straight from safetensors
+    equal llama.cpp's convert_hf_to_gguf.py (f32) + llama-quantize: the permuted q/k rows, rope_freqs, the
+    tokenizer metadata, every block."""
+    from zoo import specs
+
+    folder = specs.build_hf_folder("llama", tmp_path / "hf", variant)
+    out = qf.quantize_file(folder, tmp_path / "out.gguf", type_name).path
+    assert_same_model(out, ZOO / "llama" / f"{oracle}.gguf")
+
+
+def test_hf_folders_it_does_not_convert(tmp_path):
+    from zoo import specs
+
+    mistral = specs.build_hf_folder("mistral", tmp_path / "mistral")  # the tekken pre-tokenizer
+    with pytest.raises(UnsupportedError, match="pre-tokenizer is not one pellucid can name"):
+        qf.quantize_file(mistral, tmp_path / "out.gguf", "Q8_0")
+    qwen = specs.build_hf_folder("qwen2", tmp_path / "qwen2")
+    with pytest.raises(UnsupportedError, match="llama family only"):
+        qf.quantize_file(qwen, tmp_path / "out.gguf", "Q8_0")
+    assert not (tmp_path / "out.gguf").exists()

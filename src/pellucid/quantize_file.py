@@ -16,8 +16,9 @@ Three steps, each a function below:
    `gguf_set_val_u32` does, split keys dropped, tensors in llama.cpp's order (by layer, then name). Written under a
    temporary name in DST's folder and renamed at the end, so DST is never a half-written file.
 
-Not here yet: an importance matrix (`--imatrix`, llama-quantize's option; its blocks differ), Hugging Face
-folders as a source (convert them with llama.cpp's convert_hf_to_gguf.py first), and the IQ / Q2_K / Q3_K types.
+The source may also be a Hugging Face folder of the llama family: hf_source.py reads it as the GGUF file llama.cpp's
+converter would write. Not here yet: an importance matrix (`--imatrix`, llama-quantize's option; its blocks
+differ), HF folders of the other families, mixture-of-experts models, and the IQ / Q2_K / Q3_K types.
 """
 
 from __future__ import annotations
@@ -290,8 +291,8 @@ def quantize_file(
     progress: Callable[[int], None] | None = None,
     on_plan: Callable[[int], None] | None = None,
 ) -> Result:
-    """Write the GGUF model at `src_path` (any part of a split one) re-encoded as `type_name` to `dst` (a .gguf
-    path, or a folder: the naming convention picks the name). `on_plan(total_bytes)` is called once the work is
+    """Write the GGUF model at `src_path` (any part of a split one; or a llama-family HF folder) re-encoded as
+    `type_name` to `dst` (a .gguf path, or a folder: the naming convention picks the name). `on_plan(total_bytes)` is called once the work is
     known, `progress(n)` after each tensor with the bytes it read.
 
     `threads`: torch's intra-op threads while quantizing. One by default: the quantizers are thousands of small
@@ -300,11 +301,12 @@ def quantize_file(
     target = file_type(type_name)
     src_path = Path(src_path).expanduser()
     if src_path.is_dir():
-        raise UnsupportedError(
-            f"{src_path} is a folder: pellucid quantizes GGUF files only, for now. Convert a Hugging Face folder "
-            f"with llama.cpp first (python convert_hf_to_gguf.py {src_path} --outtype f16), then quantize that file"
-        )
-    with GGUFFile(src_path) as src:
+        from pellucid.hf_source import HFSource  # a llama-family HF folder, read as the converter's GGUF
+
+        opened = HFSource(src_path)
+    else:
+        opened = GGUFFile(src_path)
+    with opened as src:
         out = output_path(src, dst, target)
         if out.exists() and not force:
             raise PellucidError(f"{out} exists; pass --force to overwrite it, or choose another name")
