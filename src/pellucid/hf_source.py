@@ -18,6 +18,7 @@ Mistral 7B v0.1: tokenizer.model, byte fallback) are refused, as are RoPE scalin
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,7 +188,13 @@ class HFSource:
         self._put("tokenizer.ggml.token_type", np.array(types, dtype=np.int32), "array[int32]")
         # merges, special token ids, add_bos/eos, chat template: gguf-py's SpecialVocab, as the converter runs it
         recorder = gguf.GGUFWriter(None, "llama")
-        gguf.SpecialVocab(self.path, load_merges=True, n_vocab=len(tokens)).add_to_gguf(recorder)
+        quiet = logging.getLogger("gguf")  # its notes on post-processor templates are for converter authors
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            gguf.SpecialVocab(self.path, load_merges=True, n_vocab=len(tokens)).add_to_gguf(recorder)
+        finally:
+            quiet.setLevel(level)
         for key, value in recorder.kv_data[0].items():
             if key == "general.architecture":
                 continue
