@@ -387,18 +387,20 @@ def assert_same_model(ours: Path, theirs: Path) -> None:
             assert np.array_equal(a.raw(name), b.raw(name)), name
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
 @pytest.mark.parametrize(
     ("variant", "type_name", "oracle"), [("tiny", "Q8_0", "tiny-q8_0"), ("kquant", "Q4_K_M", "kquant-q4_k_m")]
 )
-def test_hf_llama_folder_as_llamacpp_converts_and_quantizes_it(variant, type_name, oracle, tmp_path):
-    """The zoo's llama HF folders (llama 3 RoPE scaling, tied head, 2 shards) quantized straight from safetensors
-    equal llama.cpp's convert_hf_to_gguf.py (f32) + llama-quantize: the permuted q/k rows, rope_freqs, the
-    tokenizer metadata, every block."""
+def test_hf_folder_as_llamacpp_converts_and_quantizes_it(family, variant, type_name, oracle, tmp_path):
+    """The zoo's HF folders (llama: llama 3 RoPE scaling, tied head, 2 shards; qwen2: q/k/v biases, float16,
+    untied head; qwen3: QK-norm, explicit head_dim) quantized straight from safetensors equal llama.cpp's
+    convert_hf_to_gguf.py (f32) + llama-quantize: llama's permuted q/k rows, rope_freqs, the tokenizer metadata,
+    every block."""
     from zoo import specs
 
-    folder = specs.build_hf_folder("llama", tmp_path / "hf", variant)
+    folder = specs.build_hf_folder(family, tmp_path / "hf", variant)
     out = qf.quantize_file(folder, tmp_path / "out.gguf", type_name).path
-    assert_same_model(out, ZOO / "llama" / f"{oracle}.gguf")
+    assert_same_model(out, ZOO / family / f"{oracle}.gguf")
 
 
 def test_hf_folders_it_does_not_convert(tmp_path):
@@ -407,7 +409,7 @@ def test_hf_folders_it_does_not_convert(tmp_path):
     mistral = specs.build_hf_folder("mistral", tmp_path / "mistral")  # the tekken pre-tokenizer
     with pytest.raises(UnsupportedError, match="pre-tokenizer is not one pellucid can name"):
         qf.quantize_file(mistral, tmp_path / "out.gguf", "Q8_0")
-    qwen = specs.build_hf_folder("qwen2", tmp_path / "qwen2")
-    with pytest.raises(UnsupportedError, match="llama family only"):
-        qf.quantize_file(qwen, tmp_path / "out.gguf", "Q8_0")
+    gemma = specs.build_hf_folder("gemma3", tmp_path / "gemma3")
+    with pytest.raises(UnsupportedError, match="llama, qwen2, qwen3 families only"):
+        qf.quantize_file(gemma, tmp_path / "out.gguf", "Q8_0")
     assert not (tmp_path / "out.gguf").exists()

@@ -1,18 +1,21 @@
-"""A Hugging Face folder of the llama family read as the GGUF file llama.cpp's converter would make of it.
+"""A Hugging Face folder of the llama, qwen2 or qwen3 family read as the GGUF file llama.cpp's converter would make.
 
 `pellucid quantize` reads its source through the interface of `formats.gguf.GGUFFile` (metadata with their GGUF
 types, tensors under GGUF names, `raw()` and `tensor()`); `HFSource` offers the same for an HF folder, doing what
-llama.cpp's convert_hf_to_gguf.py does for `LlamaForCausalLM` / `MistralForCausalLM`:
+llama.cpp's convert_hf_to_gguf.py does for `LlamaForCausalLM` / `MistralForCausalLM`, `Qwen2ForCausalLM` and
+`Qwen3ForCausalLM`:
 
-- metadata: the `llama.*` hyperparameters from config.json (the keys and types the converter writes);
+- metadata: the `{arch}.*` hyperparameters from config.json (the keys, types and order the converter writes);
 - the tokenizer: tokenizer.json's byte-level BPE as `tokenizer.ggml.*` (tokens, token types, merges, special ids,
   add_bos, chat template: gguf-py's SpecialVocab reads the last four as the converter does); the pre-tokenizer name
-  from its regex (llama 3's -> llama-bpe, SmolLM's digit split -> smollm, GPT-2's -> gpt-2);
-- tensors: the family's HF -> GGUF name map (model/families), q and k rows permuted within each head so that RoPE
-  rotates adjacent pairs (the converter's `permute`), and llama 3 RoPE scaling stored as `rope_freqs.weight`.
+  from its regex (llama 3's -> llama-bpe, Qwen 2's -> qwen2, SmolLM's digit split -> smollm, GPT-2's -> gpt-2);
+- tensors: the family's HF -> GGUF name map (model/families), biases beside their weights, 1-D tensors and norms
+  in float32; for llama, q and k rows permuted within each head so that RoPE rotates adjacent pairs (the
+  converter's `permute`) and llama 3 RoPE scaling stored as `rope_freqs.weight`.
 
-Only llama: other families' converters add their own keys and tensor changes. SentencePiece tokenizers (Llama 2,
-Mistral 7B v0.1: tokenizer.model, byte fallback) are refused, as are RoPE scalings other than llama3 and linear.
+The other families' converters add their own keys and tensor changes (Gemma's norm offsets, Phi-3's LongRoPE
+factors, ...), so their folders are refused, and so are SentencePiece tokenizers (Llama 2, Mistral 7B v0.1: byte
+fallback), other pre-tokenizers (Mistral Nemo's tekken) and RoPE scalings other than llama3 and linear.
 """
 
 from __future__ import annotations
@@ -30,9 +33,8 @@ import torch
 from pellucid.errors import UnsupportedError
 from pellucid.formats.gguf import DEFAULT_ALIGNMENT, TensorInfo
 from pellucid.formats.safetensors import HFFolder
-from pellucid.model.families import HF_NAMES, TensorNames
-from pellucid.model.families.llama import FAMILY as LLAMA
-from pellucid.quant.types import GGMLType
+from pellucid.model.families import Family, TensorNames, family_for_hf
+from pellucid.quant.types import GGMLType, tensor_nbytes
 
 STORED_TYPES = {"F32": GGMLType.F32, "F16": GGMLType.F16, "BF16": GGMLType.BF16}
 TOKEN_NORMAL, TOKEN_UNUSED, TOKEN_CONTROL, TOKEN_USER_DEFINED = 1, 5, 3, 4  # gguf.TokenType
@@ -40,6 +42,11 @@ TOKEN_NORMAL, TOKEN_UNUSED, TOKEN_CONTROL, TOKEN_USER_DEFINED = 1, 5, 3, 4  # gg
 # tokenizer.json pre-tokenizers -> llama.cpp's tokenizer.ggml.pre (what convert_hf_to_gguf's hash table finds for
 # the models built this way)
 LLAMA3_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+QWEN2_REGEX = LLAMA3_REGEX.replace(r"\p{N}{1,3}", r"\p{N}")  # digits one by one
+
+# The families converted here: what their converter class adds to TextModel's keys. LlamaModel writes vocab_size and
+# rope.dimension_count and permutes q / k; Qwen2Model and Qwen3Model write the base keys only, rows as stored.
+CONVERTED = {"llama": True, "qwen2": False, "qwen3": False}  # family -> is it LlamaModel (keys + permute)
 
 
 @dataclass
@@ -55,13 +62,16 @@ class HFSource:
         self.path = self.folder.path
         self.parts = [_Part(f) for f in self.folder.files]
         self.alignment = DEFAULT_ALIGNMENT
-        model_type = self.folder.model_type
-        if model_type not in LLAMA.hf_model_types:
+        model_type = self.folder.model_type or "(none)"
+        family = family_for_hf(model_type) if model_type in _model_types() else None
+        if family is None or family.name not in CONVERTED:
             raise UnsupportedError(
-                f"pellucid converts Hugging Face folders of the llama family only ({', '.join(LLAMA.hf_model_types)}), "
-                f"not model_type {model_type!r}. Convert it with llama.cpp's convert_hf_to_gguf.py --outtype f16, "
-                f"then quantize that file"
+                f"pellucid converts Hugging Face folders of the {', '.join(CONVERTED)} families only ({model_type!r} "
+                f"here). Convert it with llama.cpp's convert_hf_to_gguf.py --outtype f16, then quantize that file"
             )
+        self.family: Family = family
+        self.arch = family.architectures[0]
+        self.is_llama = CONVERTED[family.name]
         self.config = self.folder.config
         self.metadata: dict[str, Any] = {}
         self.metadata_types: dict[str, str] = {}
@@ -76,13 +86,13 @@ class HFSource:
     # -- GGUFFile's interface ---------------------------------------------------------------------------------
     @property
     def architecture(self) -> str:
-        return "llama"
+        return self.arch
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(key, default)
 
     def arch_get(self, suffix: str, default: Any = None) -> Any:
-        return self.metadata.get(f"llama.{suffix}", default)
+        return self.metadata.get(f"{self.arch}.{suffix}", default)
 
     @property
     def file_size(self) -> int:
@@ -98,9 +108,9 @@ class HFSource:
             return self._extra[name].clone()
         hf = self._map[name]
         w = self.folder.tensor(hf, dtype=torch.float32)
-        if name.endswith("attn_q.weight"):
+        if self.is_llama and name.endswith(("attn_q.weight", "attn_q.bias")):
             w = _permute(w, self.metadata["llama.attention.head_count"])
-        elif name.endswith("attn_k.weight"):
+        elif self.is_llama and name.endswith(("attn_k.weight", "attn_k.bias")):
             w = _permute(w, self.metadata["llama.attention.head_count_kv"])
         return w
 
@@ -135,30 +145,32 @@ class HFSource:
         c = self.config
         n_head = c["num_attention_heads"]
         head_dim = c.get("head_dim") or c["hidden_size"] // n_head
-        self._put("general.architecture", "llama", "string")
+        a = self.arch
+        self._put("general.architecture", a, "string")
         self._put("general.type", "model", "string")
         self._put("general.name", self.path.name, "string")
         self._put("general.size_label", "", "string")  # counted once the tensors are known: _size_label
-        self._put("llama.block_count", c["num_hidden_layers"], "uint32")
-        self._put("llama.context_length", c["max_position_embeddings"], "uint32")
-        self._put("llama.embedding_length", c["hidden_size"], "uint32")
-        self._put("llama.feed_forward_length", c["intermediate_size"], "uint32")
-        self._put("llama.attention.head_count", n_head, "uint32")
-        self._put("llama.attention.head_count_kv", c.get("num_key_value_heads") or n_head, "uint32")
+        self._put(f"{a}.block_count", c["num_hidden_layers"], "uint32")
+        self._put(f"{a}.context_length", c["max_position_embeddings"], "uint32")
+        self._put(f"{a}.embedding_length", c["hidden_size"], "uint32")
+        self._put(f"{a}.feed_forward_length", c["intermediate_size"], "uint32")
+        self._put(f"{a}.attention.head_count", n_head, "uint32")
+        self._put(f"{a}.attention.head_count_kv", c.get("num_key_value_heads") or n_head, "uint32")
         rope = _rope_parameters(c)
-        self._put("llama.rope.freq_base", float(np.float32(rope.get("rope_theta", 10000.0))), "float32")
-        self._put("llama.attention.layer_norm_rms_epsilon", float(np.float32(c["rms_norm_eps"])), "float32")
+        self._put(f"{a}.rope.freq_base", float(np.float32(rope.get("rope_theta", 10000.0))), "float32")
+        self._put(f"{a}.attention.layer_norm_rms_epsilon", float(np.float32(c["rms_norm_eps"])), "float32")
         if c.get("head_dim"):
-            self._put("llama.attention.key_length", head_dim, "uint32")
-            self._put("llama.attention.value_length", head_dim, "uint32")
+            self._put(f"{a}.attention.key_length", head_dim, "uint32")
+            self._put(f"{a}.attention.value_length", head_dim, "uint32")
         self._put("general.file_type", 0, "uint32")  # replaced by the target's
-        self._put("llama.vocab_size", c["vocab_size"], "uint32")
-        self._put("llama.rope.dimension_count", head_dim, "uint32")
+        if self.is_llama:
+            self._put("llama.vocab_size", c["vocab_size"], "uint32")
+            self._put("llama.rope.dimension_count", head_dim, "uint32")
         kind = rope.get("rope_type") or rope.get("type") or "default"
         if kind == "linear":
-            self._put("llama.rope.scaling.type", "linear", "string")
-            self._put("llama.rope.scaling.factor", float(np.float32(rope["factor"])), "float32")
-        elif kind not in ("default", "llama3"):
+            self._put(f"{self.arch}.rope.scaling.type", "linear", "string")
+            self._put(f"{self.arch}.rope.scaling.factor", float(np.float32(rope["factor"])), "float32")
+        elif kind not in ("default", "llama3") or (kind == "llama3" and not self.is_llama):
             raise UnsupportedError(
                 f"{self.path.name}: RoPE scaling {kind!r} is not converted by pellucid yet; convert the folder with "
                 f"llama.cpp's convert_hf_to_gguf.py --outtype f16, then quantize that file"
@@ -187,7 +199,7 @@ class HFSource:
         self._put("tokenizer.ggml.tokens", tokens, "array[string]")
         self._put("tokenizer.ggml.token_type", np.array(types, dtype=np.int32), "array[int32]")
         # merges, special token ids, add_bos/eos, chat template: gguf-py's SpecialVocab, as the converter runs it
-        recorder = gguf.GGUFWriter(None, "llama")
+        recorder = gguf.GGUFWriter(None, self.arch)
         quiet = logging.getLogger("gguf")  # its notes on post-processor templates are for converter authors
         level = quiet.level
         quiet.setLevel(logging.ERROR)
@@ -206,26 +218,33 @@ class HFSource:
 
     # -- tensors: names, permutation, rope_freqs ---------------------------------------------------------------
     def _map_tensors(self) -> None:
+        hf_names, gguf_names = self.family.hf_names, self.family.gguf_names
         n_layer = self.config["num_hidden_layers"]
-        pairs = [(HF_NAMES.embed, LLAMA.gguf_names.embed), (HF_NAMES.output_norm, LLAMA.gguf_names.output_norm)]
-        tied = self.config.get("tie_word_embeddings", False) or HF_NAMES.output not in self.folder.tensors
+        pairs = [(hf_names.embed, gguf_names.embed), (hf_names.output_norm, gguf_names.output_norm)]
+        tied = self.config.get("tie_word_embeddings", False) or hf_names.output not in self.folder.tensors
         if not tied:
-            pairs.append((HF_NAMES.output, LLAMA.gguf_names.output))
+            pairs.append((hf_names.output, gguf_names.output))
+        fields = ("attn_norm", "q", "k", "v", "o", "ffn_norm", "gate", "up", "down", "q_norm", "k_norm")
         for i in range(n_layer):
-            for field in ("attn_norm", "q", "k", "v", "o", "ffn_norm", "gate", "up", "down"):
-                hf, gg = getattr(HF_NAMES, field), getattr(LLAMA.gguf_names, field)
+            for field in fields:
+                hf, gg = getattr(hf_names, field), getattr(gguf_names, field)
+                if hf is None or gg is None:
+                    continue
                 pairs.append((hf.format(i=i), gg.format(i=i)))
+                bias = hf.format(i=i).removesuffix(".weight") + ".bias"  # Qwen 2's q/k/v biases
+                if bias in self.folder.tensors:
+                    pairs.append((bias, gg.format(i=i).removesuffix(".weight") + ".bias"))
         missing = [hf for hf, _ in pairs if hf not in self.folder.tensors]
-        ignored = _ignored(HF_NAMES, n_layer) | ({HF_NAMES.output} if tied else set())  # a tied lm_head is a copy
+        ignored = _ignored(hf_names, n_layer) | ({hf_names.output} if tied else set())  # a tied lm_head is a copy
         unused = sorted(set(self.folder.tensors) - {hf for hf, _ in pairs} - ignored)
         if missing or unused:
             raise UnsupportedError(
-                f"{self.path.name} is not laid out as a plain llama checkpoint (missing: {missing[:3]}, unexpected: "
-                f"{unused[:3]}); convert it with llama.cpp's convert_hf_to_gguf.py --outtype f16 instead"
+                f"{self.path.name} is not laid out as a plain {self.family.name} checkpoint (missing: {missing[:3]}, "
+                f"unexpected: {unused[:3]}); convert it with llama.cpp's convert_hf_to_gguf.py --outtype f16 instead"
             )
         kind, rope, head_dim = self._rope
         if kind == "llama3":
-            self._extra[LLAMA.gguf_names.rope_freqs] = _llama3_rope_factors(rope, head_dim)
+            self._extra[gguf_names.rope_freqs] = _llama3_rope_factors(rope, head_dim)
         for name, t in self._extra.items():
             self.tensors[name] = TensorInfo(name, tuple(t.shape), GGMLType.F32, 0, t.numel() * 4)
         for hf, gg in pairs:
@@ -233,7 +252,15 @@ class HFSource:
             if info.dtype not in STORED_TYPES:
                 raise UnsupportedError(f"{self.path.name}: tensor {hf} is {info.dtype}; pellucid converts F32/F16/BF16")
             self._map[gg] = hf
-            self.tensors[gg] = TensorInfo(gg, info.shape, STORED_TYPES[info.dtype], 0, info.n_bytes)
+            # the converter keeps 1-D tensors and norms in float32 whatever the checkpoint's dtype (so does quantize)
+            kept = GGMLType.F32 if len(info.shape) <= 1 or gg.endswith("_norm.weight") else STORED_TYPES[info.dtype]
+            self.tensors[gg] = TensorInfo(gg, info.shape, kept, 0, tensor_nbytes(kept, info.n_elements))
+
+
+def _model_types() -> list[str]:
+    from pellucid.model.families import supported_hf_model_types
+
+    return supported_hf_model_types()
 
 
 def _rope_parameters(c: dict[str, Any]) -> dict[str, Any]:
@@ -295,14 +322,16 @@ def _vocab(tok: dict[str, Any], vocab_size: int) -> tuple[list[str], list[int]]:
 def _pre_name(pre: dict[str, Any] | None, folder: str) -> str:
     steps = (pre or {}).get("pretokenizers") if (pre or {}).get("type") == "Sequence" else [pre] if pre else []
     kinds = [(s.get("type"), s) for s in steps]
-    if kinds and kinds[0][0] == "Split" and kinds[0][1].get("pattern", {}).get("Regex") == LLAMA3_REGEX:
-        return "llama-bpe"
+    if kinds and kinds[0][0] == "Split":
+        regex = kinds[0][1].get("pattern", {}).get("Regex")
+        if regex in (LLAMA3_REGEX, QWEN2_REGEX):
+            return "llama-bpe" if regex == LLAMA3_REGEX else "qwen2"
     if [k for k, _ in kinds] == ["Digits", "ByteLevel"] and kinds[0][1].get("individual_digits"):
         return "smollm"
     if [k for k, _ in kinds] == ["ByteLevel"] and kinds[0][1].get("use_regex", True):
         return "gpt-2"
     raise UnsupportedError(
-        f"{folder}'s pre-tokenizer is not one pellucid can name for llama.cpp (llama 3's, SmolLM's or GPT-2's); "
+        f"{folder}'s pre-tokenizer is not one pellucid can name for llama.cpp (llama 3's, Qwen 2's, SmolLM's or GPT-2's); "
         f"convert the folder with llama.cpp's convert_hf_to_gguf.py --outtype f16, then quantize that file"
     )
 

@@ -16,8 +16,8 @@ Three steps, each a function below:
    `gguf_set_val_u32` does, split keys dropped, tensors in llama.cpp's order (by layer, then name). Written under a
    temporary name in DST's folder and renamed at the end, so DST is never a half-written file.
 
-The source may also be a Hugging Face folder of the llama family: hf_source.py reads it as the GGUF file llama.cpp's
-converter would write. Not here yet: an importance matrix (`--imatrix`, llama-quantize's option; its blocks
+The source may also be a Hugging Face folder of the llama, qwen2 or qwen3 family: hf_source.py reads it as the GGUF
+file llama.cpp's converter would write. Not here yet: an importance matrix (`--imatrix`, llama-quantize's option; its blocks
 differ), HF folders of the other families, mixture-of-experts models, and the IQ / Q2_K / Q3_K types.
 """
 
@@ -291,7 +291,7 @@ def quantize_file(
     progress: Callable[[int], None] | None = None,
     on_plan: Callable[[int], None] | None = None,
 ) -> Result:
-    """Write the GGUF model at `src_path` (any part of a split one; or a llama-family HF folder) re-encoded as
+    """Write the GGUF model at `src_path` (any part of a split one; or a llama/qwen2/qwen3 HF folder) re-encoded as
     `type_name` to `dst` (a .gguf path, or a folder: the naming convention picks the name). `on_plan(total_bytes)` is called once the work is
     known, `progress(n)` after each tensor with the bytes it read.
 

@@ -16,8 +16,8 @@ def _add_quantize(commands) -> None:
     p.add_argument(
         "src",
         metavar="SRC",
-        help="a .gguf file (any type pellucid reads; any part of a split one), a llama-family Hugging Face folder "
-        "(f32/f16/bf16 safetensors), or a model name from the store or catalog",
+        help="a .gguf file (any type pellucid reads; any part of a split one), a Hugging Face folder of the llama, "
+        "qwen2 or qwen3 family (f32/f16/bf16 safetensors), or a model name from the store or catalog",
     )
     p.add_argument(
         "dst", metavar="DST", help="the .gguf file to write, or a folder (then the naming convention picks the name)"
@@ -45,7 +45,7 @@ def _add_quantize(commands) -> None:
 
 
 def cmd_quantize(args) -> int:
-    """Re-encode a GGUF model (or a llama-family Hugging Face folder) in another type, tensor by tensor, with llama.cpp's per-tensor choices and block
+    """Re-encode a GGUF model (or a llama/qwen2/qwen3 Hugging Face folder) in another type, tensor by tensor, with llama.cpp's per-tensor choices and block
     bytes identical to llama-quantize's (without an importance matrix). Metadata and tokenizer are carried over;
     the file is written under a temporary name and renamed when complete."""
     from pellucid.memory import format_bytes
