@@ -387,13 +387,14 @@ def assert_same_model(ours: Path, theirs: Path) -> None:
             assert np.array_equal(a.raw(name), b.raw(name)), name
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "olmo2", "smollm3"])
 @pytest.mark.parametrize(
     ("variant", "type_name", "oracle"), [("tiny", "Q8_0", "tiny-q8_0"), ("kquant", "Q4_K_M", "kquant-q4_k_m")]
 )
 def test_hf_folder_as_llamacpp_converts_and_quantizes_it(family, variant, type_name, oracle, tmp_path):
     """The zoo's HF folders (llama: llama 3 RoPE scaling, tied head, 2 shards; qwen2: q/k/v biases, float16,
-    untied head; qwen3: QK-norm, explicit head_dim) quantized straight from safetensors equal llama.cpp's
+    untied head; qwen3: QK-norm, explicit head_dim; olmo2: post-norms, dbrx pre-tokenizer; smollm3: llama's
+    permutation under another architecture) quantized straight from safetensors equal llama.cpp's
     convert_hf_to_gguf.py (f32) + llama-quantize: llama's permuted q/k rows, rope_freqs, the tokenizer metadata,
     every block."""
     from zoo import specs
@@ -410,6 +411,6 @@ def test_hf_folders_it_does_not_convert(tmp_path):
     with pytest.raises(UnsupportedError, match="pre-tokenizer is not one pellucid can name"):
         qf.quantize_file(mistral, tmp_path / "out.gguf", "Q8_0")
     gemma = specs.build_hf_folder("gemma3", tmp_path / "gemma3")
-    with pytest.raises(UnsupportedError, match="llama, qwen2, qwen3 families only"):
+    with pytest.raises(UnsupportedError, match="llama, smollm3, qwen2, qwen3, olmo2 families only"):
         qf.quantize_file(gemma, tmp_path / "out.gguf", "Q8_0")
     assert not (tmp_path / "out.gguf").exists()

@@ -1,21 +1,23 @@
-"""A Hugging Face folder of the llama, qwen2 or qwen3 family read as the GGUF file llama.cpp's converter would make.
+"""A Hugging Face folder (llama, qwen2, qwen3, olmo2, smollm3) read as the GGUF file llama.cpp's converter would make.
 
 `pellucid quantize` reads its source through the interface of `formats.gguf.GGUFFile` (metadata with their GGUF
 types, tensors under GGUF names, `raw()` and `tensor()`); `HFSource` offers the same for an HF folder, doing what
-llama.cpp's convert_hf_to_gguf.py does for `LlamaForCausalLM` / `MistralForCausalLM`, `Qwen2ForCausalLM` and
-`Qwen3ForCausalLM`:
+llama.cpp's convert_hf_to_gguf.py does for `LlamaForCausalLM` / `MistralForCausalLM`, `Qwen2ForCausalLM`,
+`Qwen3ForCausalLM`, `Olmo2ForCausalLM` and `SmolLM3ForCausalLM`:
 
 - metadata: the `{arch}.*` hyperparameters from config.json (the keys, types and order the converter writes);
 - the tokenizer: tokenizer.json's byte-level BPE as `tokenizer.ggml.*` (tokens, token types, merges, special ids,
   add_bos, chat template: gguf-py's SpecialVocab reads the last four as the converter does); the pre-tokenizer name
-  from its regex (llama 3's -> llama-bpe, Qwen 2's -> qwen2, SmolLM's digit split -> smollm, GPT-2's -> gpt-2);
+  from what it does (`_pre_name`: llama 3's regex -> llama-bpe or dbrx, Qwen 2's -> qwen2, SmolLM's digit split ->
+  smollm or refact, GPT-2's -> gpt-2);
 - tensors: the family's HF -> GGUF name map (model/families), biases beside their weights, 1-D tensors and norms
   in float32; for llama, q and k rows permuted within each head so that RoPE rotates adjacent pairs (the
   converter's `permute`) and llama 3 RoPE scaling stored as `rope_freqs.weight`.
 
 The other families' converters add their own keys and tensor changes (Gemma's norm offsets, Phi-3's LongRoPE
-factors, ...), so their folders are refused, and so are SentencePiece tokenizers (Llama 2, Mistral 7B v0.1: byte
-fallback), other pre-tokenizers (Mistral Nemo's tekken) and RoPE scalings other than llama3 and linear.
+factors, Granite's multipliers, ...), so their folders are refused, and so are SentencePiece tokenizers (Llama 2,
+Mistral 7B v0.1: byte fallback), other pre-tokenizers (Mistral Nemo's tekken) and RoPE scalings other than llama3
+and linear.
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ LLAMA3_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3
 QWEN2_REGEX = LLAMA3_REGEX.replace(r"\p{N}{1,3}", r"\p{N}")  # digits one by one
 
 # The families converted here: what their converter class adds to TextModel's keys. LlamaModel writes vocab_size and
-# rope.dimension_count and permutes q / k; Qwen2Model and Qwen3Model write the base keys only, rows as stored.
-CONVERTED = {"llama": True, "qwen2": False, "qwen3": False}  # family -> is it LlamaModel (keys + permute)
+# rope.dimension_count and permutes q / k (SmolLM3Model is one); Qwen2Model, Qwen3Model and Olmo2Model write the
+# base keys only, rows as stored. True: a LlamaModel.
+CONVERTED = {"llama": True, "smollm3": True, "qwen2": False, "qwen3": False, "olmo2": False}
 
 
 @dataclass
@@ -109,9 +112,9 @@ class HFSource:
         hf = self._map[name]
         w = self.folder.tensor(hf, dtype=torch.float32)
         if self.is_llama and name.endswith(("attn_q.weight", "attn_q.bias")):
-            w = _permute(w, self.metadata["llama.attention.head_count"])
+            w = _permute(w, self.metadata[f"{self.arch}.attention.head_count"])
         elif self.is_llama and name.endswith(("attn_k.weight", "attn_k.bias")):
-            w = _permute(w, self.metadata["llama.attention.head_count_kv"])
+            w = _permute(w, self.metadata[f"{self.arch}.attention.head_count_kv"])
         return w
 
     def raw(self, name: str) -> np.ndarray:
@@ -164,8 +167,8 @@ class HFSource:
             self._put(f"{a}.attention.value_length", head_dim, "uint32")
         self._put("general.file_type", 0, "uint32")  # replaced by the target's
         if self.is_llama:
-            self._put("llama.vocab_size", c["vocab_size"], "uint32")
-            self._put("llama.rope.dimension_count", head_dim, "uint32")
+            self._put(f"{a}.vocab_size", c["vocab_size"], "uint32")
+            self._put(f"{a}.rope.dimension_count", head_dim, "uint32")
         kind = rope.get("rope_type") or rope.get("type") or "default"
         if kind == "linear":
             self._put(f"{self.arch}.rope.scaling.type", "linear", "string")
@@ -195,7 +198,8 @@ class HFSource:
             )
         tokens, types = _vocab(tok, self.config["vocab_size"])
         self._put("tokenizer.ggml.model", "gpt2", "string")
-        self._put("tokenizer.ggml.pre", _pre_name(tok.get("pre_tokenizer"), self.path.name), "string")
+        clean_up = bool((self.folder.tokenizer_config or {}).get("clean_up_tokenization_spaces"))
+        self._put("tokenizer.ggml.pre", _pre_name(tok, clean_up, self.path.name), "string")
         self._put("tokenizer.ggml.tokens", tokens, "array[string]")
         self._put("tokenizer.ggml.token_type", np.array(types, dtype=np.int32), "array[int32]")
         # merges, special token ids, add_bos/eos, chat template: gguf-py's SpecialVocab, as the converter runs it
@@ -225,6 +229,7 @@ class HFSource:
         if not tied:
             pairs.append((hf_names.output, gguf_names.output))
         fields = ("attn_norm", "q", "k", "v", "o", "ffn_norm", "gate", "up", "down", "q_norm", "k_norm")
+        fields += ("post_attn_norm", "post_ffn_norm")
         for i in range(n_layer):
             for field in fields:
                 hf, gg = getattr(hf_names, field), getattr(gguf_names, field)
@@ -319,20 +324,28 @@ def _vocab(tok: dict[str, Any], vocab_size: int) -> tuple[list[str], list[int]]:
     return tokens, types
 
 
-def _pre_name(pre: dict[str, Any] | None, folder: str) -> str:
-    steps = (pre or {}).get("pretokenizers") if (pre or {}).get("type") == "Sequence" else [pre] if pre else []
-    kinds = [(s.get("type"), s) for s in steps]
-    if kinds and kinds[0][0] == "Split":
-        regex = kinds[0][1].get("pattern", {}).get("Regex")
-        if regex in (LLAMA3_REGEX, QWEN2_REGEX):
-            return "llama-bpe" if regex == LLAMA3_REGEX else "qwen2"
-    if [k for k, _ in kinds] == ["Digits", "ByteLevel"] and kinds[0][1].get("individual_digits"):
-        return "smollm"
-    if [k for k, _ in kinds] == ["ByteLevel"] and kinds[0][1].get("use_regex", True):
+def _pre_name(tok: dict[str, Any], clean_up: bool, folder: str) -> str:
+    """The tokenizer.ggml.pre llama.cpp needs, from what the pre-tokenizer does. The converter looks a hash of its
+    output up in a table of known models; models with the same regex can get different names there, which matter
+    to llama.cpp only through the flags its pretokenize table ties to them (tokenizer/pretokenize.py), so the
+    choice goes by those flags: llama 3's regex ignoring merges is llama-bpe, without it dbrx (OLMo 2); digits one
+    by one before GPT-2's regex is smollm, or refact when detokenizing cleans up spaces (Granite)."""
+    pre = tok.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre] if pre else []
+    kinds = [s.get("type") for s in steps]
+    if kinds and kinds[0] == "Split":
+        regex = steps[0].get("pattern", {}).get("Regex")
+        if regex == LLAMA3_REGEX:
+            return "llama-bpe" if tok["model"].get("ignore_merges") else "dbrx"
+        if regex == QWEN2_REGEX:
+            return "qwen2"
+    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
+        return "refact" if clean_up else "smollm"
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
         return "gpt-2"
     raise UnsupportedError(
-        f"{folder}'s pre-tokenizer is not one pellucid can name for llama.cpp (llama 3's, Qwen 2's, SmolLM's or GPT-2's); "
-        f"convert the folder with llama.cpp's convert_hf_to_gguf.py --outtype f16, then quantize that file"
+        f"{folder}'s pre-tokenizer is not one pellucid can name for llama.cpp (llama 3's, Qwen 2's, SmolLM's or "
+        f"GPT-2's); convert the folder with llama.cpp's convert_hf_to_gguf.py --outtype f16, then quantize that file"
     )
 
 

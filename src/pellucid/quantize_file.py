@@ -16,9 +16,10 @@ Three steps, each a function below:
    `gguf_set_val_u32` does, split keys dropped, tensors in llama.cpp's order (by layer, then name). Written under a
    temporary name in DST's folder and renamed at the end, so DST is never a half-written file.
 
-The source may also be a Hugging Face folder of the llama, qwen2 or qwen3 family: hf_source.py reads it as the GGUF
-file llama.cpp's converter would write. Not here yet: an importance matrix (`--imatrix`, llama-quantize's option; its blocks
-differ), HF folders of the other families, mixture-of-experts models, and the IQ / Q2_K / Q3_K types.
+The source may also be a Hugging Face folder of the llama, qwen2, qwen3, olmo2 or smollm3 family: hf_source.py reads
+it as the GGUF file llama.cpp's converter would write. Not here yet: an importance matrix (`--imatrix`,
+llama-quantize's option; its blocks differ), HF folders of the other families, mixture-of-experts models, and the
+IQ / Q2_K / Q3_K types.
 """
 
 from __future__ import annotations
@@ -291,9 +292,9 @@ def quantize_file(
     progress: Callable[[int], None] | None = None,
     on_plan: Callable[[int], None] | None = None,
 ) -> Result:
-    """Write the GGUF model at `src_path` (any part of a split one; or a llama/qwen2/qwen3 HF folder) re-encoded as
-    `type_name` to `dst` (a .gguf path, or a folder: the naming convention picks the name). `on_plan(total_bytes)` is called once the work is
-    known, `progress(n)` after each tensor with the bytes it read.
+    """Write the model at `src_path` (a GGUF file, any part of a split one; or an HF folder, see hf_source.py)
+    re-encoded as `type_name` to `dst` (a .gguf path, or a folder: the naming convention picks the name).
+    `on_plan(total_bytes)` is called once the work is known, `progress(n)` after each tensor with the bytes it read.
 
     `threads`: torch's intra-op threads while quantizing. One by default: the quantizers are thousands of small
     ops, and on cores that other work also uses, threads stall each other at every op (SmolLM2 to Q4_K_M on the

@@ -17,7 +17,7 @@ def _add_quantize(commands) -> None:
         "src",
         metavar="SRC",
         help="a .gguf file (any type pellucid reads; any part of a split one), a Hugging Face folder of the llama, "
-        "qwen2 or qwen3 family (f32/f16/bf16 safetensors), or a model name from the store or catalog",
+        "qwen2, qwen3, olmo2 or smollm3 family (f32/f16/bf16 safetensors), or a model name from the store or catalog",
     )
     p.add_argument(
         "dst", metavar="DST", help="the .gguf file to write, or a folder (then the naming convention picks the name)"
@@ -45,9 +45,10 @@ def _add_quantize(commands) -> None:
 
 
 def cmd_quantize(args) -> int:
-    """Re-encode a GGUF model (or a llama/qwen2/qwen3 Hugging Face folder) in another type, tensor by tensor, with llama.cpp's per-tensor choices and block
-    bytes identical to llama-quantize's (without an importance matrix). Metadata and tokenizer are carried over;
-    the file is written under a temporary name and renamed when complete."""
+    """Re-encode a GGUF model (or a llama/qwen2/qwen3/olmo2/smollm3 Hugging Face folder) in another type, tensor
+    by tensor, with llama.cpp's per-tensor choices and block bytes identical to llama-quantize's (without an
+    importance matrix). Metadata and tokenizer are carried over; the file is written under a temporary name and
+    renamed when complete."""
     from pellucid.memory import format_bytes
     from pellucid.progress import ProgressBar
     from pellucid.quantize_file import file_type, quantize_file
