@@ -35,7 +35,7 @@ import torch
 from pellucid.errors import UnsupportedError
 from pellucid.formats.gguf import DEFAULT_ALIGNMENT, TensorInfo
 from pellucid.formats.safetensors import HFFolder
-from pellucid.model.families import Family, TensorNames, family_for_hf
+from pellucid.model.families import Family, TensorNames, known_family
 from pellucid.quant.types import GGMLType, tensor_nbytes
 
 STORED_TYPES = {"F32": GGMLType.F32, "F16": GGMLType.F16, "BF16": GGMLType.BF16}
@@ -58,15 +58,22 @@ class _Part:
 
 
 class HFSource:
-    """An open HF folder of the llama family, seen as a GGUF file (the parts of GGUFFile that quantize reads)."""
+    """An open HF folder of a converted family, seen as a GGUF file (the parts of GGUFFile that quantize reads)."""
 
     def __init__(self, path: Path):
         self.folder = HFFolder(path)
+        try:
+            self._read()
+        except BaseException:
+            self.folder.close()
+            raise
+
+    def _read(self) -> None:
         self.path = self.folder.path
         self.parts = [_Part(f) for f in self.folder.files]
         self.alignment = DEFAULT_ALIGNMENT
         model_type = self.folder.model_type or "(none)"
-        family = family_for_hf(model_type) if model_type in _model_types() else None
+        family = known_family(model_type)
         if family is None or family.name not in CONVERTED:
             raise UnsupportedError(
                 f"pellucid converts Hugging Face folders of the {', '.join(CONVERTED)} families only ({model_type!r} "
@@ -260,12 +267,6 @@ class HFSource:
             # the converter keeps 1-D tensors and norms in float32 whatever the checkpoint's dtype (so does quantize)
             kept = GGMLType.F32 if len(info.shape) <= 1 or gg.endswith("_norm.weight") else STORED_TYPES[info.dtype]
             self.tensors[gg] = TensorInfo(gg, info.shape, kept, 0, tensor_nbytes(kept, info.n_elements))
-
-
-def _model_types() -> list[str]:
-    from pellucid.model.families import supported_hf_model_types
-
-    return supported_hf_model_types()
 
 
 def _rope_parameters(c: dict[str, Any]) -> dict[str, Any]:
