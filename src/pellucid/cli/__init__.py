@@ -1,7 +1,7 @@
 """The `pellucid` command line: argument parsing and printing only; every command calls the library.
 
-Commands live in modules by topic (models.py: pull, list, rm, inspect, tokenize, fit; generate.py: run,
-chat, ppl). Each command is a parser stanza `_add_<name>(commands)`, which starts with `command(commands,
+Commands live in modules by topic (models.py: pull, list, rm, inspect, tokenize, fit; quantize.py: quantize;
+generate.py: run, chat, ppl). Each command is a parser stanza `_add_<name>(commands)`, which starts with `command(commands,
 NAME, cmd_<name>, HELP)` and adds the command's arguments, and a `cmd_<name>(args) -> int` that calls library
 code and prints. To add a command, write both and list the stanza in its module's `COMMANDS`.
 
@@ -18,7 +18,7 @@ import sys
 import traceback
 
 from pellucid import __version__
-from pellucid.cli import bench, explain, generate, models, rag, serve
+from pellucid.cli import bench, explain, generate, models, quantize, rag, serve
 from pellucid.cli.common import COMMON
 from pellucid.errors import PellucidError
 
@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pellucid {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in models.COMMANDS + generate.COMMANDS + explain.COMMANDS + bench.COMMANDS + serve.COMMANDS + rag.COMMANDS:
+    modules = (models, quantize, generate, explain, bench, serve, rag)
+    for add in [stanza for module in modules for stanza in module.COMMANDS]:
         add(commands)
     return parser
 
