@@ -342,7 +342,8 @@ def _check_architecture(src: GGUFFile) -> None:
             f"pellucid quantizes the architectures it runs ({', '.join(supported_architectures())}), not {arch!r}: "
             f"llama.cpp chooses some tensors' types by architecture. Use llama.cpp's llama-quantize for this file"
         )
-    if (src.arch_get("expert_count") or 0) > 1:
+    dense_layers = src.arch_get("leading_dense_block_count") or 0
+    if (src.arch_get("expert_count") or 0) > 1 and dense_layers < (src.arch_get("block_count") or 0):
         raise UnsupportedError(
             f"{src.path.name} is a mixture-of-experts model, whose per-tensor types pellucid does not choose yet; "
             f"use llama.cpp's llama-quantize"
