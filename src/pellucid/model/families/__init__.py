@@ -47,6 +47,17 @@ class TensorNames:
     k_norm: str | None = None
     post_attn_norm: str | None = None
     post_ffn_norm: str | None = None
+    # Mixture-of-experts layers (model/layers/moe.py). An expert template with `{e}` names one matrix per expert
+    # (Hugging Face folders); without it, one 3-D stack (experts x out x in) holds them all (GGUF).
+    router: str | None = "blk.{i}.ffn_gate_inp.weight"
+    router_bias: str | None = "blk.{i}.exp_probs_b.bias"  # added to the scores for choosing only (DeepSeek V3)
+    gate_exps: str | None = "blk.{i}.ffn_gate_exps.weight"
+    up_exps: str | None = "blk.{i}.ffn_up_exps.weight"
+    down_exps: str | None = "blk.{i}.ffn_down_exps.weight"
+    gate_shexp: str | None = "blk.{i}.ffn_gate_shexp.weight"  # the shared experts, as one gated FFN
+    up_shexp: str | None = "blk.{i}.ffn_up_shexp.weight"
+    down_shexp: str | None = "blk.{i}.ffn_down_shexp.weight"
+    shexp_gate: str | None = "blk.{i}.ffn_gate_inp_shexp.weight"  # Qwen 2 MoE: sigmoid gate on the shared expert
     # Tensors a checkpoint may carry that the model recomputes (old llama checkpoints' rotary inv_freq)
     ignored: tuple[str, ...] = ()
 
@@ -68,6 +79,15 @@ HF_NAMES = TensorNames(
     gate="model.layers.{i}.mlp.gate_proj.weight",
     up="model.layers.{i}.mlp.up_proj.weight",
     down="model.layers.{i}.mlp.down_proj.weight",
+    router="model.layers.{i}.mlp.gate.weight",
+    router_bias="model.layers.{i}.mlp.gate.e_score_correction_bias",
+    gate_exps="model.layers.{i}.mlp.experts.{e}.gate_proj.weight",
+    up_exps="model.layers.{i}.mlp.experts.{e}.up_proj.weight",
+    down_exps="model.layers.{i}.mlp.experts.{e}.down_proj.weight",
+    gate_shexp="model.layers.{i}.mlp.shared_experts.gate_proj.weight",  # DeepSeek; Qwen 2 MoE: shared_expert
+    up_shexp="model.layers.{i}.mlp.shared_experts.up_proj.weight",
+    down_shexp="model.layers.{i}.mlp.shared_experts.down_proj.weight",
+    shexp_gate=None,
     ignored=("model.layers.{i}.self_attn.rotary_emb.inv_freq",),
 )
 
@@ -96,9 +116,22 @@ class Family:
 
 
 def _families() -> list[Family]:
-    from pellucid.model.families import gemma2, gemma3, granite, llama, olmo2, phi3, qwen2, qwen3, smollm3
+    from pellucid.model.families import (
+        gemma2,
+        gemma3,
+        granite,
+        llama,
+        olmo2,
+        phi3,
+        qwen2,
+        qwen2moe,
+        qwen3,
+        qwen3moe,
+        smollm3,
+    )
 
-    return [m.FAMILY for m in (llama, qwen2, qwen3, gemma2, gemma3, phi3, olmo2, smollm3, granite)]
+    families = (llama, qwen2, qwen3, qwen2moe, qwen3moe, gemma2, gemma3, phi3, olmo2, smollm3, granite)
+    return [m.FAMILY for m in families]
 
 
 def _registry() -> dict[str, Family]:
@@ -142,10 +175,6 @@ def family_for_hf(model_type: str) -> Family:
 # what the model is built like). Keys are llama.cpp architecture names and config.json model_types.
 RELATIVES = {
     "qwen": "qwen2 / qwen3 (Qwen 1 is not supported)",
-    "qwen2moe": "qwen2 (the dense Qwen 2.5 models); mixture-of-experts is not supported yet",
-    "qwen3moe": "qwen3 (the dense Qwen 3 models); mixture-of-experts is not supported yet",
-    "qwen3_moe": "qwen3 (the dense Qwen 3 models); mixture-of-experts is not supported yet",
-    "qwen2_moe": "qwen2 (the dense Qwen 2.5 models); mixture-of-experts is not supported yet",
     "mixtral": "llama (Mistral 7B is llama-shaped); mixture-of-experts is not supported yet",
     "gemma": "gemma2 / gemma3 (Gemma 1 is not supported)",
     "gemma3n": "gemma3 (Gemma 3n's per-layer embeddings and AltUp are not supported)",
