@@ -99,7 +99,7 @@ def write_model(path: Path, n_layers: int, seed: int = 0) -> None:
     def packed(name: str, rows: int, cols: int, qtype, stack: int = 1) -> None:
         data = _blocks(rng, stack * rows, cols, qtype)
         shape = (stack, rows, cols) if stack > 1 else (rows, cols)
-        writer.add_tensor(name, data.reshape(*shape[:-1], -1), raw_shape=shape, raw_dtype=qtype)
+        writer.add_tensor(name, data.reshape(*shape[:-1], -1), raw_dtype=qtype)  # a byte shape: (..., row bytes)
 
     def dense(name: str, *shape: int, std: float = 0.0, mean: float = 1.0) -> None:
         values = (mean + std * rng.standard_normal(shape)).astype(np.float32)

@@ -190,3 +190,17 @@ def test_too_large_for_ram_says_so_before_loading(monkeypatch):
     with pytest.raises(PellucidError, match=r"needs about .* RAM available here is 97.7 KiB.*from disk.*--allow-disk"):
         memory.check_ram(fp, 256, "m")
     assert "ms per token" in memory.check_ram(fp, 256, "m", allow_disk=True)
+
+
+@torch.inference_mode()
+def test_one_token_path_equals_grouped_path(arithmetic):
+    """A decode step's token (its k experts' gate/up in one native call, their down products in another, each on
+    its own input) computes what the grouped path (prefill, batched decode) does for the same row."""
+    from pellucid.model.loader import load_model
+
+    moe = load_model(ZOO / "kquant-q4_k_m.gguf", device="cpu").blocks[0].mlp
+    x = torch.randn(1, moe.experts.gate[0].in_features)
+    weights, experts = moe.route(x)
+    one = moe.experts(x, weights, experts)
+    grouped = moe.experts(x.repeat(3, 1), weights.repeat(3, 1), experts.repeat(3, 1))
+    torch.testing.assert_close(one[0], grouped[2], rtol=1e-5, atol=1e-5 * float(one.abs().max()))

@@ -25,6 +25,7 @@ from torch import nn
 from pellucid.model.layers.linear import frozen, project
 from pellucid.model.layers.mlp import ACTIVATIONS, GatedMLP
 from pellucid.quant import kernels, native
+from pellucid.quant.linear import QuantizedLinear
 
 # llama.cpp clamps the sum of the chosen weights before dividing by it (the smallest normal float16)
 _MIN_WEIGHT_SUM = 6.103515625e-5
@@ -90,19 +91,44 @@ class Experts(nn.Module):
             return self._one_token(x, weights[0], experts[0].tolist())
         out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
         flat = experts.flatten()
-        order = flat.argsort(stable=True)  # token slots grouped by expert
+        order = flat.argsort(stable=True)  # token slots grouped by expert, experts in ascending order
         counts = torch.bincount(flat, minlength=len(self)).tolist()
         token_of = order // experts.shape[1]
         w = weights.flatten()[order]
+        few = [e for e, n in enumerate(counts) if 0 < n <= native.MAX_ROWS]
+        if few and self._grouped(x, token_of, w, flat[order], few, [counts[e] for e in few], out):
+            counts = [0 if 0 < n <= native.MAX_ROWS else n for n in counts]  # done: the rest go one by one
         start = 0
         for e, count in enumerate(counts):
             if count == 0:
                 continue
+            while flat[order[start]] != e:  # skip the slots of experts done above
+                start += 1
             rows, end = token_of[start : start + count], start + count
             y = self._ffn(x[rows], e)  # every token routed to e, in one product per matrix
             out.index_add_(0, rows, y.float() * w[start:end, None])
             start = end
         return out.to(x.dtype)
+
+    def _grouped(self, x, token_of, w, expert_of, few: list[int], counts: list[int], out: torch.Tensor) -> bool:
+        """The experts with few tokens (at most native.MAX_ROWS: a batched decode step, a short prompt), all in
+        three native calls (gate, up, down), each expert's matrices read once for its tokens. False where the
+        kernels do not apply (exact arithmetic, dense or biased matrices); nothing is added to `out` then."""
+        mats = [[m.packed if isinstance(m, QuantizedLinear) and m.bias is None else None for m in (
+            self.gate[e], self.up[e], self.down[e])] for e in few]  # fmt: skip
+        if any(p is None for ms in mats for p in ms):
+            return False
+        small = torch.zeros(len(self), dtype=torch.bool)
+        small[few] = True
+        slots = small[expert_of].nonzero().flatten()  # the sorted slots of those experts, still grouped
+        xs = x[token_of[slots]]
+        gate = kernels.matmul_grouped(xs, counts, [ms[0] for ms in mats])
+        if gate is None:
+            return False
+        up = kernels.matmul_grouped(xs, counts, [ms[1] for ms in mats])
+        y = kernels.matmul_grouped(self._glu(gate, up), counts, [ms[2] for ms in mats])
+        out.index_add_(0, token_of[slots], y.float() * w[slots, None])
+        return True
 
     def _ffn(self, x: torch.Tensor, e: int) -> torch.Tensor:
         gate, up = project(x, self.gate[e], self.up[e])
@@ -114,9 +140,16 @@ class Experts(nn.Module):
         return self.act(gate) * up
 
     def _one_token(self, x: torch.Tensor, weights: torch.Tensor, chosen: list[int]) -> torch.Tensor:
-        """A decode step's token: the gate and up products of its k experts in one call (they share x)."""
+        """A decode step's token: the gate and up products of its k experts in one call (they share x), and,
+        where they are packed, their down products in one more (each on its own expert's activation)."""
         projections = [p for e in chosen for p in (self.gate[e], self.up[e])]
         outs = project(x, *projections)
+        downs = [self.down[e] for e in chosen]
+        if all(isinstance(d, QuantizedLinear) and d.bias is None for d in downs):
+            h = self._glu(torch.cat(outs[0::2]), torch.cat(outs[1::2]))  # (k, expert FFN)
+            y = kernels.matmul_grouped(h, [1] * len(chosen), [d.packed for d in downs])  # (k, hidden)
+            if y is not None:
+                return (y.float() * weights[:, None]).sum(0, keepdim=True).to(x.dtype)
         out = None
         for j, e in enumerate(chosen):
             y = self.down[e](self._glu(outs[2 * j], outs[2 * j + 1])).float() * weights[j]

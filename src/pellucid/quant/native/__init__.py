@@ -62,12 +62,24 @@ def available() -> bool:
     return bool(torch.ops.pellucid.supported())
 
 
+def _sources_hash() -> str:
+    """A short hash of the kernels' sources and flags, in the build's name: checkouts with different kernels (two
+    versions, two worktrees) then keep a build each under ~/.cache/torch_extensions instead of rebuilding over
+    one another's, which let a process load the other's library, without the ops its Python calls."""
+    import hashlib
+
+    digest = hashlib.sha256(" ".join(CFLAGS).encode())
+    for source in SOURCES:
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def _build_and_load() -> None:
     from torch.utils import cpp_extension
 
     if not hasattr(torch.ops.pellucid, "rms_norm"):
         cpp_extension.load(
-            name="pellucid_native",
+            name=f"pellucid_native_{_sources_hash()}",
             sources=[str(source) for source in SOURCES],
             extra_cflags=CFLAGS,
             extra_ldflags=["-fopenmp"],  # at::parallel_for splits the rows over threads only with OpenMP on
@@ -165,6 +177,13 @@ def gemv_parts(x: torch.Tensor, specs: list[tuple[str, list[torch.Tensor]]]) -> 
     """`gemv`, each matrix's product in its own (M, N_i) tensor (q, k, v apart, with no split in Python)."""
     names = ",".join(name for name, _ in specs)
     return torch.ops.pellucid.gemv_parts(x, names, [t for _, fields in specs for t in fields])
+
+
+def gemv_grouped(x: torch.Tensor, counts: list[int], specs: list[tuple[str, list[torch.Tensor]]]) -> torch.Tensor:
+    """Matrix j times its own rows of x (R, K) float32, the next counts[j] (1 to MAX_ROWS) -> (R, N) float32, all
+    matrices N rows each: a MoE layer's experts, each on the rows routed to it, in one parallel region."""
+    names = ",".join(name for name, _ in specs)
+    return torch.ops.pellucid.gemv_grouped(x, counts, names, [t for _, fields in specs for t in fields])
 
 
 def dequantize(
