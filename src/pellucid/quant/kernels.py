@@ -231,6 +231,12 @@ def _native_specs(rows: torch.Tensor, packed: list[PackedWeight]):
     return None if any(spec is None for spec in specs) else specs
 
 
+def native_spec(packed: PackedWeight):
+    """The native kernels' spec of a packed matrix (repacked where that helps), or None: what `native.gemv` and
+    its kin take. For callers that keep specs of their own (a MoE layer's experts)."""
+    return _native_spec(packed) if native.available() else None
+
+
 def _native_spec(packed: PackedWeight):
     """`native.format_of(packed)`, remembered on the matrix: asking nn.Module for its parameters on every
     product cost ~10 us, 7 times per layer. Keyed by the field tensors, so a matrix moved by `.to()` (new
