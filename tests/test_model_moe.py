@@ -204,3 +204,24 @@ def test_one_token_path_equals_grouped_path(arithmetic):
     one = moe.experts(x, weights, experts)
     grouped = moe.experts(x.repeat(3, 1), weights.repeat(3, 1), experts.repeat(3, 1))
     torch.testing.assert_close(one[0], grouped[2], rtol=1e-5, atol=1e-5 * float(one.abs().max()))
+
+
+def test_run_refuses_a_model_larger_than_ram_unless_allow_disk(monkeypatch, capsys):
+    """What run/chat/serve/bench do before loading: refuse, or with --allow-disk warn and keep every matrix in the
+    file's layout (repacked copies would sit in anonymous memory, which the OS cannot page back to the file)."""
+    import argparse
+    import os
+
+    from pellucid import memory
+    from pellucid.cli.common import check_fits_in_ram
+    from pellucid.errors import PellucidError
+    from pellucid.store import resolve_path
+
+    monkeypatch.setattr(memory, "ram_budget", lambda: memory.Budget("RAM available", "cpu", 100_000))
+    monkeypatch.setenv("PELLUCID_REPACK", "1")
+    model = resolve_path(ZOO / "kquant-q4_k_m.gguf")
+    args = argparse.Namespace(device="cpu", quantize=None, allow_disk=False)
+    with pytest.raises(PellucidError, match="--allow-disk"):
+        check_fits_in_ram(args, model, 256)
+    check_fits_in_ram(argparse.Namespace(device="cpu", quantize=None, allow_disk=True), model, 256)
+    assert "warning: " in capsys.readouterr().err and os.environ["PELLUCID_REPACK"] == "0"

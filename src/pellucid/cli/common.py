@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -133,7 +134,10 @@ def check_fits_in_ram(args, resolved, n_ctx: int | None) -> None:
     n_ctx = n_ctx or min(fp.config.context_length, 4096)
     warning = memory.check_ram(fp, n_ctx, resolved.name, getattr(args, "allow_disk", False))
     if warning:
-        print(f"warning: {warning}", file=sys.stderr)
+        # The native kernels' repacked copies of matrices live in anonymous memory, which the OS cannot drop and
+        # re-read as it can the file's pages: from disk, every matrix is read in the file's layout instead.
+        os.environ["PELLUCID_REPACK"] = "0"
+        print(f"warning: {warning} Matrices stay in the file's layout (no repacked copies in RAM).", file=sys.stderr)
 
 
 def add_chat_template_arg(p) -> None:
