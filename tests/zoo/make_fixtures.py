@@ -71,6 +71,7 @@ FEATURE_OFF = {
         {"embedding_multiplier": 1.0, "residual_multiplier": 1.0, "logits_scaling": 1.0, "attention_multiplier": 0.25},
     ),
     "qwen3moe": ("routing: top-2 -> top-1", {"num_experts_per_tok": 1}),
+    "qwen2moe": ("shared expert gate", "open_shared_gate"),
 }
 
 
@@ -192,6 +193,11 @@ def load_hf(folder: Path, overrides: dict | str | None = None):
             for name, p in model.named_parameters():
                 if name.endswith(("q_norm.weight", "k_norm.weight")):
                     p.fill_(1.0)
+    elif overrides == "open_shared_gate":  # sigmoid(0) = 1/2 for every token instead of the learned gate
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("shared_expert_gate.weight"):
+                    p.zero_()
     elif overrides == "default_rope":
         set_rope_factors(model, "none")
     return model

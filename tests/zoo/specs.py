@@ -596,6 +596,41 @@ FAMILIES["qwen3moe"] = Family(
     "here) and ignores mlp_only_layers / decoder_sparse_step (left at their defaults: every layer MoE).",
 )
 
+# Qwen1.5-MoE in miniature: Qwen 2's attention (q/k/v biases), 8 experts top-2 with the weights left unnormalised
+# (llama.cpp hard-codes that for qwen2moe; norm_topk_prob's default), plus a shared expert of 48 behind a sigmoid
+# gate, untied head.
+FAMILIES["qwen2moe"] = Family(
+    name="qwen2moe",
+    config_class="Qwen2MoeConfig",
+    model_class="Qwen2MoeForCausalLM",
+    gguf_arch="qwen2moe",
+    tokenizer=FAMILIES["qwen2"].tokenizer,
+    tiny=dict(
+        COMMON_TINY,
+        num_experts=8,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=64,
+        norm_topk_prob=False,
+        tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+    ),
+    kquant=dict(
+        COMMON_KQUANT,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=256,
+        shared_expert_intermediate_size=256,
+        norm_topk_prob=False,
+        tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+    ),
+    seed=131,
+    gains={"router": 4.0, "bias": 0.5},
+    llamacpp_note="llama.cpp leaves the top-k weights of qwen2moe unnormalised whatever norm_topk_prob says (false "
+    "here, its default).",
+)
+
 VARIANTS = ("tiny", "kquant")
 
 
