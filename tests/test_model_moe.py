@@ -225,3 +225,14 @@ def test_run_refuses_a_model_larger_than_ram_unless_allow_disk(monkeypatch, caps
         check_fits_in_ram(args, model, 256)
     check_fits_in_ram(argparse.Namespace(device="cpu", quantize=None, allow_disk=True), model, 256)
     assert "warning: " in capsys.readouterr().err and os.environ["PELLUCID_REPACK"] == "0"
+
+
+@torch.inference_mode()
+def test_batched_decode_of_a_quantized_moe_equals_separate_steps(arithmetic):
+    """The server's batched step on packed experts: each step's experts grouped over the sequences (the native
+    grouped products in the default arithmetic) give what one decode step per sequence gives."""
+    from pellucid.model.loader import load_model
+    from test_model_batch import compare_batched_with_separate
+
+    model = load_model(ZOO / "kquant-q4_k_m.gguf", device="cpu")
+    compare_batched_with_separate(model, [1, 3, 8, 20], steps=6, capacity=64)
