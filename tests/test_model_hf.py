@@ -165,9 +165,9 @@ def test_a_missing_shard(hf_folders):
 def test_an_unsupported_model_type_names_its_closest_family(hf_folders):
     folder = hf_folders("qwen3")
     config = json.loads((folder / "config.json").read_text())
-    config["model_type"] = "qwen3_moe"
+    config["model_type"] = "olmoe"
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(UnsupportedError, match=r"'qwen3_moe'.*supported:.*qwen3.*Closest supported family: qwen3"):
+    with pytest.raises(UnsupportedError, match=r"'olmoe'.*supported:.*olmo2.*Closest supported family: olmo2"):
         load_model(folder)
 
 

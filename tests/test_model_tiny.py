@@ -148,7 +148,7 @@ def test_unknown_architecture_lists_supported_ones():
 
 @pytest.mark.parametrize(
     ("name", "suggested"),
-    [("qwen3moe", "qwen3 (the dense"), ("olmo", "olmo2"), ("gemma", "gemma2 / gemma3"), ("qwen", "qwen2 / qwen3")],
+    [("olmoe", "olmo2 (OLMoE"), ("olmo", "olmo2"), ("gemma", "gemma2 / gemma3"), ("qwen", "qwen2 / qwen3")],
 )
 def test_unknown_architecture_names_its_closest_family(name, suggested):
     with pytest.raises(UnsupportedError, match=r"Closest supported family: " + re.escape(suggested)):

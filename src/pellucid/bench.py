@@ -366,28 +366,42 @@ def constrained_decode(model, path: str, tg: int, reps: int) -> dict:
 
 def decode_bytes(model) -> int:
     """Bytes of weights one decode step reads: every matrix once (packed or dense), one row of the embedding
-    table (a tied output head is the whole table, counted as the head), and the norms."""
-    from pellucid.quant.linear import QuantizedEmbedding, QuantizedLinear
-    from pellucid.quant.packed import PackedWeight
+    table (a tied output head is the whole table, counted as the head), and the norms; of a mixture-of-experts
+    layer's routed experts, k of E (the active parameters: an expert's share of the average token)."""
+    from pellucid.model.layers import MoE
+    from pellucid.quant.linear import QuantizedEmbedding
 
-    total, seen = 0, set()
-    for module in model.modules():
-        if isinstance(module, (QuantizedEmbedding, PackedWeight)):
-            continue  # the embedding: one row per token, counted below; a packed matrix: by its QuantizedLinear
-        tensors = [module.packed] if isinstance(module, QuantizedLinear) else []
-        tensors += [p for p in module.parameters(recurse=False)]
-        for t in tensors:
-            key = id(t)
-            if key in seen:
-                continue
-            seen.add(key)
-            total += t.n_bytes if hasattr(t, "n_bytes") else t.numel() * t.element_size()
+    routed = {id(m) for moe in model.modules() if isinstance(moe, MoE) for m in moe.experts.modules()}
+    total = _module_bytes(m for m in model.modules() if id(m) not in routed)
+    for moe in model.modules():
+        if isinstance(moe, MoE):
+            total += _module_bytes(moe.experts.modules()) * moe.n_used // len(moe.experts)
     embedding = model.embedding
     if isinstance(embedding, QuantizedEmbedding):
         total += embedding.packed.n_bytes // embedding.packed.shape[0]
     elif hasattr(embedding, "weight"):
         total -= embedding.weight.numel() * embedding.weight.element_size()  # counted above, read one row
         total += embedding.weight.shape[1] * embedding.weight.element_size()
+    return total
+
+
+def _module_bytes(modules) -> int:
+    """Bytes of the weights these modules hold, each tensor once (a packed matrix by its QuantizedLinear), the
+    embedding left out (a token reads one row of it: decode_bytes adds that)."""
+    from pellucid.quant.linear import QuantizedEmbedding, QuantizedLinear
+    from pellucid.quant.packed import PackedWeight
+
+    total, seen = 0, set()
+    for module in modules:
+        if isinstance(module, (QuantizedEmbedding, PackedWeight)):
+            continue
+        tensors = [module.packed] if isinstance(module, QuantizedLinear) else []
+        tensors += [p for p in module.parameters(recurse=False)]
+        for t in tensors:
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            total += t.n_bytes if hasattr(t, "n_bytes") else t.numel() * t.element_size()
     return total
 
 

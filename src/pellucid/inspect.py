@@ -159,6 +159,8 @@ class ModelReport:
     architecture: str
     identity: Identity
     n_parameters: int
+    n_active_parameters: int  # what one token passes through (k of E routed experts); == n_parameters if dense
+    decode_bytes: int  # bytes of weights a decode step reads (active parameters as stored, one embedding row)
     file_size: int
     file_precision: str  # general.file_type (Q4_K_M, ...) or the dominant dtype
     bits_per_weight: float  # over every tensor
@@ -250,6 +252,8 @@ def _assemble(path, kind, identity, quant, fp: Footprint, tokenizer, layout, fil
         architecture=fp.config.architecture,
         identity=identity,
         n_parameters=fp.n_parameters,
+        n_active_parameters=fp.n_active_parameters,
+        decode_bytes=fp.decode_bytes,
         file_size=file_size,
         file_precision=fp.file_precision,
         bits_per_weight=8 * n_bytes / max(n_elements, 1),
@@ -641,6 +645,17 @@ def _what_it_is(r: ModelReport) -> list[str]:
         rows.append(("organization", i.organization))
     rows.append(("license", _na(i.license)))
     rows.append(("parameters", f"{format_count(r.n_parameters)} ({r.n_parameters:,}), counted from the tensor shapes"))
+    if r.n_active_parameters != r.n_parameters:
+        c = r.config
+        rows.append(
+            (
+                "active per token",
+                f"{format_count(r.n_active_parameters)} ({r.n_active_parameters:,}): {c.n_experts_used} of "
+                f"{c.n_experts} experts in each MoE layer",
+            )
+        )
+    if not r.encoder_only:
+        rows.append(("read per token", f"{format_bytes(r.decode_bytes)} of weights in a decode step"))
     in_files = f" in {len(r.layout.files)} files" if len(r.layout.files) > 1 else ""
     rows.append(("file size", f"{format_bytes(r.file_size)} ({r.file_size:,} bytes){in_files}"))
     return _rows("What it is", rows)
@@ -686,8 +701,24 @@ def _shape_section(r: ModelReport) -> list[str]:
             ("output head", "tied: reuses the token embedding" if c.tie_embeddings else "its own matrix (untied)")
         )
     if c.n_experts:
-        rows.append(("experts", f"{c.n_experts_used} of {c.n_experts} per token"))
+        rows.append(("experts", _experts_text(c)))
     return _rows("Shape", rows)
+
+
+def _experts_text(c: ModelConfig) -> str:
+    scores = f"{c.expert_gating} scores" + (", normalised" if c.expert_weights_norm else "")
+    if c.expert_weights_scale != 1.0:
+        scores += f", x{c.expert_weights_scale:g}"
+    text = f"{c.n_experts_used} of {c.n_experts} per token (FFN {c.expert_ffn_size}; {scores})"
+    if c.n_expert_groups > 1:
+        text += f", from the best {c.n_expert_groups_used} of {c.n_expert_groups} groups"
+    if c.n_shared_experts:
+        gated = ", gated" if c.shared_expert_gate else ""
+        text += f"; {c.n_shared_experts} shared (FFN {c.shared_expert_ffn_size}{gated})"
+    n_dense = sum(not c.is_moe_layer(i) for i in range(c.n_layers))
+    if n_dense:
+        text += f"; {n_dense} dense layers"
+    return text
 
 
 def _rope_text(c: ModelConfig) -> str:

@@ -139,6 +139,40 @@ class Footprint:
     def n_parameters(self) -> int:
         return sum(t.n_elements for t in self.tensors if t.is_parameter)
 
+    def _share_read(self, t: TensorSize) -> float:
+        """The share of a tensor one token's forward reads: k of E for a routed expert stack, else all of it."""
+        c = self.config
+        return c.n_experts_used / c.n_experts if c.n_experts and is_routed_expert(t.name) else 1.0
+
+    @property
+    def n_active_parameters(self) -> int:
+        """Parameters one token passes through: a mixture-of-experts layer's k routed experts of E, all the rest."""
+        return round(sum(t.n_elements * self._share_read(t) for t in self.tensors if t.is_parameter))
+
+    @property
+    def decode_bytes(self) -> int:
+        """Bytes of weights a decode step reads, as stored: the active parameters, of the token embedding only
+        a row (unless the output head is that table: then all of it, as the head)."""
+        total = 0.0
+        for t in self.tensors:
+            if not t.is_parameter:
+                continue
+            if is_embedding(t.name) and not self.config.tie_embeddings and len(t.shape) == 2:
+                total += t.n_bytes / t.shape[0]
+            else:
+                total += t.n_bytes * self._share_read(t)
+        return round(total)
+
+
+def is_routed_expert(name: str) -> bool:
+    """A routed expert's weights (GGUF `blk.N.ffn_up_exps.weight` stacks, HF `mlp.experts.E.up_proj.weight`), which
+    a token reads k of E of; shared experts (`_shexp`, `shared_experts`) every token reads."""
+    return "_exps." in name or ".experts." in name
+
+
+def is_embedding(name: str) -> bool:
+    return name.endswith(("token_embd.weight", "embed_tokens.weight"))
+
 
 def quantized_at_load(fp: Footprint, target: GGMLType) -> Footprint:
     """The model as `--quantize` holds it: float matrices packed into `target` (or llama-quantize's fallback
@@ -477,10 +511,16 @@ class FitPlan:
     file_precision: str
     encoder_only: bool
     targets: list[FitTarget] = field(default_factory=list)
+    n_parameters: int = 0
+    n_active_parameters: int = 0  # k of E routed experts counted (== n_parameters for a dense model)
+    decode_bytes: int = 0  # bytes of weights one decode step reads, as stored
+    weight_bytes: int = 0  # all the weights, as stored (what memory-mapping pages in)
 
 
 def plan_fit(fp: Footprint, model: str, n_ctx: int, budgets: list[Budget], kv_type: str = "f16") -> FitPlan:
     plan = FitPlan(model, n_ctx, fp.config.context_length, kv_type, fp.file_precision, fp.encoder_only)
+    plan.n_parameters, plan.n_active_parameters = fp.n_parameters, fp.n_active_parameters
+    plan.decode_bytes, plan.weight_bytes = fp.decode_bytes, sum(t.n_bytes for t in fp.tensors)
     for budget in budgets:
         rows = []
         for weights_as in WEIGHTS_AS:
@@ -506,7 +546,18 @@ def render_fit(plan: FitPlan) -> str:
     if plan.n_ctx > plan.context_length:
         ctx_note += f" (more than the {plan.context_length:,} the model was trained for; pellucid refuses that)"
     kv = "no KV cache (encoder-only)" if plan.encoder_only else f"KV cache in {plan.kv_type}"
-    lines = [f"{plan.model} at {ctx_note}, {kv}", ""]
+    lines = [f"{plan.model} at {ctx_note}, {kv}"]
+    from pellucid.inspect import format_count
+
+    if plan.n_active_parameters and plan.n_active_parameters != plan.n_parameters:
+        lines.append(
+            f"mixture of experts: {format_count(plan.n_active_parameters)} of {format_count(plan.n_parameters)} "
+            f"parameters active per token; a decode step reads about {format_bytes(plan.decode_bytes)} of the "
+            f"{format_bytes(plan.weight_bytes)} of weights, so it decodes about as fast as a dense model of that size"
+        )
+    elif plan.decode_bytes and not plan.encoder_only:
+        lines.append(f"a decode step reads about {format_bytes(plan.decode_bytes)} of weights")
+    lines.append("")
     header = ("weights as", "weights", "KV cache", "compute", "loading", "runtime", "total", "fits?", "longest context")
     for target in plan.targets:
         b = target.budget
@@ -545,6 +596,9 @@ def _verdict(target: FitTarget, plan: FitPlan) -> str:
     need, have = format_bytes(today.estimate.total), format_bytes(target.budget.bytes)
     if today.fits:
         return f"=> fits: pellucid needs about {need} of the {have} here at {plan.n_ctx:,} tokens."
+    if target.budget.device == "cpu" and plan.decode_bytes:
+        disk = disk_note(plan.weight_bytes, plan.decode_bytes, today.estimate.total, target.budget.bytes)
+        return f"=> does not fit in RAM at {plan.n_ctx:,} tokens (needs about {need}, {have} here). {disk}"
     if today.max_context:
         return (
             f"=> does not fit at {plan.n_ctx:,} tokens (needs about {need}, {have} here); "
@@ -553,6 +607,44 @@ def _verdict(target: FitTarget, plan: FitPlan) -> str:
     smaller = [r for r in target.rows if r.max_context and r.weights_as != "file"]
     hint = f" {smaller[-1].weights_as} weights would fit {smaller[-1].max_context:,} tokens." if smaller else ""
     return f"=> does not fit: even one token needs more than the {have} here.{hint}"
+
+
+# What reading from disk is assumed to cost, for the advice when a model does not fit in RAM: a fast NVMe SSD
+# reads ~2 GB/s in the random 4-16 MiB chunks a decode step asks for (a SATA SSD ~0.5, a hard disk ~0.1).
+DISK_BYTES_PER_S = 2e9
+
+
+def disk_note(weight_bytes: int, decode_bytes: int, need: int, have: int) -> str:
+    """How slow a model that does not fit in RAM would be run from disk, memory-mapped: the part of each decode
+    step's reads that the page cache cannot hold comes from disk (experts are chosen all over the file, so
+    about that share of every step's bytes), at DISK_BYTES_PER_S."""
+    short = max(0, need - have)
+    from_disk = decode_bytes * min(1.0, short / max(weight_bytes, 1))
+    seconds = from_disk / DISK_BYTES_PER_S
+    per_token = f"{seconds:.2g} s" if seconds >= 1 else f"{seconds * 1e3:.2g} ms"
+    return (
+        f"Memory-mapped, it can still run from disk: about {format_bytes(from_disk)} of the {format_bytes(decode_bytes)} "
+        f"a token reads would come from disk, ~{per_token} per token on a fast NVMe SSD "
+        f"({DISK_BYTES_PER_S / 1e9:g} GB/s; several times that on a SATA SSD). run/chat/serve/bench do that "
+        f"only with --allow-disk."
+    )
+
+
+def check_ram(fp: Footprint, n_ctx: int, model: str, allow_disk: bool = False) -> str | None:
+    """Before loading on the CPU: an error when the model needs more than the RAM available (unless the user
+    allowed running from disk, then the same numbers as a warning to print); None when it fits."""
+    budget = ram_budget()
+    need = estimate(fp, n_ctx, weights_as=ENGINE_WEIGHTS, device="cpu").total
+    if need <= budget.bytes:
+        return None
+    weight_bytes = sum(t.n_bytes for t in fp.tensors)
+    message = (
+        f"{model} needs about {format_bytes(need)} at {n_ctx:,} tokens of context; the {budget.label} here is "
+        f"{format_bytes(budget.bytes)}. " + disk_note(weight_bytes, fp.decode_bytes, need, budget.bytes)
+    )
+    if allow_disk:
+        return message
+    raise PellucidError(message + " Or use a smaller context (--ctx) or a smaller quantization.")
 
 
 def _describe_max(n: int, context_length: int) -> str:

@@ -74,6 +74,8 @@ FEATURE_OFF = {
         "YaRN (frequencies and mscale)",
         {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}},
     ),
+    "qwen3moe": ("routing: top-2 -> top-1", {"num_experts_per_tok": 1}),
+    "qwen2moe": ("shared expert gate", "open_shared_gate"),
 }
 
 
@@ -195,6 +197,11 @@ def load_hf(folder: Path, overrides: dict | str | None = None):
             for name, p in model.named_parameters():
                 if name.endswith(("q_norm.weight", "k_norm.weight")):
                     p.fill_(1.0)
+    elif overrides == "open_shared_gate":  # sigmoid(0) = 1/2 for every token instead of the learned gate
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("shared_expert_gate.weight"):
+                    p.zero_()
     elif overrides == "default_rope":
         set_rope_factors(model, "none")
     return model
@@ -389,6 +396,12 @@ def compare_with_transformers(name: str, hf: dict, prompts, ppl_texts: dict, lc:
     feature, off = FEATURE_OFF[name]
     off_logits = [hf_logits(load_hf(hf["tiny"], off), ids) for ids in prompts]
     checks[f"feature effect ({feature} off): rel change"] = max(map(rel_diff, off_logits, hf_prompt_logits))
+    if getattr(tiny.config, "num_experts", None):
+        for key, model in (("tiny", tiny), ("kquant", kquant)):
+            texts = [*prompts, ppl_texts["tiny-q8_0"]["ids"]] if key == "tiny" else [ppl_texts["kquant-q4_k_m"]["ids"]]
+            checks[f"{key} routing margin min/median (router logit k-th - (k+1)-th, every layer and position)"] = (
+                routing_margins(model, texts)
+            )
     reference = {
         "hf": {v: {"num_parameters": int(m.num_parameters())} for v, m in (("tiny", tiny), ("kquant", kquant))},
         "perplexity": ppl,
@@ -420,6 +433,25 @@ def compare_with_transformers(name: str, hf: dict, prompts, ppl_texts: dict, lc:
             f"here (n_ctx {N_CTX}, not above it) used the short factors, as transformers does below that length",
         }
     return reference
+
+
+def routing_margins(model, texts) -> list[float]:
+    """How far each token's k-th chosen expert is from the first one left out (router logits, transformers): small
+    gaps would make a comparison of engines test their tie-breaking and rounding, not the model."""
+
+    k, gaps = model.config.num_experts_per_tok, []
+
+    def record(module, inputs, output):
+        top = output[0].float().topk(k + 1, dim=-1).values
+        gaps.append((top[:, k - 1] - top[:, k]).numpy())
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if type(m).__name__.endswith("TopKRouter")]
+    for ids in texts:
+        hf_logits(model, ids)
+    for h in hooks:
+        h.remove()
+    gaps = np.concatenate(gaps)
+    return [round(float(gaps.min()), 4), round(float(np.median(gaps)), 4)]
 
 
 def quantized_checks(key: str, hf_ppl_logits: np.ndarray, ppl_ids, arrays: dict, checks: dict) -> dict:

@@ -647,6 +647,77 @@ FAMILIES: dict[str, Family] = {
     ]
 }
 
+# Qwen3-30B-A3B in miniature: Qwen 3's attention, every layer a mixture of 8 experts, top-2, weights normalised
+# (norm_topk_prob, which llama.cpp hard-codes for qwen3moe), untied head. The router's gain keeps each token's
+# 2nd and 3rd expert apart (no routing near a tie: make_fixtures.py records the smallest gap).
+FAMILIES["qwen3moe"] = Family(
+    name="qwen3moe",
+    config_class="Qwen3MoeConfig",
+    model_class="Qwen3MoeForCausalLM",
+    gguf_arch="qwen3moe",
+    tokenizer=FAMILIES["qwen3"].tokenizer,
+    tiny=dict(
+        COMMON_TINY,
+        **EXPLICIT_HEAD_DIM,
+        num_experts=8,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        norm_topk_prob=True,
+        tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+    ),
+    # 4 experts of 256: every row 256 wide for the K-quants, and the file stays ~0.6 MB
+    kquant=dict(
+        COMMON_KQUANT,
+        head_dim=64,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=256,
+        norm_topk_prob=True,
+        tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+    ),
+    seed=121,  # of seeds 111-122, the one whose routing stays furthest from a tie (tiny 0.0017, kquant 0.083)
+    gains={"router": 4.0},
+    llamacpp_note="llama.cpp normalises the top-k weights for qwen3moe whatever norm_topk_prob says (set true "
+    "here) and ignores mlp_only_layers / decoder_sparse_step (left at their defaults: every layer MoE).",
+)
+
+# Qwen1.5-MoE in miniature: Qwen 2's attention (q/k/v biases), 8 experts top-2 with the weights left unnormalised
+# (llama.cpp hard-codes that for qwen2moe; norm_topk_prob's default), plus a shared expert of 48 behind a sigmoid
+# gate, untied head.
+FAMILIES["qwen2moe"] = Family(
+    name="qwen2moe",
+    config_class="Qwen2MoeConfig",
+    model_class="Qwen2MoeForCausalLM",
+    gguf_arch="qwen2moe",
+    tokenizer=FAMILIES["qwen2"].tokenizer,
+    tiny=dict(
+        COMMON_TINY,
+        num_experts=8,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=64,
+        norm_topk_prob=False,
+        tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+    ),
+    kquant=dict(
+        COMMON_KQUANT,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=256,
+        shared_expert_intermediate_size=256,
+        norm_topk_prob=False,
+        tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+    ),
+    seed=131,
+    gains={"router": 4.0, "bias": 0.5},
+    llamacpp_note="llama.cpp leaves the top-k weights of qwen2moe unnormalised whatever norm_topk_prob says (false "
+    "here, its default).",
+)
+
 VARIANTS = ("tiny", "kquant")
 
 
@@ -985,6 +1056,7 @@ GAINS = {
     "norm_noise": 0.1,
     "qk_norm_noise": 0.5,
     "bias": 0.0,
+    "router": 1.0,
 }
 RESIDUAL = 0.3  # std of the embedding's entries in the residual stream (hidden 32; smaller for wider models)
 
@@ -1038,6 +1110,8 @@ def _weight_std(name: str, shape: tuple[int, ...], family: Family, config, post_
         return 0.0, scales["embed"]
     if name == "lm_head.weight":
         return 0.0, scales["head"]
+    if name.endswith("mlp.gate.weight"):  # a MoE router: its logits have std ~ "router"
+        return 0.0, gains["router"] / fan_in**0.5
     if any(k in name for k in ("q_proj", "k_proj", "qkv_proj")):
         return 0.0, gains["qk"] / fan_in**0.5
     if any(k in name for k in ("o_proj", "down_proj")):
@@ -1071,7 +1145,26 @@ def random_weights(name: str, variant: str = "tiny") -> dict:
         tensors[pname] = values
     _pair_tokens(tensors, family, config, rng)
     dtype = getattr(torch, family.dtype)
-    return {n: torch.from_numpy(v).to(dtype).contiguous() for n, v in tensors.items()}
+    return {n: torch.from_numpy(v).to(dtype).contiguous() for n, v in _per_expert(tensors).items()}
+
+
+def _per_expert(tensors: dict) -> dict:
+    """transformers 5 keeps a MoE layer's experts as 3-D stacks (experts.gate_up_proj: gate rows then up rows,
+    experts.down_proj); released checkpoints, and so these folders, store one matrix per expert
+    (experts.E.gate_proj.weight, ...), which transformers converts at load."""
+    out = {}
+    for name, values in tensors.items():
+        prefix = name.removesuffix("gate_up_proj").removesuffix("down_proj")
+        if not name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            out[name] = values
+        elif name.endswith("gate_up_proj"):
+            width = values.shape[1] // 2
+            for e, stacked in enumerate(values):
+                out[f"{prefix}{e}.gate_proj.weight"] = stacked[:width]
+                out[f"{prefix}{e}.up_proj.weight"] = stacked[width:]
+        else:
+            out.update({f"{prefix}{e}.down_proj.weight": m for e, m in enumerate(values)})
+    return out
 
 
 def _pair_tokens(tensors: dict, family: Family, config, rng) -> None:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import sys
 
 from pellucid import store
-from pellucid.cli.common import add_model_arg, add_quantize_arg, command, positive_int, print_json
+from pellucid.cli.common import (
+    add_allow_disk_arg,
+    add_model_arg,
+    add_quantize_arg,
+    check_fits_in_ram,
+    command,
+    positive_int,
+    print_json,
+)
 
 
 def _add_bench(commands) -> None:
@@ -32,6 +40,7 @@ def _add_bench(commands) -> None:
         help="measure this machine's limits instead (memory bandwidth, matrix-multiply GFLOP/s) and cache them",
     )
     add_quantize_arg(p)
+    add_allow_disk_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
 
 
@@ -46,6 +55,7 @@ def cmd_bench(args) -> int:
     if args.machine:
         return _machine(threads, args.json)
     resolved = store.resolve(args.model)
+    check_fits_in_ram(args, resolved, max(args.pp, args.tg) + 1)
     compare = [p.strip() for p in args.compare.split(",") if p.strip()]
     log = (lambda line: print(line, file=sys.stderr)) if not args.json else None
     report = run_bench(

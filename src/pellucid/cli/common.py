@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -105,6 +107,38 @@ def add_quantize_arg(p) -> None:
         choices=("q8_0", "q4_0", "q4_k"),
         help="pack the model's float16/bfloat16/float32 matrices into this format at load (HF folders, f16 GGUFs)",
     )
+
+
+def add_allow_disk_arg(p) -> None:
+    p.add_argument(
+        "--allow-disk",
+        action="store_true",
+        help="run a model that does not fit in the RAM available anyway, memory-mapped from disk (slow: without "
+        "this flag pellucid refuses and says how slow)",
+    )
+
+
+def check_fits_in_ram(args, resolved, n_ctx: int | None) -> None:
+    """Before loading on the CPU: a model that needs more than the RAM available is refused with the numbers
+    (and how slow running it from disk would be), unless --allow-disk, which prints them as a warning."""
+    from pellucid import memory
+    from pellucid.device import pick_device
+    from pellucid.errors import UnsupportedError
+    from pellucid.inspect import footprint
+
+    if pick_device(getattr(args, "device", None)).type != "cpu":
+        return
+    try:
+        fp = footprint(resolved, getattr(args, "quantize", None))
+    except UnsupportedError:
+        return  # the load says what is unsupported
+    n_ctx = n_ctx or min(fp.config.context_length, 4096)
+    warning = memory.check_ram(fp, n_ctx, resolved.name, getattr(args, "allow_disk", False))
+    if warning:
+        # The native kernels' repacked copies of matrices live in anonymous memory, which the OS cannot drop and
+        # re-read as it can the file's pages: from disk, every matrix is read in the file's layout instead.
+        os.environ["PELLUCID_REPACK"] = "0"
+        print(f"warning: {warning} Matrices stay in the file's layout (no repacked copies in RAM).", file=sys.stderr)
 
 
 def add_chat_template_arg(p) -> None:

@@ -19,9 +19,11 @@ from pathlib import Path
 
 from pellucid import servers, store
 from pellucid.cli.common import (
+    add_allow_disk_arg,
     add_chat_template_arg,
     add_model_arg,
     add_quantize_arg,
+    check_fits_in_ram,
     command,
     duration,
     format_duration,
@@ -64,6 +66,7 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     model.add_argument("--ctx", type=positive_int, help="context window in tokens (default: min(model's, 4096))")
     model.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: the best available)")
     add_quantize_arg(model)
+    add_allow_disk_arg(model)
     add_chat_template_arg(model)
     server = p.add_argument_group("server")
     server.add_argument(
@@ -113,6 +116,7 @@ def _load(args):
             return remote
     import pellucid
 
+    check_fits_in_ram(args, resolved, args.ctx)
     return pellucid.load(resolved, device=args.device, ctx=args.ctx, quantize=args.quantize, chat_template=template)
 
 

@@ -19,9 +19,11 @@ from pathlib import Path
 
 from pellucid import servers, store
 from pellucid.cli.common import (
+    add_allow_disk_arg,
     add_chat_template_arg,
     add_model_arg,
     add_quantize_arg,
+    check_fits_in_ram,
     command,
     duration,
     format_duration,
@@ -90,6 +92,7 @@ def _add_serve(commands) -> None:
     eng.add_argument("--embed", metavar="MODEL", help="also serve this embedding model on /v1/embeddings")
     eng.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: the best available)")
     add_quantize_arg(eng)
+    add_allow_disk_arg(eng)
     add_chat_template_arg(eng)
 
 
@@ -238,6 +241,7 @@ def _load_models(args):
 
     resolved = store.resolve(args.model)
     llm = embedder = None
+    check_fits_in_ram(args, resolved, args.ctx)
     try:
         llm = pellucid.load(resolved, device=args.device, ctx=args.ctx, quantize=args.quantize,
                             chat_template=read_chat_template(args))  # fmt: skip

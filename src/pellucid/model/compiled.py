@@ -68,6 +68,8 @@ class _Runner:
         self.compiled = compiled
 
     def __call__(self, block, x, rope, cos, sin, cache):
+        if block.routed:  # a MoE layer picks its experts from the data: no one graph for it, so it runs eagerly
+            return block(x, rope, cos, sin, cache)
         for layer_cache in cache if isinstance(cache, list) else (cache,):
             if not getattr(layer_cache, "_dims_marked", False):
                 _mark_fixed_dims(layer_cache)

@@ -75,8 +75,20 @@ class ModelConfig:
     # "projection" over the whole q / k projection, all heads at once (OLMo 2)
     qk_norm: str = ""
     tie_embeddings: bool = True  # no separate output matrix: logits use the token embedding
-    n_experts: int = 0
-    n_experts_used: int = 0
+    # Mixture-of-experts feed-forwards (model/layers/moe.py); n_experts 0 = every layer has a dense FFN
+    n_experts: int = 0  # routed experts per MoE layer
+    n_experts_used: int = 0  # how many each token is routed to (top-k)
+    expert_ffn_size: int = 0  # each routed expert's FFN width
+    n_shared_experts: int = 0  # experts every token goes through (DeepSeek; Qwen 2 MoE's one shared expert)
+    shared_expert_ffn_size: int = 0  # their FFN width, all shared experts together
+    shared_expert_gate: bool = False  # the shared experts' output times sigmoid(x . w) (Qwen 2 MoE)
+    expert_gating: str = "softmax"  # router scores: "softmax" over all experts or "sigmoid" of each (DeepSeek V3)
+    expert_weights_norm: bool = False  # the chosen experts' scores divided by their sum
+    expert_weights_scale: float = 1.0  # ... then multiplied by this (DeepSeek's routed_scaling_factor)
+    n_expert_groups: int = 0  # grouped top-k (DeepSeek V3): experts split into groups, tokens pick from the
+    n_expert_groups_used: int = 0  # best `n_expert_groups_used` groups by the sum of each group's top-2 scores
+    # False for layers with a dense FFN in a MoE model (DeepSeek's first k); empty = every layer is MoE
+    moe_layers: list[bool] = field(default_factory=list)
     # Multi-head latent attention (DeepSeek V2/V3, Kimi K2): keys and values are decompressed per head from a
     # latent of kv_lora_rank values shared by all heads, plus a rope_dim-wide RoPE key also shared; queries are
     # head_dim - rope_dim dims without RoPE followed by rope_dim with it. 0 = ordinary attention.
@@ -90,6 +102,9 @@ class ModelConfig:
             self.qk_norm = ""
         if self.qk_norm not in ("", "head", "projection"):
             raise ValueError(f"qk_norm must be '', 'head' or 'projection', not {self.qk_norm!r}")
+
+    def is_moe_layer(self, i: int) -> bool:
+        return bool(self.n_experts) and (not self.moe_layers or self.moe_layers[i])
 
     @property
     def gqa_ratio(self) -> int:
@@ -232,8 +247,6 @@ def config_from_gguf(metadata: dict[str, Any], tensor_names: set[str] | None = N
         post_norms=defaults.get("post_norms", False),
         qk_norm=defaults.get("qk_norm", ""),
         tie_embeddings=tensor_names is None or "output.weight" not in tensor_names,
-        n_experts=get("expert_count", 0) or 0,
-        n_experts_used=get("expert_used_count", 0) or 0,
     )
     if rope_scaling is not None and rope_scaling.kind == "yarn":
         rope_scaling.extra = {
@@ -245,6 +258,7 @@ def config_from_gguf(metadata: dict[str, Any], tensor_names: set[str] | None = N
         log_mul = get("rope.scaling.yarn_log_multiplier")
         ratio = yarn_mscale(rope_scaling.factor) / yarn_mscale(rope_scaling.factor, log_mul) if log_mul else None
         fields["rope_attention_factor"] *= ratio if ratio is not None else yarn_mscale(rope_scaling.factor)
+    fields.update(_gguf_moe_fields(get, defaults, n_layers))
     if family is not None and family.gguf_config is not None:
         fields.update(family.gguf_config(get, fields))
     return ModelConfig(**fields)
@@ -253,6 +267,45 @@ def config_from_gguf(metadata: dict[str, Any], tensor_names: set[str] | None = N
 def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
     """YaRN's attention temperature correction, 0.1 * mscale * ln(factor) + 1 (1 for factor <= 1)."""
     return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+# llama.cpp's llama_expert_gating_func_type values (GGUF `{arch}.expert_gating_func`)
+EXPERT_GATING_FUNCS = {1: "softmax", 2: "sigmoid"}
+
+
+def _gguf_moe_fields(get, defaults: dict[str, Any], n_layers: int) -> dict[str, Any]:
+    """The mixture-of-experts switches from `{arch}.expert_*` keys (none when the file has no experts).
+
+    Keys a converter leaves out are llama.cpp's per-architecture constants, which the family states in its
+    `defaults` (Qwen 3 MoE: normalised top-k weights, which llama.cpp hard-codes for it).
+    """
+    n_experts = get("expert_count", 0) or 0
+    if not n_experts:
+        return {}
+    gating = get("expert_gating_func")
+    if gating is not None and int(gating) not in EXPERT_GATING_FUNCS:
+        raise UnsupportedError(f"expert gating function {gating} (llama.cpp's enum) is not supported yet")
+    n_dense = get("leading_dense_block_count", 0) or 0
+    expert_ffn = get("expert_feed_forward_length") or 0
+    n_shared = get("expert_shared_count", 0) or 0
+    # DeepSeek writes no shared width (each shared expert is as wide as a routed one), Qwen 2 MoE no count (one)
+    shared_ffn = get("expert_shared_feed_forward_length") or n_shared * expert_ffn
+    return dict(
+        n_experts=n_experts,
+        n_experts_used=get("expert_used_count", 0) or 0,
+        expert_ffn_size=expert_ffn,
+        n_shared_experts=n_shared or (1 if shared_ffn else 0),
+        shared_expert_ffn_size=shared_ffn,
+        shared_expert_gate=defaults.get("shared_expert_gate", False),
+        expert_gating=EXPERT_GATING_FUNCS[int(gating)]
+        if gating is not None
+        else defaults.get("expert_gating", "softmax"),
+        expert_weights_norm=bool(get("expert_weights_norm", defaults.get("expert_weights_norm", False))),
+        expert_weights_scale=float(get("expert_weights_scale") or 1.0),
+        n_expert_groups=get("expert_group_count", 0) or 0,
+        n_expert_groups_used=get("expert_group_used_count", 0) or 0,
+        moe_layers=[i >= n_dense for i in range(n_layers)] if n_dense else [],
+    )
 
 
 # -- from a Hugging Face config.json ----------------------------------------------------------------------
@@ -319,6 +372,7 @@ def config_from_hf(config: dict[str, Any], tensor_names: set[str] | None = None)
         tie_embeddings=bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", True)))
         or (tensor_names is not None and not any(n.endswith("lm_head.weight") for n in tensor_names)),
     )
+    fields.update(_hf_moe_fields(text, defaults, n_layers))
     if fields["rope_scaling"] is not None and fields["rope_scaling"].kind == "longrope":
         fields["rope_attention_factor"] = _longrope_attention_factor(
             rope, fields["context_length"], fields["rope_scaling"]
@@ -328,6 +382,37 @@ def config_from_hf(config: dict[str, Any], tensor_names: set[str] | None = None)
     if family is not None and family.hf_config is not None:
         fields.update(family.hf_config(text, fields))
     return ModelConfig(**fields)
+
+
+def _hf_moe_fields(text: dict[str, Any], defaults: dict[str, Any], n_layers: int) -> dict[str, Any]:
+    """The mixture-of-experts switches, as Qwen 2/3 MoE, Mixtral and DeepSeek V3 spell them in config.json."""
+    n_experts = text.get("num_experts") or text.get("n_routed_experts") or text.get("num_local_experts") or 0
+    if not n_experts:
+        return {}
+    expert_ffn = text.get("moe_intermediate_size") or text.get("intermediate_size")
+    n_shared = text.get("n_shared_experts") or 0
+    shared_ffn = text.get("shared_expert_intermediate_size") or n_shared * expert_ffn
+    if shared_ffn and not n_shared:
+        n_shared = 1  # Qwen 2 MoE: one shared expert of its own width
+    # Which layers are MoE: Qwen's mlp_only_layers and decoder_sparse_step, DeepSeek's first_k_dense_replace
+    dense_only = set(text.get("mlp_only_layers") or [])
+    step = text.get("decoder_sparse_step") or 1
+    first_dense = text.get("first_k_dense_replace") or 0
+    moe_layers = [i not in dense_only and (i + 1) % step == 0 and i >= first_dense for i in range(n_layers)]
+    return dict(
+        n_experts=n_experts,
+        n_experts_used=text.get("num_experts_per_tok") or 0,
+        expert_ffn_size=expert_ffn,
+        n_shared_experts=n_shared,
+        shared_expert_ffn_size=shared_ffn,
+        shared_expert_gate=defaults.get("shared_expert_gate", False),
+        expert_gating=text.get("scoring_func") or defaults.get("expert_gating", "softmax"),
+        expert_weights_norm=bool(text.get("norm_topk_prob", defaults.get("expert_weights_norm", False))),
+        expert_weights_scale=float(text.get("routed_scaling_factor") or 1.0),
+        n_expert_groups=text.get("n_group") or 0,
+        n_expert_groups_used=text.get("topk_group") or 0,
+        moe_layers=[] if all(moe_layers) else moe_layers,
+    )
 
 
 def _longrope_attention_factor(rope: dict[str, Any], context_length: int, scaling: RopeScaling) -> float:

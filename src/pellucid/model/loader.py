@@ -21,6 +21,7 @@ an extra bias), and running without it would produce wrong text silently.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Callable
@@ -33,7 +34,18 @@ from pellucid.errors import ModelFileError, UnsupportedError
 from pellucid.formats.gguf import GGUFFile
 from pellucid.model.config import ModelConfig, config_from_gguf, config_from_hf
 from pellucid.model.families import Family, TensorNames, family_for, family_for_hf
-from pellucid.model.layers import Attention, Block, Embedding, GatedMLP, Linear, RMSNorm, RotaryEmbedding, frozen
+from pellucid.model.layers import (
+    Attention,
+    Block,
+    Embedding,
+    Experts,
+    GatedMLP,
+    Linear,
+    MoE,
+    RMSNorm,
+    RotaryEmbedding,
+    frozen,
+)
 from pellucid.model.layers.latent_attention import LatentAttention
 from pellucid.model.layers.rope import llama3_freq_factors, yarn_freq_factors
 from pellucid.model.transformer import Transformer
@@ -80,13 +92,15 @@ class Weights:
     def from_gguf(cls, gguf: GGUFFile, *, device, dtype, quantize: GGMLType | None = None) -> Weights:
         def pack_matrix(name: str) -> PackedWeight | None:
             info = gguf.tensors[name]
-            if len(info.shape) != 2:
+            if len(info.shape) not in (2, 3):
                 return None
+            # an expert stack (experts, out, in) packs as one (experts * out, in) matrix: rows stay whole
+            shape = (math.prod(info.shape[:-1]), info.shape[-1])
             if quantize is not None and info.ggml_type in _FLOAT_TYPES:
-                return _quantized(gguf.tensor(name), quantize, info.ggml_type, gguf.raw(name))
+                return _quantized(gguf.tensor(name).reshape(shape), quantize, info.ggml_type, gguf.raw(name))
             if info.ggml_type == GGMLType.F32:
                 return None
-            return pack(gguf.raw(name), info.ggml_type, info.shape)
+            return pack(gguf.raw(name), info.ggml_type, shape)
 
         shapes = {name: info.shape for name, info in gguf.tensors.items()}
         return cls(gguf.tensor, shapes, device=device, dtype=dtype, pack=pack_matrix, source=gguf.path.name)
@@ -187,6 +201,23 @@ def make_linear(weights: Weights, name: str, rows: tuple[int, int] | None = None
     if packed is not None:
         return QuantizedLinear(packed, bias)
     return Linear(weights.tensor(name), bias.to(weights.dtype) if bias is not None else None)
+
+
+def make_experts(weights: Weights, template: str, n_experts: int, shape: tuple[int, int], why: str) -> list[nn.Module]:
+    """One projection per expert, each (out, in) = `shape`: views of the rows of one 3-D stack (GGUF: the packed
+    bytes stay the file's, memory-mapped), or one matrix per expert where `template` has an `{e}` (HF)."""
+    if "{e}" in template:
+        names = [template.format(e=e) for e in range(n_experts)]
+        for name in names:
+            weights.expect(name, shape, why)
+        return [make_linear(weights, name) for name in names]
+    weights.expect(template, (n_experts, *shape), why)
+    packed = weights.packed(template)
+    out = shape[0]
+    if packed is not None:
+        return [QuantizedLinear(packed.row_slice(e * out, (e + 1) * out)) for e in range(n_experts)]
+    stack = weights.tensor(template)
+    return [Linear(stack[e]) for e in range(n_experts)]
 
 
 def make_embedding(weights: Weights, name: str) -> nn.Module:
@@ -383,7 +414,7 @@ def _build_block(config: ModelConfig, weights: Weights, names: TensorNames, i: i
     def name(template: str | None) -> str:
         if template is None:
             raise UnsupportedError(f"{config.architecture} needs a tensor pellucid has no name for")
-        return template.format(i=i)
+        return template.format(i=i, e="{e}")  # an expert's index is filled in later (make_experts)
 
     if config.kv_lora_rank:
         attention = _build_latent_attention(config, weights, names, name)
@@ -395,7 +426,9 @@ def _build_block(config: ModelConfig, weights: Weights, names: TensorNames, i: i
         _norm(weights, name(names.attn_norm), config, hidden) if config.pre_norms else None,
         attention,
         _norm(weights, name(names.ffn_norm), config, hidden) if config.pre_norms else None,
-        _build_mlp(config, weights, names, name),
+        _build_moe(config, weights, names, name)
+        if config.is_moe_layer(i)
+        else _build_mlp(config, weights, names, name),
         sliding=sliding,
         post_attn_norm=_norm(weights, name(names.post_attn_norm), config, hidden) if config.post_norms else None,
         post_ffn_norm=_norm(weights, name(names.post_ffn_norm), config, hidden) if config.post_norms else None,
@@ -489,8 +522,57 @@ def _build_latent_attention(config: ModelConfig, weights: Weights, names: Tensor
     )
 
 
-def _build_mlp(config: ModelConfig, weights: Weights, names: TensorNames, name) -> GatedMLP:
-    hidden, ffn = config.hidden_size, config.ffn_size
+def _build_moe(config: ModelConfig, weights: Weights, names: TensorNames, name) -> MoE:
+    hidden, n = config.hidden_size, config.n_experts
+    router = name(names.router)
+    weights.expect(router, (n, hidden), f"{n} experts, hidden size {hidden:,}")
+    width = config.expert_ffn_size or weights.shape(name(names.gate_exps).replace("{e}", "0"))[-2]
+    why = f"{n} experts, hidden size {hidden:,}, expert FFN size {width:,}"
+
+    def experts(template: str | None, shape: tuple[int, int]) -> list[nn.Module]:
+        return make_experts(weights, name(template), n, shape, why)
+
+    bias = None
+    if names.router_bias and weights.has(name(names.router_bias)):
+        weights.expect(name(names.router_bias), (n,), f"{n} experts")
+        bias = weights.tensor(name(names.router_bias), torch.float32)
+    shared = shared_gate = None
+    if config.n_shared_experts:
+        shared_ffn = config.shared_expert_ffn_size
+        shared = _build_mlp(
+            config,
+            weights,
+            dataclasses.replace(names, gate=names.gate_shexp, up=names.up_shexp, down=names.down_shexp, gate_up=None),
+            name,
+            shared_ffn,
+        )
+        if config.shared_expert_gate:
+            gate_name = name(names.shexp_gate)
+            if weights.shape(gate_name) not in ((hidden,), (1, hidden)):
+                weights.expect(gate_name, (1, hidden), f"a shared-expert gate over hidden size {hidden:,}")
+            shared_gate = Linear(weights.tensor(gate_name).reshape(1, hidden))  # GGUF stores a vector
+    return MoE(
+        make_linear(weights, router),
+        Experts(
+            experts(names.gate_exps, (width, hidden)),
+            experts(names.up_exps, (width, hidden)),
+            experts(names.down_exps, (hidden, width)),
+            config.activation,
+        ),
+        config.n_experts_used,
+        gating=config.expert_gating,
+        normalize=config.expert_weights_norm,
+        scale=config.expert_weights_scale,
+        selection_bias=bias,
+        n_groups=config.n_expert_groups,
+        n_groups_used=config.n_expert_groups_used,
+        shared=shared,
+        shared_gate=shared_gate,
+    )
+
+
+def _build_mlp(config: ModelConfig, weights: Weights, names: TensorNames, name, ffn: int | None = None) -> GatedMLP:
+    hidden, ffn = config.hidden_size, ffn or config.ffn_size
     why = f"hidden size {hidden:,}, FFN size {ffn:,}"
     if names.gate_up and weights.has(name(names.gate_up)):  # fused (Phi-3): rows of gate, then up
         weights.expect(name(names.gate_up), (2 * ffn, hidden), why)
@@ -514,8 +596,12 @@ def _norm(weights: Weights, name: str, config: ModelConfig, size: int) -> RMSNor
 def _check_supported(config: ModelConfig) -> None:
     """Refuse features the generic decoder does not implement, rather than run them wrongly."""
     problems = []
-    if config.n_experts:
-        problems.append(f"mixture-of-experts layers ({config.n_experts} experts)")
+    if config.n_experts and config.kv_lora_rank:  # the MoE block and MLA are both here, not yet tested together
+        problems.append(f"DeepSeek's mixture-of-experts layers ({config.n_experts} experts; its dense layers run)")
+    if config.n_experts and not 0 < config.n_experts_used <= config.n_experts:
+        problems.append(f"routing to {config.n_experts_used} of {config.n_experts} experts")
+    if config.n_expert_groups > 1 and config.n_experts % config.n_expert_groups:
+        problems.append(f"{config.n_experts} experts that do not split into {config.n_expert_groups} groups")
     if config.rope_scaling is not None and config.rope_scaling.kind not in ("linear", "llama3", "longrope", "yarn"):
         problems.append(f"{config.rope_scaling.kind!r} RoPE scaling")
     if config.activation not in ("silu", "gelu_tanh"):

@@ -211,12 +211,30 @@ def matmul_many(x: torch.Tensor, packed: list[PackedWeight]) -> list[torch.Tenso
     return [matmul(x, p) for p in packed]
 
 
+def matmul_grouped(x: torch.Tensor, counts: list[int], packed: list[PackedWeight]) -> torch.Tensor | None:
+    """x (R, K) -> (R, N): matrix j times its own counts[j] rows of x, in order (a MoE layer's experts, each on
+    the rows routed to it). One native call in the default mode when every count is at most native.MAX_ROWS;
+    None where that does not apply (the caller multiplies expert by expert)."""
+    if x.device.type != "cpu" or not fast_mode() or max(counts) > native.MAX_ROWS:
+        return None
+    specs = [_native_spec(p) for p in packed]
+    if any(spec is None for spec in specs):
+        return None
+    return native.gemv_grouped(x.float().contiguous(), counts, specs).to(x.dtype)
+
+
 def _native_specs(rows: torch.Tensor, packed: list[PackedWeight]):
     """The native kernels' specs for these matrices when they can multiply `rows` (few rows), else None."""
     if rows.shape[0] > native.MAX_ROWS:
         return None
     specs = [_native_spec(p) for p in packed]
     return None if any(spec is None for spec in specs) else specs
+
+
+def native_spec(packed: PackedWeight):
+    """The native kernels' spec of a packed matrix (repacked where that helps), or None: what `native.gemv` and
+    its kin take. For callers that keep specs of their own (a MoE layer's experts)."""
+    return _native_spec(packed) if native.available() else None
 
 
 def _native_spec(packed: PackedWeight):

@@ -79,12 +79,16 @@ class PackedWeight(nn.Module):
 
     @property
     def n_bytes(self) -> int:
-        """Bytes the kernels read per pass over the matrix: fields that view one buffer count it once."""
-        spans: dict[int, int] = {}
+        """Bytes the kernels read per pass over the matrix: fields that view one buffer count the bytes they span
+        once (a row slice, such as one expert of a GGUF expert stack, only its own rows)."""
+        spans: dict[int, tuple[int, int]] = {}
         for b in self.parameters():
             key = b.untyped_storage().data_ptr()
-            spans[key] = max(spans.get(key, 0), _span_bytes(b))
-        return sum(spans.values())
+            start, end = _span(b)
+            if key in spans:
+                start, end = min(start, spans[key][0]), max(end, spans[key][1])
+            spans[key] = (start, end)
+        return sum(end - start for start, end in spans.values())
 
     def fields(self) -> dict[str, torch.Tensor]:
         return dict(self.named_parameters(recurse=False))
@@ -120,12 +124,14 @@ class PackedWeight(nn.Module):
         return f"{type(self).__name__}, out={self.shape[0]}, in={self.shape[1]}"
 
 
-def _span_bytes(t: torch.Tensor) -> int:
-    """Bytes from the start of t's storage to its last element (a field viewing a block spans the blocks)."""
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    """Byte offsets in t's storage of its first element and just past its last (a field viewing a block spans the
+    blocks; with positive strides, as every field has)."""
     if t.numel() == 0:
-        return 0
-    last = t.storage_offset() + sum((s - 1) * st for s, st in zip(t.shape, t.stride()))
-    return (last + 1) * t.element_size()
+        return 0, 0
+    first = t.storage_offset()
+    last = first + sum((s - 1) * st for s, st in zip(t.shape, t.stride()))
+    return first * t.element_size(), (last + 1) * t.element_size()
 
 
 # -- the legacy formats: blocks of 32 weights, one float16 scale (and min) each, read straight from the file --

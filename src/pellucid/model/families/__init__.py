@@ -58,6 +58,17 @@ class TensorNames:
     kv_b: str | None = None
     k_b: str | None = None
     v_b: str | None = None
+    # Mixture-of-experts layers (model/layers/moe.py). An expert template with `{e}` names one matrix per expert
+    # (Hugging Face folders); without it, one 3-D stack (experts x out x in) holds them all (GGUF).
+    router: str | None = "blk.{i}.ffn_gate_inp.weight"
+    router_bias: str | None = "blk.{i}.exp_probs_b.bias"  # added to the scores for choosing only (DeepSeek V3)
+    gate_exps: str | None = "blk.{i}.ffn_gate_exps.weight"
+    up_exps: str | None = "blk.{i}.ffn_up_exps.weight"
+    down_exps: str | None = "blk.{i}.ffn_down_exps.weight"
+    gate_shexp: str | None = "blk.{i}.ffn_gate_shexp.weight"  # the shared experts, as one gated FFN
+    up_shexp: str | None = "blk.{i}.ffn_up_shexp.weight"
+    down_shexp: str | None = "blk.{i}.ffn_down_shexp.weight"
+    shexp_gate: str | None = "blk.{i}.ffn_gate_inp_shexp.weight"  # Qwen 2 MoE: sigmoid gate on the shared expert
     # Tensors a checkpoint may carry that the model recomputes (old llama checkpoints' rotary inv_freq)
     ignored: tuple[str, ...] = ()
 
@@ -79,6 +90,15 @@ HF_NAMES = TensorNames(
     gate="model.layers.{i}.mlp.gate_proj.weight",
     up="model.layers.{i}.mlp.up_proj.weight",
     down="model.layers.{i}.mlp.down_proj.weight",
+    router="model.layers.{i}.mlp.gate.weight",
+    router_bias="model.layers.{i}.mlp.gate.e_score_correction_bias",
+    gate_exps="model.layers.{i}.mlp.experts.{e}.gate_proj.weight",
+    up_exps="model.layers.{i}.mlp.experts.{e}.up_proj.weight",
+    down_exps="model.layers.{i}.mlp.experts.{e}.down_proj.weight",
+    gate_shexp="model.layers.{i}.mlp.shared_experts.gate_proj.weight",  # DeepSeek; Qwen 2 MoE: shared_expert
+    up_shexp="model.layers.{i}.mlp.shared_experts.up_proj.weight",
+    down_shexp="model.layers.{i}.mlp.shared_experts.down_proj.weight",
+    shexp_gate=None,
     ignored=("model.layers.{i}.self_attn.rotary_emb.inv_freq",),
 )
 
@@ -116,11 +136,14 @@ def _families() -> list[Family]:
         olmo2,
         phi3,
         qwen2,
+        qwen2moe,
         qwen3,
+        qwen3moe,
         smollm3,
     )
 
-    return [m.FAMILY for m in (llama, qwen2, qwen3, gemma2, gemma3, phi3, olmo2, smollm3, granite, deepseek2)]
+    families = (llama, qwen2, qwen3, qwen2moe, qwen3moe, gemma2, gemma3, phi3, olmo2, smollm3, granite, deepseek2)
+    return [m.FAMILY for m in families]
 
 
 def _registry() -> dict[str, Family]:
@@ -164,10 +187,6 @@ def family_for_hf(model_type: str) -> Family:
 # what the model is built like). Keys are llama.cpp architecture names and config.json model_types.
 RELATIVES = {
     "qwen": "qwen2 / qwen3 (Qwen 1 is not supported)",
-    "qwen2moe": "qwen2 (the dense Qwen 2.5 models); mixture-of-experts is not supported yet",
-    "qwen3moe": "qwen3 (the dense Qwen 3 models); mixture-of-experts is not supported yet",
-    "qwen3_moe": "qwen3 (the dense Qwen 3 models); mixture-of-experts is not supported yet",
-    "qwen2_moe": "qwen2 (the dense Qwen 2.5 models); mixture-of-experts is not supported yet",
     "mixtral": "llama (Mistral 7B is llama-shaped); mixture-of-experts is not supported yet",
     "gemma": "gemma2 / gemma3 (Gemma 1 is not supported)",
     "gemma3n": "gemma3 (Gemma 3n's per-layer embeddings and AltUp are not supported)",

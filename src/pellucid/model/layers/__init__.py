@@ -8,13 +8,14 @@ Everything here is torch.compile-friendly: the Python branches in `forward` depe
 how the module was built, never on tensor values.
 
 One idea per module: `linear` (dense projections, embedding), `norms`, `rope` (pairings and scalings),
-`attention`, `mlp` (gated feed-forwards) and `block` (how a family's switches wire them together).
+`attention`, `mlp` (gated feed-forwards), `moe` (router, experts, shared experts) and `block` (how a family's switches wire them together).
 """
 
 from pellucid.model.layers.attention import Attention, attention_mask
 from pellucid.model.layers.block import Block
 from pellucid.model.layers.linear import Embedding, Linear, frozen, project
 from pellucid.model.layers.mlp import ACTIVATIONS, GatedMLP
+from pellucid.model.layers.moe import Experts, MoE, route
 from pellucid.model.layers.norms import RMSNorm
 from pellucid.model.layers.rope import RotaryEmbedding
 
@@ -23,11 +24,14 @@ __all__ = [
     "Attention",
     "Block",
     "Embedding",
+    "Experts",
     "GatedMLP",
     "Linear",
+    "MoE",
     "RMSNorm",
     "RotaryEmbedding",
     "attention_mask",
     "frozen",
     "project",
+    "route",
 ]

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from pellucid.model.layers.attention import Attention
+from pellucid.model.layers.moe import MoE
 from pellucid.model.layers.rope import RotaryEmbedding
 
 
@@ -35,6 +36,7 @@ class Block(nn.Module):
         self.post_attn_norm, self.post_ffn_norm = post_attn_norm, post_ffn_norm
         self.residual_multiplier = residual_multiplier
         self.sliding = sliding  # a local (sliding-window) layer: it uses the local RoPE base
+        self.routed = isinstance(mlp, MoE)  # a mixture-of-experts layer (its products depend on the routing)
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding, cos: torch.Tensor, sin: torch.Tensor, cache=None):
         h = self.attn(self.attn_norm(x) if self.attn_norm is not None else x, rope, cos, sin, cache)

@@ -93,7 +93,8 @@ def _build_and_load() -> None:
 def _build_directory() -> Path:
     """Where the kernels are built: torch's extension folder (TORCH_EXTENSIONS_DIR, or ~/.cache/torch_extensions),
     in a subfolder named by a hash of the sources and flags. One folder per version of the kernels, so two
-    pellucid installs (or checkouts) of different versions never rebuild over each other's library."""
+    installs or checkouts of different versions never rebuild over each other's library (which let a process
+    load the other's library, without the ops its Python calls)."""
     import hashlib
     import os
 
@@ -189,6 +190,13 @@ def gemv_parts(x: torch.Tensor, specs: list[tuple[str, list[torch.Tensor]]]) -> 
     """`gemv`, each matrix's product in its own (M, N_i) tensor (q, k, v apart, with no split in Python)."""
     names = ",".join(name for name, _ in specs)
     return torch.ops.pellucid.gemv_parts(x, names, [t for _, fields in specs for t in fields])
+
+
+def gemv_grouped(x: torch.Tensor, counts: list[int], specs: list[tuple[str, list[torch.Tensor]]]) -> torch.Tensor:
+    """Matrix j times its own rows of x (R, K) float32, the next counts[j] (1 to MAX_ROWS) -> (R, N) float32, all
+    matrices N rows each: a MoE layer's experts, each on the rows routed to it, in one parallel region."""
+    names = ",".join(name for name, _ in specs)
+    return torch.ops.pellucid.gemv_grouped(x, counts, names, [t for _, fields in specs for t in fields])
 
 
 def dequantize(

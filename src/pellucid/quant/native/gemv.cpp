@@ -1170,6 +1170,60 @@ std::vector<at::Tensor> gemv_parts(const at::Tensor& x_in, c10::string_view form
   return outs;
 }
 
+// Matrix j times its own rows of x: rows [o_j, o_j + counts[j]) with o_j = counts[0] + ... + counts[j - 1], 1 to
+// 8 rows each; x (R, K) -> (R, N), every matrix N rows. A mixture-of-experts layer's experts, each on the tokens
+// routed to it (or, for one token, each on its own gated activation): one parallel region for all of them, each
+// matrix read once for its rows, instead of a call (and a region) per expert.
+at::Tensor gemv_grouped(const at::Tensor& x_in, at::IntArrayRef counts, c10::string_view formats_in,
+                        at::TensorList fields) {
+  const at::Tensor x = checked_x(x_in);
+  const int64_t J = counts.size(), K = x.size(1);
+  std::vector<Matrix> mats;
+  std::vector<int64_t> offsets;
+  size_t i = 0;
+  int64_t rows = 0;
+  const std::string formats(formats_in.data(), formats_in.size());
+  for (size_t start = 0, j = 0; start <= formats.size(); ++j) {
+    size_t end = formats.find(',', start);
+    if (end == std::string::npos) end = formats.size();
+    TORCH_CHECK(static_cast<int64_t>(j) < J, "pellucid::gemv_grouped: more matrices than counts");
+    mats.push_back(parse(formats.substr(start, end - start), fields, i, counts[j]));
+    offsets.push_back(rows);
+    rows += counts[j];
+    start = end + 1;
+  }
+  TORCH_CHECK(static_cast<int64_t>(mats.size()) == J && rows == x.size(0),
+              "pellucid::gemv_grouped: the counts must cover x's rows, one count per matrix");
+  const int64_t N = mats.empty() ? 0 : mats[0].N;
+  for (int64_t j = 0; j < J; ++j) {
+    TORCH_CHECK(mats[j].N == N, "pellucid::gemv_grouped: every matrix must have the same rows");
+    mats[j].col = j * N;
+  }
+  at::Tensor out = at::empty({rows, N}, x.options());
+  NoGil released;
+  std::vector<QuantX> qx(J);
+  for (int64_t j = 0; j < J; ++j) {
+    const float* first = x.data_ptr<float>() + offsets[j] * K;
+    if (mats[j].k_quant) {
+      TORCH_CHECK(K % 256 == 0, "pellucid::gemv_grouped: K-quant rows are whole 256-blocks, got K = ", K);
+      qx[j].K = K;
+      quantize_x_k(first, counts[j], K, qx[j]);
+    } else {
+      quantize_x(first, counts[j], K, qx[j]);
+    }
+  }
+  const int64_t total = J * N;
+  at::parallel_for(0, (total + 15) / 16, 1, [&](int64_t c0, int64_t c1) {
+    const int64_t a = c0 * 16, b = std::min(total, c1 * 16);
+    for (int64_t j = a / N; j < J && j * N < b; ++j) {
+      const Matrix& m = mats[j];
+      const int64_t lo = std::max(a, m.col), hi = std::min(b, m.col + m.N);
+      if (lo < hi) m.run(qx[j], lo - m.col, hi - m.col, out.data_ptr<float>() + offsets[j] * N, N);
+    }
+  });
+  return out;
+}
+
 // Hand the pages of a matrix's blocks [lo, hi) back to the OS (whole pages inside the span only): they are clean
 // pages of the mapped file, re-read if anything reads them again, so a repacked copy replaces them in memory.
 void page_out(const void* start, int64_t bytes) {
@@ -1336,6 +1390,7 @@ TORCH_LIBRARY(pellucid, m) {
   m.def("dequantize(str format, Tensor[] fields, int K, int start, int end, bool bf16, Tensor? into=None) -> Tensor");
   m.def("gemv_parts(Tensor x, str formats, Tensor[] fields) -> Tensor[]");
   m.def("repack(str format, Tensor[] fields) -> Tensor");
+  m.def("gemv_grouped(Tensor x, int[] counts, str formats, Tensor[] fields) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pellucid, CPU, m) {
@@ -1343,4 +1398,5 @@ TORCH_LIBRARY_IMPL(pellucid, CPU, m) {
   m.impl("dequantize", &dequantize);
   m.impl("gemv_parts", &gemv_parts);
   m.impl("repack", &repack);
+  m.impl("gemv_grouped", &gemv_grouped);
 }
