@@ -33,7 +33,9 @@ from pellucid.formats.gguf import GGUFFile
 from pellucid.quant.types import GGMLType
 
 ZOO = Path(__file__).resolve().parent / "zoo"
-FAMILIES = sorted(p.name for p in ZOO.iterdir() if (p / "tiny-f32.gguf").exists())
+# The zoo's dense families; mixture-of-experts files are refused by `quantize` for now (test below)
+MOE_FAMILIES = ("qwen2moe", "qwen3moe")
+FAMILIES = sorted(p.name for p in ZOO.iterdir() if (p / "tiny-f32.gguf").exists() and p.name not in MOE_FAMILIES)
 LLAMACPP_PYTHON = Path(os.environ.get("LLAMACPP_PYTHON", "/work/llcpp/venv/bin/python"))
 LEGACY = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
 
@@ -414,3 +416,11 @@ def test_hf_folders_it_does_not_convert(tmp_path):
     with pytest.raises(UnsupportedError, match="llama, smollm3, qwen2, qwen3, olmo2 families only"):
         qf.quantize_file(gemma, tmp_path / "out.gguf", "Q8_0")
     assert not (tmp_path / "out.gguf").exists()
+
+
+@pytest.mark.parametrize("family", MOE_FAMILIES)
+def test_a_mixture_of_experts_file_is_refused_before_anything_is_written(family, tmp_path):
+    dst = tmp_path / "out.gguf"
+    with pytest.raises(UnsupportedError, match="mixture-of-experts"):
+        qf.quantize_file(ZOO / family / "tiny-f32.gguf", dst, "Q8_0")
+    assert not dst.exists() and list(tmp_path.iterdir()) == []
