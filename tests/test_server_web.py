@@ -23,16 +23,24 @@ def server(smollm2_server):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
+    """One Chromium for the module: playwright's sync API runs one event loop per thread, so a second
+    sync_playwright() while this one is open would fail."""
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page()
-            page.set_default_timeout(300_000)  # a shared 2-core machine can be slow
-            expect.set_options(timeout=300_000)
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(server, browser):
+    page = browser.new_page()
+    page.set_default_timeout(300_000)  # a shared 2-core machine can be slow
+    expect.set_options(timeout=300_000)
+    yield page
+    page.close()
 
 
 @pytest.mark.slow
@@ -167,7 +175,7 @@ THINKING_TEMPLATE = (
 
 
 @pytest.mark.slow
-def test_show_tokens_puts_a_reasoning_models_thinking_tokens_in_the_thinking_block(smollm2_path, tmp_path):
+def test_show_tokens_puts_a_reasoning_models_thinking_tokens_in_the_thinking_block(smollm2_path, tmp_path, browser):
     """A template whose generation prompt opens <think> (as Qwen3's and DeepSeek-R1's do) makes every token
     SmolLM2 writes reasoning: the token spans go to the folded thinking block, not to the answer."""
     from server_helpers import running_server
@@ -175,13 +183,9 @@ def test_show_tokens_puts_a_reasoning_models_thinking_tokens_in_the_thinking_blo
     template = tmp_path / "thinking.jinja"
     template.write_text(THINKING_TEMPLATE)
     errors = []
-    with (
-        running_server(smollm2_path, "--ctx", "512", "--chat-template-file", str(template)) as server,
-        sync_playwright() as p,
-    ):
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with running_server(smollm2_path, "--ctx", "512", "--chat-template-file", str(template)) as server:
+        page = browser.new_page()
         try:
-            page = browser.new_page()
             page.set_default_timeout(300_000)
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(server.url + "/")
@@ -206,5 +210,5 @@ def test_show_tokens_puts_a_reasoning_models_thinking_tokens_in_the_thinking_blo
             assert thought_tokens.count() == bubble.locator(".token").count() >= 5  # none in the answer
             assert "".join(thought_tokens.all_text_contents()).strip().startswith(reasoning.strip()[:10])
         finally:
-            browser.close()
+            page.close()
     assert errors == []

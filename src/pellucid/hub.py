@@ -595,8 +595,11 @@ class _Unreachable(PellucidError):
 @contextmanager
 def hub_errors(repo: str, revision: str | None, path: str | None = None) -> Iterator[None]:
     import httpx2
-    from huggingface_hub import errors
+    from huggingface_hub import constants, errors
 
+    # The client reads HF_HUB_OFFLINE once, when it is first imported; pellucid reads it at each call (a
+    # library user, or a test, may set it after something imported the client), so the client follows.
+    constants.HF_HUB_OFFLINE = offline()
     page = f"{endpoint()}/{repo}"
     try:
         yield
