@@ -38,7 +38,8 @@ JSON schema (`--json`): {"model", "prompt_text", "template_segments": [{"text", 
 "prefill": {"tokens", "s", "tok_s", "flops", "gflops", "flops_per_byte", "fraction_of_matmul"},
 "decode": {"tokens", "s", "tok_s", "bytes_per_token", "gbs", "flops_per_token", "gflops", "flops_per_byte",
 "fraction_of_bandwidth"}, "loading": {"s", "first_call_s", "files", "file_bytes", "mapped_bytes",
-"converted_bytes", "by_type": [{"type", "tensors", "bytes", "mapped_bytes", "converted_bytes"}]},
+"converted_bytes", "repacked_bytes", "file_pages_resident_bytes", "by_type": [{"type", "tensors", "bytes",
+"mapped_bytes", "converted_bytes"}]},
 "memory": {"measured_rss_mb", "peak_rss_mb", "predicted_mb", "predicted_ctx", "stack": {"measured": {"runtime",
 "weights", "kv_cache", "activations"} (MB), "predicted": {the same}}}, "machine": {"bandwidth_gbs",
 "matmul_gflops", "matmul_precision", "cpu", "threads"}, "kv_cache": {"bytes_per_token", "bytes_used", "capacity_tokens", "window"},
@@ -334,6 +335,8 @@ def _loading(llm, first_call_s: float) -> dict:
     files = resident.model_files(llm.resolved.path)
     by_type = resident.tensor_storage(llm.model, files)
     return {
+        "repacked_bytes": resident.repacked_bytes(llm.model),
+        "file_pages_resident_bytes": resident.mapped_resident_bytes(files),
         "s": round(llm.load_seconds, 3),
         "first_call_s": round(first_call_s, 3),
         "files": [str(f) for f in files],
@@ -355,7 +358,14 @@ def _memory(llm, cache, rss_ready: int | None, peak: int | None) -> dict:
 
     MB = MiB
     rss = resident.rss_bytes()
-    weights = sum(r["bytes"] for r in resident.tensor_storage(llm.model, []))
+    files = resident.model_files(llm.resolved.path)
+    storage = resident.tensor_storage(llm.model, files)
+    # Resident weights: the file's pages the process holds, what was converted at load, and the native kernels'
+    # repacked copies (whose file pages should have been handed back; when the kernel keeps them, both count).
+    file_pages = resident.mapped_resident_bytes(files)
+    converted = sum(r["converted_bytes"] for r in storage)
+    weights = (file_pages if file_pages is not None else sum(r["mapped_bytes"] for r in storage)) + converted
+    weights += resident.repacked_bytes(llm.model)
     kv_written = cache.n_bytes * cache.offset / max(cache.capacity, 1)
     measured = None
     if rss_ready is not None:
@@ -420,6 +430,10 @@ def format_report(r: dict) -> str:
     lines += ["", f"-- loading: {ld['s']:.2f} s (+ {ld['first_call_s']:.2f} s of first-call setup before the measured run); "
               f"{ld['file_bytes'] / MiB:.1f} MiB of files; weights: {ld['mapped_bytes'] / MiB:.1f} MiB used in place "
               f"(memory-mapped), {ld['converted_bytes'] / MiB:.1f} MiB converted into process memory"]  # fmt: skip
+    if ld.get("repacked_bytes"):
+        pages = ld.get("file_pages_resident_bytes")
+        lines.append(f"   + {ld['repacked_bytes'] / MiB:.1f} MiB repacked for the native kernels at their first product"
+                     + (f"; {pages / MiB:.1f} MiB of the file's pages still resident" if pages is not None else ""))  # fmt: skip
     for row in ld["by_type"]:
         lines.append(f"   {row['type']:<22} {row['tensors']:>4} tensors {row['bytes'] / MiB:9.1f} MiB  "
                      f"(mapped {row['mapped_bytes'] / MiB:.1f}, converted {row['converted_bytes'] / MiB:.1f})")  # fmt: skip

@@ -68,6 +68,34 @@ def file_mappings(files: list[Path]) -> list[tuple[int, int]]:
     return ranges
 
 
+def mapped_resident_bytes(files: list[Path]) -> int | None:
+    """How many bytes of `files`' memory mappings are resident in this process now (Rss in /proc/self/smaps)."""
+    wanted = {str(Path(f).resolve()) for f in files}
+    total, current = 0, None
+    try:
+        with open("/proc/self/smaps", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if fields and "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header line
+                    current = fields[5] if len(fields) > 5 else ""
+                elif fields[:1] == ["Rss:"] and current in wanted:
+                    total += int(fields[1]) * 1024
+    except OSError:
+        return None
+    return total
+
+
+def repacked_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the copies the native kernels made of matrices, repacked 8 rows interleaved at their first
+    product (quant/kernels._native_spec remembers them on the matrix)."""
+    total = 0
+    for module in model.modules():
+        cached = module.__dict__.get("_native_spec")
+        if cached and cached[1] and cached[1][0].endswith("x8"):
+            total += sum(t.numel() * t.element_size() for t in cached[1][1])
+    return total
+
+
 def _storage_label(owner: torch.nn.Module, tensor: torch.Tensor) -> str:
     ggml_type = getattr(owner, "ggml_type", None)
     if ggml_type is not None:
@@ -115,4 +143,13 @@ def tensor_storage(model: torch.nn.Module, files: list[Path]) -> list[dict]:
     return sorted(({"type": t, **r} for t, r in rows.items()), key=lambda r: -r["bytes"])
 
 
-__all__ = ["file_mappings", "model_files", "peak_bytes", "reset_peak", "rss_bytes", "tensor_storage"]
+__all__ = [
+    "file_mappings",
+    "mapped_resident_bytes",
+    "model_files",
+    "repacked_bytes",
+    "peak_bytes",
+    "reset_peak",
+    "rss_bytes",
+    "tensor_storage",
+]
