@@ -336,7 +336,7 @@ def _loading(llm, first_call_s: float) -> dict:
     by_type = resident.tensor_storage(llm.model, files)
     return {
         "repacked_bytes": resident.repacked_bytes(llm.model),
-        "file_pages_resident_bytes": resident.mapped_resident_bytes(files),
+        "file_pages_resident_bytes": resident.mapped_resident_bytes(files, llm.model),
         "s": round(llm.load_seconds, 3),
         "first_call_s": round(first_call_s, 3),
         "files": [str(f) for f in files],
@@ -362,7 +362,7 @@ def _memory(llm, cache, rss_ready: int | None, peak: int | None) -> dict:
     storage = resident.tensor_storage(llm.model, files)
     # Resident weights: the file's pages the process holds, what was converted at load, and the native kernels'
     # repacked copies (whose file pages should have been handed back; when the kernel keeps them, both count).
-    file_pages = resident.mapped_resident_bytes(files)
+    file_pages = resident.mapped_resident_bytes(files, llm.model)
     converted = sum(r["converted_bytes"] for r in storage)
     weights = (file_pages if file_pages is not None else sum(r["mapped_bytes"] for r in storage)) + converted
     weights += resident.repacked_bytes(llm.model)

@@ -68,17 +68,26 @@ def file_mappings(files: list[Path]) -> list[tuple[int, int]]:
     return ranges
 
 
-def mapped_resident_bytes(files: list[Path]) -> int | None:
-    """How many bytes of `files`' memory mappings are resident in this process now (Rss in /proc/self/smaps)."""
+def mapped_resident_bytes(files: list[Path], model: torch.nn.Module | None = None) -> int | None:
+    """How many bytes of `files`' memory mappings are resident in this process now (Rss in /proc/self/smaps);
+    with `model`, only the mappings its tensors lie in (a process may have the same file mapped more than once,
+    e.g. by two loaded copies of a model)."""
     wanted = {str(Path(f).resolve()) for f in files}
+    addresses = None
+    if model is not None:
+        addresses = [t.data_ptr() for t in model.parameters() if t.device.type == "cpu" and t.numel()]
     total, current = 0, None
     try:
         with open("/proc/self/smaps", encoding="utf-8", errors="replace") as f:
             for line in f:
                 fields = line.split()
                 if fields and "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header line
-                    current = fields[5] if len(fields) > 5 else ""
-                elif fields[:1] == ["Rss:"] and current in wanted:
+                    current = None
+                    if len(fields) > 5 and fields[5] in wanted:
+                        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                        if addresses is None or any(lo <= a < hi for a in addresses):
+                            current = fields[5]
+                elif fields[:1] == ["Rss:"] and current is not None:
                     total += int(fields[1]) * 1024
     except OSError:
         return None
