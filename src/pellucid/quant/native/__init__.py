@@ -94,11 +94,14 @@ def _build_directory() -> Path:
     """Where the kernels are built: torch's extension folder (TORCH_EXTENSIONS_DIR, or ~/.cache/torch_extensions),
     in a subfolder named by a hash of the sources and flags. One folder per version of the kernels, so two
     installs or checkouts of different versions never rebuild over each other's library (which let a process
-    load the other's library, without the ops its Python calls)."""
+    load the other's library, without the ops its Python calls). The sources' folder is part of the name too:
+    torch's ninja file records absolute source paths, so two checkouts of the same version sharing one folder
+    rebuilt it each time the other one had built last."""
     import hashlib
     import os
 
     digest = hashlib.sha256(" ".join(CFLAGS).encode())
+    digest.update(str(SOURCES[0].parent.resolve()).encode())
     for source in SOURCES:
         digest.update(source.read_bytes())
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions").expanduser()

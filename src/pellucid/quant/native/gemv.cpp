@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -1224,14 +1225,37 @@ at::Tensor gemv_grouped(const at::Tensor& x_in, at::IntArrayRef counts, c10::str
   return out;
 }
 
-// Hand the pages of a matrix's blocks [lo, hi) back to the OS (whole pages inside the span only): they are clean
-// pages of the mapped file, re-read if anything reads them again, so a repacked copy replaces them in memory.
+// Whether [lo, hi) lies inside one mapping of a file (not anonymous memory), from /proc/self/maps.
+bool in_file_mapping(uintptr_t lo, uintptr_t hi) {
+  FILE* maps = std::fopen("/proc/self/maps", "r");
+  if (maps == nullptr) return false;
+  char line[4096];
+  bool found = false;
+  while (!found && std::fgets(line, sizeof line, maps) != nullptr) {
+    unsigned long start = 0, end = 0, inode = 0;
+    if (std::sscanf(line, "%lx-%lx %*s %*s %*s %lu", &start, &end, &inode) == 3)
+      found = inode != 0 && start <= lo && hi <= end;
+  }
+  std::fclose(maps);
+  return found;
+}
+
+// Hand the pages of a matrix's blocks [lo, hi) back to the OS (whole pages inside the span only), so the repacked
+// copy replaces them in memory instead of doubling it. Pages of a mapped model file are clean copies of the file,
+// re-read if anything reads them again: MADV_DONTNEED drops them at once. MADV_PAGEOUT would be the gentler ask,
+// but some kernels (measured: 6.18 without swap) accept it and free nothing. Anonymous memory (a matrix packed at
+// load, a test's blocks) must keep its contents, which DONTNEED would zero: there only PAGEOUT, best effort.
 void page_out(const void* start, int64_t bytes) {
-#ifdef MADV_PAGEOUT
   const long page = sysconf(_SC_PAGESIZE);
   const uintptr_t lo = reinterpret_cast<uintptr_t>(start), hi = lo + static_cast<uintptr_t>(bytes);
   const uintptr_t first = (lo + page - 1) / page * page, last = hi / page * page;
-  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_PAGEOUT);  // best effort
+  if (last <= first) return;
+  if (in_file_mapping(first, last)) {
+    madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+    return;
+  }
+#ifdef MADV_PAGEOUT
+  madvise(reinterpret_cast<void*>(first), last - first, MADV_PAGEOUT);  // best effort
 #endif
 }
 
