@@ -1359,7 +1359,7 @@ at::Tensor repack_mxfp4(at::TensorList f) {
 }
 
 // Q4_K matrix (the Q4_K fields, as gemv takes them) -> its (N / 8, S, 1184) repacked form (see Q4KX8). The
-// file's pages of the matrix are then handed back to the kernel (MADV_PAGEOUT: they are clean file pages, re-read
+// file's pages of the matrix are then handed back to the kernel (page_out: they are clean file pages, re-read
 // if anything reads them again), so the repacked copy replaces them in memory instead of doubling it.
 at::Tensor repack(c10::string_view format_in, at::TensorList f) {
   const std::string fmt(format_in.data(), format_in.size());
