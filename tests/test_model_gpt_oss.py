@@ -3,6 +3,7 @@
 - Attention sinks in the native decode kernels (attend_one, store_attend) against the same arithmetic in PyTorch.
 - OpenAI's released Hugging Face layout: experts stored as MXFP4 `*_blocks` / `*_scales` (OpenAI's nibble order,
   gate and up rows interleaved), loaded without dequantizing, against transformers on the same weights dequantized.
+- The explicit attention path (sinks, soft-caps) in chunks of queries; a harmony reply read by `chat`.
 """
 
 from __future__ import annotations
@@ -137,3 +138,45 @@ def test_hf_folder_with_openai_mxfp4_experts(tmp_path, monkeypatch):
     for ids in prompts("gpt_oss"):
         expected = theirs(torch.tensor([ids])).logits[0].numpy()
         assert relative_error(ours(torch.tensor([ids]))[0].numpy(), expected) <= 1e-4
+
+
+def test_explicit_attention_in_chunks_of_queries(monkeypatch):
+    """Sinks (and soft-caps) take the explicit path, which holds at most EXPLICIT_SCORES scores at once: a prompt cut
+    into chunks of queries gives the same attention, sliding window included."""
+    from pellucid.model.layers import attention
+
+    torch.manual_seed(0)
+    att = attention.Attention(
+        None, None, None, None, n_heads=4, n_kv_heads=2, head_dim=16, value_head_dim=16, window=8, sinks=torch.randn(4)
+    )
+    q, k, v = torch.randn(1, 4, 50, 16), torch.randn(1, 2, 50, 16), torch.randn(1, 2, 50, 16)
+    whole = att._attend(q, k, v)
+    monkeypatch.setattr(attention, "EXPLICIT_SCORES", 4 * 50 * 7)  # 7 queries at a time
+    torch.testing.assert_close(att._attend(q, k, v), whole)
+
+
+@torch.inference_mode()
+def test_chat_reads_a_harmony_reply(monkeypatch):
+    """A GPT-OSS GGUF (with its real harmony chat template) answering in channels: the analysis channel becomes the
+    reasoning, the final channel the answer, and <|return|> ends it. The tiny model is made to say the reply."""
+    from pellucid import api
+
+    monkeypatch.setenv("PELLUCID_COMPILE", "0")
+    llm = api.load(str(ZOO / "gpt_oss" / "tiny-mxfp4.gguf"))
+    reply = (
+        "<|channel|>analysis<|message|>Count the stars.<|end|>"
+        "<|start|>assistant<|channel|>final<|message|>one, two<|return|>"
+    )
+    script = iter(llm.tokenizer.encode(reply, add_special=False, parse_special=True))
+    model, logits = llm.session.model, llm.session.model.logits
+
+    def scripted(hidden):  # each call picks the next token: the reply's, whatever the model would say
+        out = torch.full_like(logits(hidden), -100.0)
+        out[..., next(script)] = 100.0
+        return out
+
+    monkeypatch.setattr(model, "logits", scripted)
+    generation = llm.chat([{"role": "user", "content": "Count the stars."}], max_tokens=60, temperature=0)
+    assert "".join(chunk.text for chunk in generation) == "one, two"
+    assert generation.reasoning == "Count the stars."
+    assert generation.stats.stop_reason == "stop"

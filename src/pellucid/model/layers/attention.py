@@ -12,6 +12,9 @@ from pellucid.model.layers.linear import frozen, project
 from pellucid.model.layers.rope import RotaryEmbedding
 from pellucid.quant import kernels, native
 
+# The most attention scores the explicit path (soft-caps, sinks) holds at once: 2^25 floats, 128 MiB
+EXPLICIT_SCORES = 1 << 25
+
 
 def attention_mask(q_len: int, k_len: int, window: int | None, device: torch.device) -> torch.Tensor | None:
     """Which keys each query may see (True = attend), or None when it sees all of them.
@@ -173,8 +176,21 @@ class Attention(nn.Module):
         return torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
 
     def _attend_explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible) -> torch.Tensor:
-        """Attention as matmuls, softmax, soft-cap and sinks, in float32; `visible` (T, S) or None (see all)."""
+        """Attention as matmuls, softmax, soft-cap and sinks, in float32; `visible` (T, S) or None (see all).
+        Long prompts go EXPLICIT_SCORES scores at a time (a 4,096-token prompt at GPT-OSS's 64 heads would
+        otherwise hold 4 GiB of them)."""
         B, T, S = q.shape[0], q.shape[2], k.shape[2]
+        step = max(1, EXPLICIT_SCORES // (B * self.n_heads * S))
+        if step < T:
+            return torch.cat(
+                [
+                    self._attend_explicit(
+                        q[:, :, i : i + step], k, v, None if visible is None else visible[i : i + step]
+                    )
+                    for i in range(0, T, step)
+                ],
+                dim=2,
+            )
         group = self.n_heads // self.n_kv_heads
         qg = q.float().reshape(B, self.n_kv_heads, group * T, self.head_dim)  # a KV head's queries, group-major
         scores = (qg @ k.float().transpose(-1, -2)) * self.scale  # (B, Hkv, group * T, S)
