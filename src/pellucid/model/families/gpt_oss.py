@@ -38,6 +38,8 @@ _EXPERTS = "model.layers.{i}.mlp.experts."
 
 def hf_config(text: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
     return {
+        # OpenAI's config.json also spells top-k `experts_per_token`
+        "n_experts_used": fields.get("n_experts_used") or text.get("experts_per_token") or 0,
         "activation": "swiglu_oai",
         "swiglu_alpha": float(text.get("swiglu_alpha") or 1.702),
         "swiglu_limit": float(text.get("swiglu_limit") or 7.0),
