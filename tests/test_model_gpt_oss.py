@@ -180,3 +180,49 @@ def test_chat_reads_a_harmony_reply(monkeypatch):
     assert "".join(chunk.text for chunk in generation) == "one, two"
     assert generation.reasoning == "Count the stars."
     assert generation.stats.stop_reason == "stop"
+
+
+@pytest.mark.parametrize("n_tokens", [1, 5, 200])
+@torch.inference_mode()
+def test_biased_packed_experts_in_the_native_paths(n_tokens, monkeypatch):
+    """Expert biases and the clamped SwiGLU around the native products: one token (all its experts' gate/up in one
+    call), a few (grouped by expert), many (an expert's matrices unpacked for a GEMM). The default arithmetic rounds
+    activations to int8 (~1%); a bias added to the wrong expert or row would move the output by ~30%."""
+    from pellucid.model.layers import Experts, MoE
+    from pellucid.model.layers.linear import Linear
+    from pellucid.quant import kernels
+    from pellucid.quant.dequant import dequantize
+    from pellucid.quant.linear import QuantizedLinear
+    from pellucid.quant.packed import pack
+    from pellucid.quant.quantize import quantize
+    from pellucid.quant.types import GGMLType
+
+    monkeypatch.setenv("PELLUCID_COMPILE", "0")
+    g = torch.Generator().manual_seed(1)
+    E, hidden, width = 8, 64, 32
+    mats = [torch.randn(E, width, hidden, generator=g) * 0.4, torch.randn(E, width, hidden, generator=g) * 0.4]
+    mats.append(torch.randn(E, hidden, width, generator=g) * 0.2)
+    biases = tuple(torch.randn(E, m.shape[1], generator=g) * 0.3 for m in mats)
+    raws = [[quantize(m[e], GGMLType.Q8_0) for e in range(E)] for m in mats]
+    packed = [[QuantizedLinear(pack(r, GGMLType.Q8_0, tuple(m.shape[1:]))) for r in rs] for rs, m in zip(raws, mats)]
+    dense = [torch.stack([dequantize(r, GGMLType.Q8_0, tuple(m.shape[1:])) for r in rs]) for rs, m in zip(raws, mats)]
+    router = Linear(torch.randn(E, hidden, generator=g) * 0.5, torch.randn(E, generator=g))
+    moe = MoE(router, Experts(*packed, "swiglu_oai", biases=biases), 2, gating="softmax_weight")
+    x = torch.randn(n_tokens, hidden, generator=g) * 3  # large enough for the clamp at 7 to bite
+
+    weights, chosen = moe.route(x)  # the reference: transformers' GPT-OSS arithmetic on the dequantized matrices
+    expected = torch.zeros(n_tokens, hidden)
+    for t in range(n_tokens):
+        for w, e in zip(weights[t], chosen[t].tolist()):
+            gate, up = dense[0][e] @ x[t] + biases[0][e], dense[1][e] @ x[t] + biases[1][e]
+            gate, up = gate.clamp(max=7.0), up.clamp(-7.0, 7.0)
+            expected[t] += w * (dense[2][e] @ ((up + 1) * gate * torch.sigmoid(1.702 * gate)) + biases[2][e])
+    outs = []
+    for mode in ("1", ""):  # exact, then the default arithmetic (the native kernels where the CPU has them)
+        monkeypatch.setenv("PELLUCID_EXACT", mode)
+        monkeypatch.setattr(kernels, "_fast", None)
+        outs.append(moe(x))
+        tol = 1e-5 if mode else 3e-2
+        torch.testing.assert_close(outs[-1], expected, rtol=0, atol=tol * float(expected.abs().max()))
+    if native.available():  # the default arithmetic did take the native products (int8 activations)
+        assert not torch.equal(outs[0], outs[1])
