@@ -135,6 +135,11 @@ def test_hf_folder_with_openai_mxfp4_experts(tmp_path, monkeypatch):
     for projection in (experts.gate[3], experts.up[3], experts.down[3]):
         assert isinstance(projection, QuantizedLinear) and projection.packed.ggml_type == GGMLType.MXFP4
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "dense", dtype=torch.float32).eval()
+    from pellucid.inspect import footprint
+    from pellucid.store import resolve_path
+
+    # `inspect` / `fit` count each MXFP4 block stack as the matrix it holds (its scales are no parameters)
+    assert footprint(resolve_path(tmp_path / "mxfp4")).n_parameters == theirs.num_parameters()
     for ids in prompts("gpt_oss"):
         expected = theirs(torch.tensor([ids])).logits[0].numpy()
         assert relative_error(ours(torch.tensor([ids]))[0].numpy(), expected) <= 1e-4
