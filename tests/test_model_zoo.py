@@ -9,7 +9,7 @@ margin of several logits), so greedy and top-1 comparisons test the arithmetic, 
   same weights, so only summation order differs (measured ~1e-6).
 - GGUF f32 / f16 vs llama.cpp's logits: 1e-3 of the largest logit. llama.cpp rounds activations to float16
   before F16 products and reads GELU from a float16 table; pellucid keeps float32 (measured 1e-6 for f32 files).
-- GGUF Q8_0 / Q4_K_M: llama.cpp also rounds activations to 8 bits in quantized products, which pellucid does not
+- GGUF Q8_0 / Q4_K_M / MXFP4: llama.cpp also rounds activations to 8 bits in quantized products, which pellucid does not
   (outside PELLUCID_FAST): teacher-forced top-1 agreement >= 95% and perplexity within 1% of llama.cpp's on the
   same file. Against llama.cpp run on its own dequantized float32 copy of the file, the same arithmetic as
   pellucid's, agreement must be exact (top-1 everywhere, mean NLL to 1e-3).
@@ -156,8 +156,13 @@ def mean_nll(logits: np.ndarray, ids: list[int]) -> float:
     return float(-logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].mean())
 
 
-@pytest.mark.parametrize("kind", ["tiny-q8_0", "kquant-q4_k_m"])
-@pytest.mark.parametrize("family", FAMILIES)
+def quantized_files() -> list[tuple[str, str]]:
+    """(family, file) for every quantized file with a perplexity record: tiny-q8_0 and kquant-q4_k_m of each family,
+    and a family's extras (GPT-OSS: tiny-mxfp4, llama.cpp's MXFP4_MOE)."""
+    return [(f, k) for f in FAMILIES for k in reference(f)["perplexity"] if k != "definition"]
+
+
+@pytest.mark.parametrize(("family", "kind"), quantized_files())
 def test_gguf_quantized_matches_llama_cpp(family, kind, eager, arithmetic):
     ids, record = perplexity_reference(family, kind)
     logits = pellucid_logits(load_gguf(family, f"{kind}.gguf"), ids)

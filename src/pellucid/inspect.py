@@ -384,21 +384,31 @@ def _chat_note(template: str | None, identity: Identity) -> str:
 
 
 def _hf_footprint(folder: HFFolder) -> Footprint:
-    tensors = tuple(
-        TensorSize(
-            t.name,
-            t.shape,
-            t.n_bytes,
-            is_parameter=t.dtype.startswith(("F", "BF")),  # not I64 buffers
-            ggml_type=GGMLType[t.dtype] if t.dtype in ("F32", "F16", "BF16") else None,
-        )
-        for t in folder.tensors.values()
-    )
+    tensors = tuple(_hf_tensor_size(folder, t) for t in folder.tensors.values())
     side_files = [folder.path / n for n in ("tokenizer.json", "tokenizer_config.json", "config.json")]
     headers = sum(h.data_offset for h in folder.headers.values())
     metadata = headers + sum(p.stat().st_size for p in side_files if p.is_file())
     config = hf_config(folder.config, set(folder.tensors))
     return Footprint(config, tensors, metadata_bytes=metadata, file_precision=_dominant_type(_hf_quant(folder)))
+
+
+def _hf_tensor_size(folder: HFFolder, t) -> TensorSize:
+    """One safetensors tensor as the planner sees it. OpenAI's MXFP4 checkpoints (GPT-OSS) store a matrix as U8
+    `*_blocks` (..., in / 32, 16) beside U8 `*_scales` (..., in / 32): the blocks count as the MXFP4 matrix they
+    hold (..., in), bytes of both included, the scales as no parameters of their own."""
+    if t.dtype == "U8" and t.name.endswith("_blocks") and t.name.removesuffix("_blocks") + "_scales" in folder.tensors:
+        scales = folder.tensors[t.name.removesuffix("_blocks") + "_scales"]
+        shape = (*t.shape[:-2], t.shape[-2] * 32)
+        return TensorSize(t.name, shape, t.n_bytes + scales.n_bytes, ggml_type=GGMLType.MXFP4)
+    if t.dtype == "U8" and t.name.endswith("_scales") and t.name.removesuffix("_scales") + "_blocks" in folder.tensors:
+        return TensorSize(t.name, t.shape, 0, is_parameter=False)  # counted with its blocks
+    return TensorSize(
+        t.name,
+        t.shape,
+        t.n_bytes,
+        is_parameter=t.dtype.startswith(("F", "BF")),  # not I64 buffers
+        ggml_type=GGMLType[t.dtype] if t.dtype in ("F32", "F16", "BF16") else None,
+    )
 
 
 def _hf_quant(folder: HFFolder) -> list[QuantShare]:

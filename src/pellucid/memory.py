@@ -74,7 +74,7 @@ CONVERTED_AT_LOAD = ("f32", "f16")
 # Architectures that encode a whole input at once: no KV cache, no next-token logits.
 ENCODER_ONLY = {"bert", "roberta", "xlm-roberta", "distilbert", "nomic-bert", "nomic_bert", "jina-bert-v2"}
 # Activation functions whose FFN is gated (act(x W_gate) * x W_up): three (T, ffn) tensors instead of two.
-GATED_ACTIVATIONS = {"silu", "gelu_tanh"}
+GATED_ACTIVATIONS = {"silu", "gelu_tanh", "swiglu_oai"}
 
 
 # -- sizes in, sizes out --------------------------------------------------------------------------------

@@ -76,7 +76,30 @@ FEATURE_OFF = {
     ),
     "qwen3moe": ("routing: top-2 -> top-1", {"num_experts_per_tok": 1}),
     "qwen2moe": ("shared expert gate", "open_shared_gate"),
+    "gpt_oss": ("attention sinks", "no_sinks"),
 }
+# More features of one family, each turned off alone: (name, overrides), recorded as "feature effect (... off)" too
+MORE_FEATURES_OFF = {
+    "gpt_oss": [
+        ("SwiGLU clamp", {"swiglu_limit": 1e9}),
+        ("YaRN", {"rope_parameters": {"rope_type": "default", "rope_theta": 150000.0}}),
+        ("router and expert biases", "zero_moe_biases"),
+    ],
+}
+
+
+def gguf_files(name: str) -> tuple[str, ...]:
+    """The GGUF files of one family: every family's four, then its extra quantized ones (specs.Family.quantized)."""
+    import specs
+
+    return (*GGUF_FILES, *(key for key, _, _ in specs.FAMILIES[name].quantized))
+
+
+def quantized_from(name: str) -> dict[str, str]:
+    """Each quantized file of one family -> the variant (HF folder) it was quantized from."""
+    import specs
+
+    return {**QUANTIZED_FROM, **{key: variant for key, variant, _ in specs.FAMILIES[name].quantized}}
 
 
 # -- subprocess 1: llama.cpp's converter ------------------------------------------------------------------------------
@@ -197,6 +220,16 @@ def load_hf(folder: Path, overrides: dict | str | None = None):
             for name, p in model.named_parameters():
                 if name.endswith(("q_norm.weight", "k_norm.weight")):
                     p.fill_(1.0)
+    elif overrides == "no_sinks":  # a sink of -inf takes no share of the softmax
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("self_attn.sinks"):
+                    p.fill_(float("-inf"))
+    elif overrides == "zero_moe_biases":
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith(("router.bias", "_proj_bias")):
+                    p.zero_()
     elif overrides == "open_shared_gate":  # sigmoid(0) = 1/2 for every token instead of the learned gate
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -298,14 +331,15 @@ def make_family(name: str, out_dir: Path | None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         hf = {v: specs.build_hf_folder(name, tmp / f"zoo-{name}-{v}", v) for v in specs.VARIANTS}
-        ggufs = {key: tmp / f"{key}.gguf" for key in GGUF_FILES}
+        ggufs = {key: tmp / f"{key}.gguf" for key in gguf_files(name)}
         kquant_f32 = tmp / "kquant-f32.gguf"
         for folder, outtype, out in ((hf["tiny"], "f32", ggufs["tiny-f32"]), (hf["tiny"], "f16", ggufs["tiny-f16"]),
                                      (hf["kquant"], "f32", kquant_f32)):  # fmt: skip
             run_converter(tok.gguf_pre, folder, outtype, out, folder.name)
         texts = [tok.chat_prompt, *specs.PROMPT_TEXTS]
         prompts = [specs.encode(hf["tiny"], t) for t in texts]
-        ppl_texts = {key: sample_text(hf[variant], variant) for key, variant in QUANTIZED_FROM.items()}
+        samples = {variant: sample_text(hf[variant], variant) for variant in set(quantized_from(name).values())}
+        ppl_texts = {key: samples[variant] for key, variant in quantized_from(name).items()}
         lc, arrays = run_llamacpp(llamacpp_job(name, ggufs, kquant_f32, texts, prompts, ppl_texts), tmp)
         reference = compare_with_transformers(name, hf, prompts, ppl_texts, lc, arrays)
         reference["prompts"] = [
@@ -343,20 +377,27 @@ def sample_text(folder: Path, variant: str) -> dict:
 
 def llamacpp_job(name: str, ggufs: dict, kquant_f32: Path, texts, prompts, ppl_texts: dict) -> dict:
     """What llamacpp_main quantizes and runs for one family."""
-    dequantized = {k: ggufs[k].with_name(f"{k}-dequantized-f32.gguf") for k in ("tiny-f16", *QUANTIZED_FROM)}
+    import specs
+
+    quantized = quantized_from(name)
+    dequantized = {k: ggufs[k].with_name(f"{k}-dequantized-f32.gguf") for k in ("tiny-f16", *quantized)}
     quantize = [
         (str(ggufs["tiny-f32"]), str(ggufs["tiny-q8_0"]), "Q8_0"),
         (str(kquant_f32), str(ggufs["kquant-q4_k_m"]), "Q4_K_M"),
+        *(
+            (str(ggufs["tiny-f32" if v == "tiny" else v]), str(ggufs[k]), ftype)
+            for k, v, ftype in specs.FAMILIES[name].quantized
+        ),
         *((str(ggufs[k]), str(p), "F32") for k, p in dequantized.items()),
     ]
     runs = [
         dict(key=k, gguf=str(ggufs[k]), n_ctx=N_CTX, texts=texts, prompts=prompts, n_predict=N_PREDICT)
         for k in ("tiny-f32", "tiny-f16")
     ]
-    runs += [dict(key=k, gguf=str(ggufs[k]), n_ctx=N_CTX, ppl_ids=ppl_texts[k]["ids"]) for k in QUANTIZED_FROM]
+    runs += [dict(key=k, gguf=str(ggufs[k]), n_ctx=N_CTX, ppl_ids=ppl_texts[k]["ids"]) for k in quantized]
     runs += [
         dict(key=f"{k}-dequantized", gguf=str(dequantized[k]), n_ctx=N_CTX, ppl_ids=ppl_texts[k]["ids"])
-        for k in QUANTIZED_FROM
+        for k in quantized
     ]
     runs.append(dict(key="tiny-f16-dequantized", gguf=str(dequantized["tiny-f16"]), n_ctx=N_CTX, prompts=prompts))
     if name == "phi3":
@@ -390,12 +431,16 @@ def compare_with_transformers(name: str, hf: dict, prompts, ppl_texts: dict, lc:
     f16_copy = [arrays[f"tiny-f16-dequantized.logits.{i}"] for i in range(len(prompts))]
     checks["tiny-f16 max rel diff vs llama.cpp on its dequantized f32 copy"] = max(map(rel_diff, f16, f16_copy))
     ppl = {"definition": PPL_DEFINITION}
-    for key, model in (("tiny-q8_0", tiny), ("kquant-q4_k_m", kquant)):
+    for key, variant in quantized_from(name).items():
+        model = {"tiny": tiny, "kquant": kquant}[variant]
         ids = ppl_texts[key]["ids"]
         ppl[key] = {**ppl_texts[key], **quantized_checks(key, hf_logits(model, ids), ids, arrays, checks)}
     feature, off = FEATURE_OFF[name]
     off_logits = [hf_logits(load_hf(hf["tiny"], off), ids) for ids in prompts]
     checks[f"feature effect ({feature} off): rel change"] = max(map(rel_diff, off_logits, hf_prompt_logits))
+    for feature, off in MORE_FEATURES_OFF.get(name, []):
+        off_logits = [hf_logits(load_hf(hf["tiny"], off), ids) for ids in prompts]
+        checks[f"more: feature effect ({feature} off): rel change"] = max(map(rel_diff, off_logits, hf_prompt_logits))
     if getattr(tiny.config, "num_experts", None):
         for key, model in (("tiny", tiny), ("kquant", kquant)):
             texts = [*prompts, ppl_texts["tiny-q8_0"]["ids"]] if key == "tiny" else [ppl_texts["kquant-q4_k_m"]["ids"]]
@@ -418,6 +463,11 @@ def compare_with_transformers(name: str, hf: dict, prompts, ppl_texts: dict, lc:
         checks["feature (attention soft-cap alone) off: rel change"] = max(
             rel_diff(hf_logits(attn_cap_off, ids), ref) for ids, ref in zip(prompts, hf_prompt_logits)
         )
+    if name == "gpt_oss":  # llama.cpp rounds YaRN's ramp ends whatever truncate says: transformers made to round too
+        rope = dict(tiny.config.rope_parameters, truncate=True)
+        rounded = [hf_logits(load_hf(hf["tiny"], {"rope_parameters": rope}), ids) for ids in prompts]
+        checks["tiny-f32 max rel diff vs transformers with truncate=true"] = max(map(rel_diff, lc_logits, rounded))
+        checks["tiny gate values clamped (> 7), share"] = clamped_share(tiny, [*prompts, ppl_texts["tiny-q8_0"]["ids"]])
     if name == "phi3":
         set_rope_factors(tiny, "long")
         long_hf = [hf_logits(tiny, ids) for ids in prompts]
@@ -452,6 +502,24 @@ def routing_margins(model, texts) -> list[float]:
         h.remove()
     gaps = np.concatenate(gaps)
     return [round(float(gaps.min()), 4), round(float(np.median(gaps)), 4)]
+
+
+def clamped_share(model, texts) -> float:
+    """GPT-OSS: the share of the chosen experts' gate values above swiglu_limit (where the clamp bites)."""
+    limit, seen = model.config.swiglu_limit, []
+    experts = [m for m in model.modules() if type(m).__name__ == "GptOssExperts"]
+    originals = [m._apply_gate for m in experts]
+    for m, original in zip(experts, originals):
+        m._apply_gate = lambda gate_up, original=original: (
+            seen.append(gate_up[..., ::2].flatten()),
+            original(gate_up),
+        )[1]
+    for ids in texts:
+        hf_logits(model, ids)
+    for m, original in zip(experts, originals):
+        m._apply_gate = original
+    values = np.concatenate([v.numpy() for v in seen])
+    return round(float((values > limit).mean()), 4)
 
 
 def quantized_checks(key: str, hf_ppl_logits: np.ndarray, ppl_ids, arrays: dict, checks: dict) -> dict:
@@ -490,7 +558,7 @@ def write_fixture(name: str, out_dir: Path, hf: dict, ggufs: dict, lc: dict, arr
     family = specs.FAMILIES[name]
     out_dir.mkdir(parents=True, exist_ok=True)
     for key, path in ggufs.items():
-        (out_dir / f"{key}.gguf").write_bytes(path.read_bytes())
+        (out_dir / f"{key}.gguf").write_bytes(path.read_bytes())  # (tiny-mxfp4 and other extras included)
     np.savez_compressed(
         out_dir / "reference.npz", **{k: v for k, v in arrays.items() if ".logits." in k and "dequantized" not in k}
     )

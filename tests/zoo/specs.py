@@ -114,6 +114,8 @@ class Family:
     shards: int = 1
     gains: dict = field(default_factory=dict)  # weight-scale overrides, see GAINS
     llamacpp_note: str = ""  # how llama.cpp differs from transformers on this family, if it does
+    per_expert: bool = True  # MoE: store one matrix per expert (False: transformers' own stacks, as GPT-OSS ships)
+    quantized: tuple = ()  # extra quantized files: (file key, source variant, llama.cpp ftype name)
 
 
 COMMON_TINY = dict(
@@ -718,6 +720,80 @@ FAMILIES["qwen2moe"] = Family(
     "here, its default).",
 )
 
+# GPT-OSS in miniature: 2 layers (a sliding window of 8, then full attention), 4 heads / 2 KV heads of 16, attention
+# sinks, q/k/v/o biases, YaRN x32 over 4096 with truncate false (as released), 8 experts of 32 top-2 with a biased
+# router and biased experts behind the clamped SwiGLU. Experts are transformers' own stacks (gate_up interleaved and
+# transposed, as the released checkpoints store them); their inputs are scaled up ("expert_in") so that the clamp
+# at 7 bites. Besides Q8_0 and Q4_K_M, llama.cpp's MXFP4_MOE (experts MXFP4, the rest Q8_0) of tiny-f32.
+GPT_OSS_ROPE = {
+    "rope_type": "yarn",
+    "rope_theta": 150000.0,
+    "factor": 32.0,
+    "beta_fast": 32.0,
+    "beta_slow": 1.0,
+    "truncate": False,
+    "original_max_position_embeddings": 4096,
+}
+FAMILIES["gpt_oss"] = Family(
+    name="gpt_oss",
+    config_class="GptOssConfig",
+    model_class="GptOssForCausalLM",
+    gguf_arch="gpt-oss",
+    tokenizer=Tokenizer(
+        kind="bpe",
+        gguf_pre="gpt-4o",
+        bos="<|startoftext|>",
+        eos="<|return|>",
+        add_bos=False,
+        pad="<|endoftext|>",
+        trailing=(
+            "<|startoftext|>",
+            "<|endoftext|>",
+            "<|return|>",
+            "<|constrain|>",
+            "<|channel|>",
+            "<|start|>",
+            "<|end|>",
+            "<|message|>",
+            "<|call|>",
+        ),
+        regex=(
+            r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+            r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+            r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+        ),
+        generation_eos=("<|return|>", "<|endoftext|>", "<|call|>"),
+        chat_template="openai-gpt-oss-120b.jinja",
+        chat_prompt="<|start|>user<|message|>Hi! Count the stars.<|end|><|start|>assistant",
+    ),
+    tiny=dict(
+        COMMON_TINY,
+        hidden_size=64,
+        **EXPLICIT_HEAD_DIM,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        sliding_window=8,
+        tie_word_embeddings=False,
+        rope_parameters=GPT_OSS_ROPE,
+    ),
+    kquant=dict(
+        COMMON_KQUANT,
+        head_dim=64,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        sliding_window=8,
+        tie_word_embeddings=False,
+        rope_parameters=GPT_OSS_ROPE,
+    ),
+    seed=141,
+    gains={"router": 4.0, "bias": 0.3, "sinks": 1.5, "expert_in": 3.0, "partner": 7.0},
+    per_expert=False,
+    quantized=(("tiny-mxfp4", "tiny", "MXFP4_MOE"),),
+    llamacpp_note="llama.cpp rounds YaRN's ramp ends to whole pairs whatever config.json's truncate says (false "
+    "here, as released; transformers then does not round), hard-codes the clamped SwiGLU's alpha 1.702 and limit 7, "
+    "and the sliding pattern (even layers sliding).",
+)
+
 VARIANTS = ("tiny", "kquant")
 
 
@@ -1057,6 +1133,8 @@ GAINS = {
     "qk_norm_noise": 0.5,
     "bias": 0.0,
     "router": 1.0,
+    "sinks": 1.0,  # GPT-OSS's attention sink logits (std)
+    "expert_in": 1.0,  # GPT-OSS: the gain of the expert stacks' gate/up (the down stack divides by its square)
 }
 RESIDUAL = 0.3  # std of the embedding's entries in the residual stream (hidden 32; smaller for wider models)
 
@@ -1103,14 +1181,22 @@ def _weight_std(name: str, shape: tuple[int, ...], family: Family, config, post_
         else:
             base, noise = 1.0, gains["norm_noise"]
         return base - shift, noise
-    if name.endswith(".bias"):
+    if name.endswith(("o_proj.bias", "down_proj_bias")):  # biases written into the residual stream
+        return 0.0, scales["out"]
+    if name.endswith((".bias", "_bias")):
         return 0.0, gains["bias"]
+    if name.endswith("self_attn.sinks"):
+        return 0.0, gains["sinks"]
+    if name.endswith(("experts.gate_up_proj", "experts.down_proj")) and not family.per_expert:  # (E, in, out)
+        if name.endswith("gate_up_proj"):
+            return 0.0, gains["expert_in"] / shape[-2] ** 0.5
+        return 0.0, scales["out"] / gains["expert_in"] ** 2 / shape[-2] ** 0.5
     fan_in = shape[-1]
     if name == "model.embed_tokens.weight":
         return 0.0, scales["embed"]
     if name == "lm_head.weight":
         return 0.0, scales["head"]
-    if name.endswith("mlp.gate.weight"):  # a MoE router: its logits have std ~ "router"
+    if name.endswith(("mlp.gate.weight", "mlp.router.weight")):  # a MoE router: its logits have std ~ "router"
         return 0.0, gains["router"] / fan_in**0.5
     if any(k in name for k in ("q_proj", "k_proj", "qkv_proj")):
         return 0.0, gains["qk"] / fan_in**0.5
@@ -1145,7 +1231,8 @@ def random_weights(name: str, variant: str = "tiny") -> dict:
         tensors[pname] = values
     _pair_tokens(tensors, family, config, rng)
     dtype = getattr(torch, family.dtype)
-    return {n: torch.from_numpy(v).to(dtype).contiguous() for n, v in _per_expert(tensors).items()}
+    tensors = _per_expert(tensors) if family.per_expert else tensors
+    return {n: torch.from_numpy(v).to(dtype).contiguous() for n, v in tensors.items()}
 
 
 def _per_expert(tensors: dict) -> dict:

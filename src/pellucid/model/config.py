@@ -32,6 +32,9 @@ class RopeScaling:
     factor: float = 1.0
     original_context_length: int | None = None
     extra: dict[str, float] = field(default_factory=dict)
+    # YaRN: round the ramp's ends outwards to whole pairs (llama.cpp always; transformers unless config.json's
+    # `truncate` is false, as GPT-OSS's is)
+    truncate: bool = True
     short_factors: tuple[float, ...] | None = None
     long_factors: tuple[float, ...] | None = None
 
@@ -63,7 +66,11 @@ class ModelConfig:
     attn_logit_softcap: float | None = None  # scores become cap * tanh(scores / cap) (Gemma 2)
     final_logit_softcap: float | None = None  # the same on the output logits
     query_scale: float | None = None  # multiplier on q·k; None = 1/sqrt(head_dim)
-    activation: str = "silu"  # "silu" (SwiGLU) or "gelu_tanh" (GeGLU)
+    activation: str = "silu"  # "silu" (SwiGLU), "gelu_tanh" (GeGLU) or "swiglu_oai" (GPT-OSS's clamped SwiGLU)
+    swiglu_alpha: float = 1.702  # swiglu_oai: (clamp(up, ±limit) + 1) * g * sigmoid(alpha * g), g = min(gate, limit)
+    swiglu_limit: float = 7.0
+    # A learned per-head logit that joins each query's softmax denominator (GPT-OSS's attention sinks)
+    attention_sinks: bool = False
     embedding_scale_by_sqrt_hidden: bool = False  # Gemma
     embedding_multiplier: float | None = None  # Granite: embeddings times this constant
     residual_multiplier: float | None = None  # Granite: each branch's output times this before the residual add
@@ -82,7 +89,9 @@ class ModelConfig:
     n_shared_experts: int = 0  # experts every token goes through (DeepSeek; Qwen 2 MoE's one shared expert)
     shared_expert_ffn_size: int = 0  # their FFN width, all shared experts together
     shared_expert_gate: bool = False  # the shared experts' output times sigmoid(x . w) (Qwen 2 MoE)
-    expert_gating: str = "softmax"  # router scores: "softmax" over all experts or "sigmoid" of each (DeepSeek V3)
+    # router scores: "softmax" over all experts, "sigmoid" of each (DeepSeek V3), or "softmax_weight": experts
+    # chosen by their logits, then a softmax over the chosen ones' logits (GPT-OSS)
+    expert_gating: str = "softmax"
     expert_weights_norm: bool = False  # the chosen experts' scores divided by their sum
     expert_weights_scale: float = 1.0  # ... then multiplied by this (DeepSeek's routed_scaling_factor)
     n_expert_groups: int = 0  # grouped top-k (DeepSeek V3): experts split into groups, tokens pick from the
@@ -246,6 +255,7 @@ def config_from_gguf(metadata: dict[str, Any], tensor_names: set[str] | None = N
         pre_norms=defaults.get("pre_norms", True),
         post_norms=defaults.get("post_norms", False),
         qk_norm=defaults.get("qk_norm", ""),
+        attention_sinks=defaults.get("attention_sinks", False),
         tie_embeddings=tensor_names is None or "output.weight" not in tensor_names,
     )
     if rope_scaling is not None and rope_scaling.kind == "yarn":
@@ -270,7 +280,7 @@ def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
 
 
 # llama.cpp's llama_expert_gating_func_type values (GGUF `{arch}.expert_gating_func`)
-EXPERT_GATING_FUNCS = {1: "softmax", 2: "sigmoid"}
+EXPERT_GATING_FUNCS = {1: "softmax", 2: "sigmoid", 3: "softmax_weight"}
 
 
 def _gguf_moe_fields(get, defaults: dict[str, Any], n_layers: int) -> dict[str, Any]:
@@ -369,6 +379,7 @@ def config_from_hf(config: dict[str, Any], tensor_names: set[str] | None = None)
         post_norms=defaults.get("post_norms", False),
         norm_weight_offset=defaults.get("hf_norm_weight_offset", 0.0),
         qk_norm=defaults.get("qk_norm", ""),
+        attention_sinks=defaults.get("attention_sinks", False),
         tie_embeddings=bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", True)))
         or (tensor_names is not None and not any(n.endswith("lm_head.weight") for n in tensor_names)),
     )
@@ -477,9 +488,13 @@ def _hf_rope_scaling(rope: dict[str, Any], text: dict[str, Any]) -> RopeScaling 
     if kind == "yarn":
         factor = rope.get("factor") or text["max_position_embeddings"] / original
         extra = {"beta_fast": float(rope.get("beta_fast") or 32.0), "beta_slow": float(rope.get("beta_slow") or 1.0)}
-        if rope.get("truncate") is False:
-            raise UnsupportedError("YaRN RoPE with truncate=false is not supported yet")
-        return RopeScaling(kind="yarn", factor=float(factor), original_context_length=original, extra=extra)
+        return RopeScaling(
+            kind="yarn",
+            factor=float(factor),
+            original_context_length=original,
+            extra=extra,
+            truncate=rope.get("truncate") is not False,
+        )
     return RopeScaling(kind=kind, factor=float(rope.get("factor", 1.0)), original_context_length=original)
 
 

@@ -76,9 +76,11 @@ class Weights:
         dtype,
         pack: Callable[[str], PackedWeight | None] | None = None,
         source: str = "the model file",
+        quantize: GGMLType | None = None,
     ):
         self._load = load
         self._pack = pack
+        self.quantize = quantize
         self.shapes = shapes
         self.names = set(shapes)
         self.device = torch.device(device)
@@ -87,6 +89,24 @@ class Weights:
         self.used: set[str] = set()
         self._loaded: dict[str, nn.Parameter] = {}
         self._packed: dict[str, PackedWeight | None] = {}
+        self._derived: dict[str, tuple[Callable, Callable | None, tuple[str, ...]]] = {}
+
+    def derive(
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        sources: tuple[str, ...],
+        load: Callable[[], torch.Tensor],
+        pack: Callable[[], PackedWeight | None] | None = None,
+    ) -> None:
+        """Offer a tensor the file does not hold as such, computed from `sources` when it is asked for (a family
+        whose checkpoint lays a tensor out otherwise: GPT-OSS's gate and up experts interleaved in one
+        transposed stack). Using it counts its sources as used. `pack`, if given, gives it packed (MXFP4 blocks
+        rearranged); otherwise a matrix or stack is packed as a stored one would be: float16/bfloat16 as it is,
+        any float into `quantize`'s format if the load asked for one, float32 left dense."""
+        self.shapes[name] = tuple(shape)
+        self.names.add(name)
+        self._derived[name] = (load, pack, tuple(sources))
 
     @classmethod
     def from_gguf(cls, gguf: GGUFFile, *, device, dtype, quantize: GGMLType | None = None) -> Weights:
@@ -122,7 +142,15 @@ class Weights:
             return pack(folder.raw(name), stored, info.shape)
 
         shapes = {name: info.shape for name, info in folder.tensors.items()}
-        return cls(folder.tensor, shapes, device=device, dtype=dtype, pack=pack_matrix, source=folder.path.name)
+        return cls(
+            folder.tensor,
+            shapes,
+            device=device,
+            dtype=dtype,
+            pack=pack_matrix,
+            source=folder.path.name,
+            quantize=quantize,
+        )
 
     @classmethod
     def from_dict(cls, tensors: dict[str, torch.Tensor], *, device="cpu", dtype=torch.float32) -> Weights:
@@ -131,6 +159,11 @@ class Weights:
 
     def has(self, name: str) -> bool:
         return name in self.names
+
+    def stored(self, name: str) -> torch.Tensor:
+        """The named tensor as the file stores it (its dtype, on the CPU), for `derive`'s loaders; not marked used."""
+        self.shape(name)
+        return self._load(name)
 
     def shape(self, name: str) -> tuple[int, ...]:
         if name not in self.shapes:
@@ -158,18 +191,42 @@ class Weights:
         key = f"{name}:{dtype}"
         if key not in self._loaded:
             self.shape(name)  # a clear error for a missing tensor
-            self._loaded[key] = frozen(self._load(name).to(device=self.device, dtype=dtype))
-            self.used.add(name)
+            derived = self._derived.get(name)
+            tensor = derived[0]() if derived else self._load(name)
+            self._loaded[key] = frozen(tensor.to(device=self.device, dtype=dtype))
+            self._mark_used(name)
         return self._loaded[key]
 
     def packed(self, name: str) -> PackedWeight | None:
-        if self._pack is None:
+        derived = self._derived.get(name)
+        if self._pack is None and derived is None:
             return None
         if name not in self._packed:
             self.shape(name)
-            self._packed[name] = self._pack(name)
-            self.used.add(name)
+            if derived is not None:
+                self._packed[name] = derived[1]() if derived[1] is not None else self._pack_derived(name)
+            else:
+                self._packed[name] = self._pack(name)
+            self._mark_used(name)
         return self._packed[name]
+
+    def _pack_derived(self, name: str) -> PackedWeight | None:
+        shape = self.shapes[name]
+        if len(shape) not in (2, 3):
+            return None
+        tensor = self._derived[name][0]()
+        matrix = tensor.reshape(math.prod(shape[:-1]), shape[-1])  # a stack as one matrix, as GGUF stacks pack
+        stored = {torch.float16: GGMLType.F16, torch.bfloat16: GGMLType.BF16}.get(tensor.dtype, GGMLType.F32)
+        if self.quantize is not None:
+            return _quantized(matrix, self.quantize, stored, matrix.contiguous().view(torch.uint8))
+        if stored == GGMLType.F32:
+            return None
+        return pack(matrix.contiguous().view(torch.uint8), stored, tuple(matrix.shape))
+
+    def _mark_used(self, name: str) -> None:
+        self.used.add(name)
+        if name in self._derived:
+            self.used.update(self._derived[name][2])
 
     def unused(self) -> list[str]:
         return sorted(self.names - self.used)
@@ -284,6 +341,8 @@ def _load_hf(path, device, dtype, quantize) -> Transformer:
         _check_dtype(family, dtype)
         config = config_from_hf(folder.config, set(folder.tensors))
         weights = Weights.from_hf(folder, device=device, dtype=dtype, quantize=quantize)
+        if family.hf_weights is not None:
+            family.hf_weights(weights, config, folder.config)
         names = _decoder_names(family.hf_names, weights)
         if config.tie_embeddings and weights.has(names.output):
             weights.used.add(names.output)  # transformers ignores lm_head when the config ties it, and so do we
@@ -381,6 +440,7 @@ def _build_ropes(config: ModelConfig, weights: Weights, names: TensorNames):
             scaling.original_context_length,
             scaling.extra["beta_fast"],
             scaling.extra["beta_slow"],
+            scaling.truncate,
         )
     elif scaling is not None and scaling.kind == "longrope":
         if scaling.short_factors is not None:  # config.json lists them
@@ -454,6 +514,10 @@ def _build_attention(config: ModelConfig, weights: Weights, names: TensorNames, 
     weights.expect(name(names.o), (hidden, config.n_heads * config.value_head_dim), heads)
     sliding = bool(config.sliding_layers) and config.sliding_layers[i]
     over_heads = config.qk_norm == "projection"
+    sinks = None
+    if config.attention_sinks:
+        weights.expect(name(names.attn_sinks), (config.n_heads,), f"one attention sink per head ({config.n_heads})")
+        sinks = weights.tensor(name(names.attn_sinks), torch.float32)
     return Attention(
         q,
         k,
@@ -474,6 +538,7 @@ def _build_attention(config: ModelConfig, weights: Weights, names: TensorNames, 
         qk_norm_over_heads=over_heads,
         softcap=config.attn_logit_softcap,
         use_rope=not config.rope_layers or config.rope_layers[i],
+        sinks=sinks,
     )
 
 
@@ -532,6 +597,14 @@ def _build_moe(config: ModelConfig, weights: Weights, names: TensorNames, name) 
     def experts(template: str | None, shape: tuple[int, int]) -> list[nn.Module]:
         return make_experts(weights, name(template), n, shape, why)
 
+    def stack_bias(template: str | None, out: int) -> torch.Tensor | None:
+        """A stack's biases (experts, out), stored beside it (GPT-OSS); per-expert matrices carry their own."""
+        bias_name = name(template).removesuffix(".weight") + ".bias"
+        if "{e}" in bias_name or not weights.has(bias_name):
+            return None
+        weights.expect(bias_name, (n, out), why)
+        return weights.tensor(bias_name, torch.float32)
+
     bias = None
     if names.router_bias and weights.has(name(names.router_bias)):
         weights.expect(name(names.router_bias), (n,), f"{n} experts")
@@ -558,6 +631,13 @@ def _build_moe(config: ModelConfig, weights: Weights, names: TensorNames, name) 
             experts(names.up_exps, (width, hidden)),
             experts(names.down_exps, (hidden, width)),
             config.activation,
+            biases=(
+                stack_bias(names.gate_exps, width),
+                stack_bias(names.up_exps, width),
+                stack_bias(names.down_exps, hidden),
+            ),
+            swiglu_alpha=config.swiglu_alpha,
+            swiglu_limit=config.swiglu_limit,
         ),
         config.n_experts_used,
         gating=config.expert_gating,
@@ -604,7 +684,7 @@ def _check_supported(config: ModelConfig) -> None:
         problems.append(f"{config.n_experts} experts that do not split into {config.n_expert_groups} groups")
     if config.rope_scaling is not None and config.rope_scaling.kind not in ("linear", "llama3", "longrope", "yarn"):
         problems.append(f"{config.rope_scaling.kind!r} RoPE scaling")
-    if config.activation not in ("silu", "gelu_tanh"):
+    if config.activation not in ("silu", "gelu_tanh", "swiglu_oai"):
         problems.append(f"the {config.activation!r} activation")
     if config.n_heads % config.n_kv_heads:
         problems.append(f"{config.n_heads} query heads that do not split into {config.n_kv_heads} KV groups")

@@ -47,6 +47,7 @@ class TensorNames:
     k_norm: str | None = None
     post_attn_norm: str | None = None
     post_ffn_norm: str | None = None
+    attn_sinks: str | None = "blk.{i}.attn_sinks.weight"  # one logit per head (GPT-OSS)
     # Latent attention (MLA): the low-rank query, the shared latent and RoPE key, and the per-head decompression,
     # either as one matrix (HF's kv_b_proj: per head, nope rows then v rows) or split (llama.cpp's attn_k_b,
     # stored transposed as (heads, rank, nope), and attn_v_b (heads, v, rank))
@@ -99,6 +100,7 @@ HF_NAMES = TensorNames(
     up_shexp="model.layers.{i}.mlp.shared_experts.up_proj.weight",
     down_shexp="model.layers.{i}.mlp.shared_experts.down_proj.weight",
     shexp_gate=None,
+    attn_sinks="model.layers.{i}.self_attn.sinks",
     ignored=("model.layers.{i}.self_attn.rotary_emb.inv_freq",),
 )
 
@@ -123,6 +125,9 @@ class Family:
     hf_config: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
     # The same for GGUF metadata: hook(get, fields so far), where get(suffix) reads `{arch}.{suffix}`
     gguf_config: Callable[[Callable[..., Any], dict[str, Any]], dict[str, Any]] | None = None
+    # Tensors a family's HF checkpoint lays out otherwise, offered under its hf_names: hook(Weights, ModelConfig,
+    # config.json) calling `Weights.derive` (GPT-OSS's interleaved, transposed expert stacks)
+    hf_weights: Callable[[Any, Any, dict[str, Any]], None] | None = None
     float16_ok: bool = True  # False where activations outgrow float16's range (65504) and turn into inf
 
 
@@ -131,6 +136,7 @@ def _families() -> list[Family]:
         deepseek2,
         gemma2,
         gemma3,
+        gpt_oss,
         granite,
         llama,
         olmo2,
@@ -142,7 +148,9 @@ def _families() -> list[Family]:
         smollm3,
     )
 
-    families = (llama, qwen2, qwen3, qwen2moe, qwen3moe, gemma2, gemma3, phi3, olmo2, smollm3, granite, deepseek2)
+    families = (
+        llama, qwen2, qwen3, qwen2moe, qwen3moe, gemma2, gemma3, phi3, olmo2, smollm3, granite, deepseek2, gpt_oss
+    )  # fmt: skip
     return [m.FAMILY for m in families]
 
 
@@ -195,8 +203,6 @@ RELATIVES = {
     "olmoe": "olmo2 (OLMoE is a mixture-of-experts model, not supported yet)",
     "phi2": "phi3",
     "granitemoe": "granite (the dense Granite 3 models); mixture-of-experts is not supported yet",
-    "gpt-oss": "none yet: GPT-OSS is a mixture-of-experts model",
-    "gpt_oss": "none yet: GPT-OSS is a mixture-of-experts model",
     "llama4": "llama (Llama 3.x); Llama 4 is a mixture-of-experts model, not supported yet",
     "internlm2": "llama (InternLM 2 is llama-shaped with a fused qkv; not supported yet)",
     "starcoder2": "none (StarCoder 2 uses LayerNorm and a plain GELU MLP)",

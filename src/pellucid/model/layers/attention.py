@@ -1,4 +1,4 @@
-"""Attention: grouped KV heads, RoPE, optional QK-norm, sliding windows; the masks it needs."""
+"""Attention: grouped KV heads, RoPE, optional QK-norm, sliding windows, soft-caps, sinks; the masks it needs."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pellucid.model.layers.linear import project
+from pellucid.model.layers.linear import frozen, project
 from pellucid.model.layers.rope import RotaryEmbedding
 from pellucid.quant import kernels, native
+
+# The most attention scores the explicit path (soft-caps, sinks) holds at once: 2^25 floats, 128 MiB
+EXPLICIT_SCORES = 1 << 25
 
 
 def attention_mask(q_len: int, k_len: int, window: int | None, device: torch.device) -> torch.Tensor | None:
@@ -39,6 +42,9 @@ class Attention(nn.Module):
     - `window`: attend only to the last `window` positions (a sliding-window layer).
     - `softcap`: scores become softcap * tanh(scores / softcap) before the mask and softmax (Gemma 2).
     - `use_rope=False`: a layer that sees positions only through the causal mask (SmolLM3's every fourth).
+    - `sinks` (n_heads,): a learned logit per head that joins the softmax's denominator as if a key scored it,
+      but contributes no value: a head can give less than all of its attention to the keys (GPT-OSS). llama.cpp's
+      soft_max with sinks and transformers' GPT-OSS eager attention both do exactly this.
     Projections may carry biases (Qwen 2's q/k/v); that is the projection's business (`layers.linear`).
     """
 
@@ -60,6 +66,7 @@ class Attention(nn.Module):
         qk_norm_over_heads: bool = False,
         softcap: float | None = None,
         use_rope: bool = True,
+        sinks: torch.Tensor | None = None,
     ):
         super().__init__()
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = q_proj, k_proj, v_proj, o_proj
@@ -71,6 +78,7 @@ class Attention(nn.Module):
         self.window = window
         self.softcap = softcap
         self.use_rope = use_rope
+        self.sinks = frozen(sinks.float()) if sinks is not None else None
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding, cos: torch.Tensor, sin: torch.Tensor, cache=None):
         B, T, _ = x.shape
@@ -106,7 +114,7 @@ class Attention(nn.Module):
             slots, lengths = zip(*(c.decode_slot() for c in caches))
             keys, values = [c.keys for c in caches], [c.values for c in caches]
             kt, vt = k.transpose(1, 2), v.transpose(1, 2)  # back to (B, 1, Hkv, D) views
-            return native.store_attend(q, kt, vt, keys, values, slots, lengths, self.scale, self.softcap)
+            return native.store_attend(q, kt, vt, keys, values, slots, lengths, self.scale, self.softcap, self.sinks)
         if isinstance(cache, list):
             outs = []
             for b, c in enumerate(cache):
@@ -118,7 +126,7 @@ class Attention(nn.Module):
 
     def _native_or_eager(self, q, keys, values, visible) -> torch.Tensor:
         if keys.dtype == torch.float32 and values.dtype == torch.float32:
-            return native.attend_one(q, keys, values, visible, self.scale, self.softcap)
+            return native.attend_one(q, keys, values, visible, self.scale, self.softcap, self.sinks)
         out = self._attend(q.transpose(1, 2), keys, values, visible)  # a KV cache in another dtype
         return out.transpose(1, 2).reshape(q.shape[0], 1, self.n_heads * self.value_head_dim)
 
@@ -130,7 +138,7 @@ class Attention(nn.Module):
         gqa = self.n_kv_heads != self.n_heads
         if T == 1 and torch.compiler.is_compiling():
             return self._attend_one(q, k, v, visible)
-        if self.softcap is not None:  # SDPA has no soft-cap: the same steps written out
+        if self.softcap is not None or self.sinks is not None:  # SDPA has neither: the same steps written out
             mask = visible if visible is not None else attention_mask(T, S, self.window, q.device)
             return self._attend_explicit(q, k, v, mask)
         if visible is not None:
@@ -156,20 +164,41 @@ class Attention(nn.Module):
             scores = torch.tanh(scores / self.softcap) * self.softcap
         if visible is not None:
             scores = scores.masked_fill(~visible.view(1, 1, 1, S), float("-inf"))
-        weights = torch.softmax(scores, dim=-1)
+        weights = self._softmax(scores, self.n_kv_heads, group)
         out = (weights.unsqueeze(-1) * v.float().unsqueeze(2)).sum(-2)  # (B, Hkv, group, Dv)
         return out.view(B, self.n_heads, 1, self.value_head_dim).to(q.dtype)
 
+    def _softmax(self, scores: torch.Tensor, n_kv_heads: int, group: int) -> torch.Tensor:
+        """Softmax over the last dim of scores (B, Hkv, group, [T,] S), with each head's sink in the denominator."""
+        if self.sinks is None:
+            return torch.softmax(scores, dim=-1)
+        sink = self.sinks.view(1, n_kv_heads, group, *([1] * (scores.dim() - 3))).expand(*scores.shape[:-1], 1)
+        return torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
+
     def _attend_explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible) -> torch.Tensor:
-        """Attention as matmuls, softmax and the soft-cap, in float32; `visible` (T, S) or None (see everything)."""
+        """Attention as matmuls, softmax, soft-cap and sinks, in float32; `visible` (T, S) or None (see all).
+        Long prompts go EXPLICIT_SCORES scores at a time (a 4,096-token prompt at GPT-OSS's 64 heads would
+        otherwise hold 4 GiB of them)."""
         B, T, S = q.shape[0], q.shape[2], k.shape[2]
+        step = max(1, EXPLICIT_SCORES // (B * self.n_heads * S))
+        if step < T:
+            return torch.cat(
+                [
+                    self._attend_explicit(
+                        q[:, :, i : i + step], k, v, None if visible is None else visible[i : i + step]
+                    )
+                    for i in range(0, T, step)
+                ],
+                dim=2,
+            )
         group = self.n_heads // self.n_kv_heads
         qg = q.float().reshape(B, self.n_kv_heads, group * T, self.head_dim)  # a KV head's queries, group-major
         scores = (qg @ k.float().transpose(-1, -2)) * self.scale  # (B, Hkv, group * T, S)
-        scores = torch.tanh(scores / self.softcap) * self.softcap
+        if self.softcap is not None:
+            scores = torch.tanh(scores / self.softcap) * self.softcap
         scores = scores.view(B, self.n_kv_heads, group, T, S)
         if visible is not None:
             scores = scores.masked_fill(~visible, float("-inf"))
-        weights = torch.softmax(scores, dim=-1).view(B, self.n_kv_heads, group * T, S)
+        weights = self._softmax(scores, self.n_kv_heads, group).view(B, self.n_kv_heads, group * T, S)
         out = weights @ v.float()  # (B, Hkv, group * T, Dv)
         return out.view(B, self.n_heads, T, self.value_head_dim).to(q.dtype)

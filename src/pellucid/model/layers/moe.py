@@ -5,6 +5,9 @@
     weights  = scores[chosen] (/ their sum) (x scale)
     out      = sum_j weights[j] * expert[chosen[j]](x)  [+ shared(x) (x sigmoid(gate . x): Qwen 2 MoE)]
 
+GPT-OSS ("softmax_weight") chooses by the router's logits and takes the softmax of the chosen k logits as the
+weights; its router and every expert projection carry a bias, and its experts use the clamped SwiGLU.
+
 This is llama.cpp's `build_moe_ffn` (src/llama-graph.cpp) and transformers' Qwen3MoeSparseMoeBlock /
 DeepseekV3MoE, step for step; `ModelConfig`'s expert_* fields switch the variants.
 
@@ -23,7 +26,7 @@ import torch
 from torch import nn
 
 from pellucid.model.layers.linear import frozen, project
-from pellucid.model.layers.mlp import ACTIVATIONS, GatedMLP
+from pellucid.model.layers.mlp import GatedMLP, make_glu
 from pellucid.quant import kernels, native
 from pellucid.quant.linear import QuantizedLinear
 
@@ -54,12 +57,16 @@ def route(
     its best `n_groups_used` groups only, a group scored by the sum of its two best (biased) scores.
     """
     logits = logits.float()
+    if gating == "softmax_weight":  # GPT-OSS: the best k logits, then a softmax over those k
+        top, experts = logits.topk(k, dim=-1)
+        weights = torch.softmax(top, dim=-1)
+        return (weights * scale if scale != 1.0 else weights), experts
     if gating == "softmax":
         scores = torch.softmax(logits, dim=-1)
     elif gating == "sigmoid":
         scores = torch.sigmoid(logits)
     else:
-        raise ValueError(f"expert gating must be 'softmax' or 'sigmoid', not {gating!r}")
+        raise ValueError(f"expert gating must be 'softmax', 'sigmoid' or 'softmax_weight', not {gating!r}")
     select = scores + bias.float() if bias is not None else scores
     if n_groups > 1:
         n, e = select.shape
@@ -79,13 +86,36 @@ def route(
 
 class Experts(nn.Module):
     """E gated FFNs, expert e = down[e](act(gate[e](x)) * up[e](x)); each projection any linear layer (packed
-    or dense). `forward` runs the chosen ones only, each on the tokens routed to it."""
+    or dense). `forward` runs the chosen ones only, each on the tokens routed to it.
 
-    def __init__(self, gate: list[nn.Module], up: list[nn.Module], down: list[nn.Module], activation: str):
+    `biases` (GPT-OSS): (gate, up, down) bias stacks, each (E, out) or None, added after the products. They are
+    kept here rather than in the projections so that the native kernels, which take bias-free matrices, still
+    run every expert product."""
+
+    def __init__(
+        self,
+        gate: list[nn.Module],
+        up: list[nn.Module],
+        down: list[nn.Module],
+        activation: str,
+        *,
+        biases: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None] | None = None,
+        swiglu_alpha: float = 1.702,
+        swiglu_limit: float = 7.0,
+    ):
         super().__init__()
         self.gate, self.up, self.down = nn.ModuleList(gate), nn.ModuleList(up), nn.ModuleList(down)
         self.activation = activation
-        self.act = ACTIVATIONS[activation]
+        self.glu = make_glu(activation, swiglu_alpha, swiglu_limit)
+        gate_b, up_b, down_b = biases or (None, None, None)
+        self.gate_bias = frozen(gate_b.float()) if gate_b is not None else None
+        self.up_bias = frozen(up_b.float()) if up_b is not None else None
+        self.down_bias = frozen(down_b.float()) if down_b is not None else None
+
+    @staticmethod
+    def _biased(y: torch.Tensor, bias: torch.Tensor | None, experts) -> torch.Tensor:
+        """y plus each row's expert's bias (`experts`: one id, or a tensor of ids, one per row)."""
+        return y if bias is None else (y.float() + bias[experts]).to(y.dtype)
 
     def __len__(self) -> int:
         return len(self.gate)
@@ -137,18 +167,16 @@ class Experts(nn.Module):
         if gate is None:
             return False
         up = kernels.matmul_grouped(xs, counts, [ms[1] for ms in mats])
-        y = kernels.matmul_grouped(self._glu(gate, up), counts, [ms[2] for ms in mats])
+        ids = expert_of[slots]
+        h = self.glu(self._biased(gate, self.gate_bias, ids), self._biased(up, self.up_bias, ids))
+        y = self._biased(kernels.matmul_grouped(h, counts, [ms[2] for ms in mats]), self.down_bias, ids)
         out.index_add_(0, token_of[slots], y.float() * w[slots, None])
         return True
 
     def _ffn(self, x: torch.Tensor, e: int) -> torch.Tensor:
         gate, up = project(x, self.gate[e], self.up[e])
-        return self.down[e](self._glu(gate, up))
-
-    def _glu(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        if kernels.fused(gate):
-            return native.glu(gate, up, self.activation)
-        return self.act(gate) * up
+        h = self.glu(self._biased(gate, self.gate_bias, e), self._biased(up, self.up_bias, e))
+        return self._biased(self.down[e](h), self.down_bias, e)
 
     def _one_token(self, x: torch.Tensor, weights: torch.Tensor, chosen: list[int]) -> torch.Tensor:
         """A decode step's token: the gate and up products of its k experts in one call (they share x), and,
@@ -157,13 +185,16 @@ class Experts(nn.Module):
         if specs is not None:  # the default arithmetic on the CPU: three native ops, no per-expert Python
             k, width = len(chosen), self.gate[chosen[0]].out_features
             gate_up = native.gemv(x.float(), [s for e in specs for s in e[:2]]).view(k, 2, width)
-            h = native.glu(gate_up[:, 0], gate_up[:, 1], self.activation)  # (k, expert FFN)
-            y = native.gemv_grouped(h, [1] * k, [e[2] for e in specs])  # (k, hidden)
+            h = self.glu(  # (k, expert FFN)
+                self._biased(gate_up[:, 0], self.gate_bias, chosen), self._biased(gate_up[:, 1], self.up_bias, chosen)
+            )
+            y = self._biased(native.gemv_grouped(h, [1] * k, [e[2] for e in specs]), self.down_bias, chosen)
             return (y * weights[:, None]).sum(0, keepdim=True).to(x.dtype)
         outs = project(x, *[p for e in chosen for p in (self.gate[e], self.up[e])])
         out = None
         for j, e in enumerate(chosen):
-            y = self.down[e](self._glu(outs[2 * j], outs[2 * j + 1])).float() * weights[j]
+            gate, up = self._biased(outs[2 * j], self.gate_bias, e), self._biased(outs[2 * j + 1], self.up_bias, e)
+            y = self._biased(self.down[e](self.glu(gate, up)), self.down_bias, e).float() * weights[j]
             out = y if out is None else out + y
         return out.to(x.dtype)
 

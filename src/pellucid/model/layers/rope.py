@@ -119,21 +119,29 @@ def llama3_freq_factors(
 
 
 def yarn_freq_factors(
-    rope_dim: int, theta: float, factor: float, original_context: int, beta_fast: float, beta_slow: float
+    rope_dim: int,
+    theta: float,
+    factor: float,
+    original_context: int,
+    beta_fast: float,
+    beta_slow: float,
+    truncate: bool = True,
 ) -> torch.Tensor:
     """YaRN's per-frequency divisors (DeepSeek V2/V3), as ggml_rope_ext and transformers compute them.
 
     Pairs that turn more than `beta_fast` times over the original context keep their frequency, those turning
     fewer than `beta_slow` times are divided by `factor`, and a linear ramp over the pair index joins them (ends
-    rounded outwards to whole pairs). Its attention correction (mscale) is not here: cos/sin take
+    rounded outwards to whole pairs, unless `truncate` is False: GPT-OSS's config.json; llama.cpp always rounds). Its attention correction (mscale) is not here: cos/sin take
     `ModelConfig.rope_attention_factor`, and latent attention folds mscale_all_dim into its query scale.
     """
 
     def pair_turning(turns: float) -> float:  # the pair index whose wavelength fits `turns` times in the context
         return rope_dim * math.log(original_context / (turns * 2 * math.pi)) / (2 * math.log(theta))
 
-    low = max(0.0, math.floor(pair_turning(beta_fast)))
-    high = min(rope_dim - 1.0, math.ceil(pair_turning(beta_slow)))
+    low, high = pair_turning(beta_fast), pair_turning(beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(0.0, low), min(rope_dim - 1.0, high)
     pairs = torch.arange(rope_dim // 2, dtype=torch.float64)
     keep = 1.0 - ((pairs - low) / max(0.001, high - low)).clamp(0.0, 1.0)  # 1: extrapolate (keep), 0: interpolate
     return (1.0 / ((1.0 - keep) / factor + keep)).float()

@@ -226,16 +226,19 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rope_dim: int, i
     return torch.ops.pellucid.rope(x, cos, sin, rope_dim, interleaved)
 
 
-def attend_one(q, k, v, visible, scale: float, softcap: float | None) -> torch.Tensor:
-    """One query per sequence: q (B, 1, H, D) over k (B, Hkv, S, D), v (B, Hkv, S, Dv) -> (B, 1, H * Dv)."""
-    return torch.ops.pellucid.attend_one(q, k, v, visible, scale, softcap or 0.0)
+def attend_one(q, k, v, visible, scale: float, softcap: float | None, sinks=None) -> torch.Tensor:
+    """One query per sequence: q (B, 1, H, D) over k (B, Hkv, S, D), v (B, Hkv, S, Dv) -> (B, 1, H * Dv).
+    `sinks` (H,): a logit per head that joins the softmax's denominator (GPT-OSS), or None."""
+    return torch.ops.pellucid.attend_one(q, k, v, visible, scale, softcap or 0.0, sinks)
 
 
-def store_attend(q, k, v, keys, values, slots, lengths, scale: float, softcap: float | None) -> torch.Tensor:
+def store_attend(
+    q, k, v, keys, values, slots, lengths, scale: float, softcap: float | None, sinks=None
+) -> torch.Tensor:
     """The decode step of B sequences with a cache each: k/v (B, 1, Hkv, D) written into slot slots[b] of
     keys[b]/values[b] (1, Hkv, capacity, D), then q[b] (B, 1, H, D) attends over their first lengths[b] slots.
     Returns (B, 1, H * Dv)."""
-    return torch.ops.pellucid.store_attend(q, k, v, keys, values, slots, lengths, scale, softcap or 0.0)
+    return torch.ops.pellucid.store_attend(q, k, v, keys, values, slots, lengths, scale, softcap or 0.0, sinks)
 
 
 ACTIVATION_IDS = {"silu": 0, "gelu_tanh": 1}

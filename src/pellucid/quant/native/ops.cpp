@@ -9,10 +9,11 @@
 //
 //   rms_norm(x (..., D), w (D,), eps)                  x / sqrt(mean(x^2) + eps) * w
 //   rope(x (B, T, H, D), cos (B, T, R/2), sin, R, interleaved)   rotate the first R dims of every head
-//   attend_one(q (B, 1, H, D), k (B, Hkv, S, D), v (B, Hkv, S, Dv), visible (S,) or None, scale, softcap)
-//                                                      -> (B, 1, H * Dv), softmax(q.k * scale) . v per head
-//   store_attend(q, k, v, keys[], values[], slots[], lengths[], scale, softcap)
+//   attend_one(q (B, 1, H, D), k (B, Hkv, S, D), v (B, Hkv, S, Dv), visible (S,) or None, scale, softcap,
+//              sinks (H,) or None)                     -> (B, 1, H * Dv), softmax(q.k * scale) . v per head
+//   store_attend(q, k, v, keys[], values[], slots[], lengths[], scale, softcap, sinks)
 //                                                      the batched decode step's cache writes and attention
+//   (sinks: GPT-OSS's per-head logit that joins the softmax's denominator and attends to nothing)
 //   glu(gate (..., N), up (..., N), act)               act(gate) * up, act 0 = SiLU, 1 = GELU (tanh form)
 //
 // Inputs may be strided views (the split outputs of a fused projection, the KV cache's slices) as long as
@@ -140,10 +141,11 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
 
 // One query head over S keys and values (rows `ks` / `vs` floats apart): scores q.k * scale (soft-capped,
 // hidden where `visible` is false), softmax, then the weighted sum of the values into out (Dv floats).
-// `scores` is scratch for S floats.
+// `scores` is scratch for S floats. A finite `sink` adds exp(sink - max) to the softmax's denominator only.
 void attend_head(const float* q, const float* k, int64_t ks, const float* v, int64_t vs, int64_t S, int64_t D,
-                 int64_t Dv, float scale, float cap, const bool* visible, float* scores, float* out) {
-  float mx = -INFINITY;
+                 int64_t Dv, float scale, float cap, const bool* visible, float* scores, float* out,
+                 float sink = -INFINITY) {
+  float mx = sink;
   for (int64_t s = 0; s < S; ++s) {
     float a = dot(q, k + s * ks, D) * scale;
     if (cap > 0) a = std::tanh(a / cap) * cap;
@@ -151,7 +153,7 @@ void attend_head(const float* q, const float* k, int64_t ks, const float* v, int
     scores[s] = a;
     mx = std::max(mx, a);
   }
-  float total = 0;
+  float total = std::isfinite(sink) ? std::exp(sink - mx) : 0.0f;
   for (int64_t s = 0; s < S; s += 16) {
     const __mmask16 m = tail_mask(S - s);
     const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores + s), _mm512_set1_ps(mx)));
@@ -175,8 +177,17 @@ void attend_head(const float* q, const float* k, int64_t ks, const float* v, int
   }
 }
 
+// The per-head sink logits as H floats (float32, contiguous), or an undefined tensor.
+at::Tensor sink_logits(const c10::optional<at::Tensor>& sinks, int64_t H, const char* op) {
+  if (!sinks.has_value()) return at::Tensor();
+  at::Tensor out = sinks->reshape({-1}).to(at::kFloat).contiguous();
+  TORCH_CHECK(out.numel() == H, "pellucid::", op, ": sinks must have one value per query head");
+  return out;
+}
+
 at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                      const c10::optional<at::Tensor>& visible_in, double scale, double softcap) {
+                      const c10::optional<at::Tensor>& visible_in, double scale, double softcap,
+                      const c10::optional<at::Tensor>& sinks_in) {
   check_last_contiguous(q, "attend_one", "q");
   check_last_contiguous(k, "attend_one", "k");
   check_last_contiguous(v, "attend_one", "v");
@@ -191,6 +202,8 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
     TORCH_CHECK(visible.numel() == S, "pellucid::attend_one: visible must have S entries");
   }
   const bool* vis = visible.defined() ? visible.data_ptr<bool>() : nullptr;
+  const at::Tensor sinks = sink_logits(sinks_in, H, "attend_one");
+  const float* sk = sinks.defined() ? sinks.data_ptr<float>() : nullptr;
   at::Tensor out = at::empty({B, 1, H * Dv}, q.options());
   const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
   float* op = out.data_ptr<float>();
@@ -206,7 +219,7 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
       for (int64_t j = 0; j < group; ++j) {  // the query heads that share this KV head
         const int64_t h = g * group + j;
         attend_head(qp + b * q.stride(0) + h * q.stride(2), kb, k.stride(2), vb, v.stride(2), S, D, Dv, sc, cap, vis,
-                    scores.data(), op + b * H * Dv + h * Dv);
+                    scores.data(), op + b * H * Dv + h * Dv, sk ? sk[h] : -INFINITY);
       }
     }
   });
@@ -220,7 +233,7 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
 // which is what lets a sliding-window ring attend to its slots as they lie.
 at::Tensor store_attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::TensorList keys,
                         at::TensorList values, at::IntArrayRef slots, at::IntArrayRef lengths, double scale,
-                        double softcap) {
+                        double softcap, const c10::optional<at::Tensor>& sinks_in) {
   check_last_contiguous(q, "store_attend", "q");
   check_last_contiguous(k, "store_attend", "k");
   check_last_contiguous(v, "store_attend", "v");
@@ -235,6 +248,8 @@ at::Tensor store_attend(const at::Tensor& q, const at::Tensor& k, const at::Tens
                     0 <= slots[b] && slots[b] < keys[b].size(2) && 0 < lengths[b] && lengths[b] <= keys[b].size(2),
                 "pellucid::store_attend: a cache does not fit its slot or length");
   }
+  const at::Tensor sinks = sink_logits(sinks_in, H, "store_attend");
+  const float* sk = sinks.defined() ? sinks.data_ptr<float>() : nullptr;
   at::Tensor out = at::empty({B, 1, H * Dv}, q.options());
   float* op = out.data_ptr<float>();
   const int64_t group = H / Hkv;
@@ -252,7 +267,7 @@ at::Tensor store_attend(const at::Tensor& q, const at::Tensor& k, const at::Tens
       for (int64_t j = 0; j < group; ++j) {
         const int64_t h = g * group + j;
         attend_head(q.data_ptr<float>() + b * q.stride(0) + h * q.stride(2), kb, kc.stride(2), vb, vc.stride(2), S,
-                    D, Dv, sc, cap, nullptr, scores.data(), op + b * H * Dv + h * Dv);
+                    D, Dv, sc, cap, nullptr, scores.data(), op + b * H * Dv + h * Dv, sk ? sk[h] : -INFINITY);
       }
     }
   });
@@ -298,10 +313,11 @@ at::Tensor glu(const at::Tensor& gate, const at::Tensor& up, int64_t act) {
 TORCH_LIBRARY_FRAGMENT(pellucid, m) {
   m.def("rms_norm(Tensor x, Tensor w, float eps) -> Tensor");
   m.def("rope(Tensor x, Tensor cos, Tensor sin, int rope_dim, bool interleaved) -> Tensor");
-  m.def("attend_one(Tensor q, Tensor k, Tensor v, Tensor? visible, float scale, float softcap) -> Tensor");
+  m.def("attend_one(Tensor q, Tensor k, Tensor v, Tensor? visible, float scale, float softcap, Tensor? sinks=None) "
+        "-> Tensor");
   m.def("glu(Tensor gate, Tensor up, int act) -> Tensor");
   m.def("store_attend(Tensor q, Tensor k, Tensor v, Tensor[] keys, Tensor[] values, int[] slots, int[] lengths, "
-        "float scale, float softcap) -> Tensor");
+        "float scale, float softcap, Tensor? sinks=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pellucid, CPU, m) {
