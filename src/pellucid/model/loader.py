@@ -294,7 +294,13 @@ def _load_hf(path, device, dtype, quantize) -> Transformer:
 
 # Where multimodal checkpoints (Gemma 3 4B+, Mistral Small 3.1+) keep their text decoder, and their image parts
 _DECODER_PREFIXES = ("model.", "language_model.model.", "model.language_model.")
-_VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
+_VISION_PREFIXES = (
+    "vision_tower.",
+    "vision_model.",  # Llama 4
+    "multi_modal_projector.",
+    "model.vision_tower.",
+    "model.multi_modal_projector.",
+)
 
 
 def _decoder_names(names: TensorNames, weights: Weights) -> TensorNames:
@@ -454,6 +460,9 @@ def _build_attention(config: ModelConfig, weights: Weights, names: TensorNames, 
     weights.expect(name(names.o), (hidden, config.n_heads * config.value_head_dim), heads)
     sliding = bool(config.sliding_layers) and config.sliding_layers[i]
     over_heads = config.qk_norm == "projection"
+    weighted_qk_norm = config.qk_norm in ("head", "projection")
+    use_rope = not config.rope_layers or config.rope_layers[i]
+    chunked = bool(config.chunked_layers) and config.chunked_layers[i]
     return Attention(
         q,
         k,
@@ -466,14 +475,17 @@ def _build_attention(config: ModelConfig, weights: Weights, names: TensorNames, 
         query_scale=config.query_scale,
         window=config.sliding_window if sliding else None,
         q_norm=_norm(weights, name(names.q_norm), config, q_out if over_heads else config.head_dim)
-        if config.qk_norm
+        if weighted_qk_norm
         else None,
         k_norm=_norm(weights, name(names.k_norm), config, kv_out if over_heads else config.head_dim)
-        if config.qk_norm
+        if weighted_qk_norm
         else None,
         qk_norm_over_heads=over_heads,
         softcap=config.attn_logit_softcap,
-        use_rope=not config.rope_layers or config.rope_layers[i],
+        use_rope=use_rope,
+        chunk=config.attention_chunk_size if chunked else None,
+        temperature=config.attn_temperature if not use_rope else None,
+        norm_after_rope_eps=config.norm_eps if config.qk_norm == "post_rope" else None,
     )
 
 
@@ -532,6 +544,16 @@ def _build_moe(config: ModelConfig, weights: Weights, names: TensorNames, name) 
     def experts(template: str | None, shape: tuple[int, int]) -> list[nn.Module]:
         return make_experts(weights, name(template), n, shape, why)
 
+    if names.gate_up_exps and weights.has(name(names.gate_up_exps)):  # Llama 4's HF stacks, transposed
+        routed = _transposed_experts(config, weights, name(names.gate_up_exps), name(names.down_exps), width, why)
+    else:
+        routed = Experts(
+            experts(names.gate_exps, (width, hidden)),
+            experts(names.up_exps, (width, hidden)),
+            experts(names.down_exps, (hidden, width)),
+            config.activation,
+        )
+
     bias = None
     if names.router_bias and weights.has(name(names.router_bias)):
         weights.expect(name(names.router_bias), (n,), f"{n} experts")
@@ -553,12 +575,7 @@ def _build_moe(config: ModelConfig, weights: Weights, names: TensorNames, name) 
             shared_gate = Linear(weights.tensor(gate_name).reshape(1, hidden))  # GGUF stores a vector
     return MoE(
         make_linear(weights, router),
-        Experts(
-            experts(names.gate_exps, (width, hidden)),
-            experts(names.up_exps, (width, hidden)),
-            experts(names.down_exps, (hidden, width)),
-            config.activation,
-        ),
+        routed,
         config.n_experts_used,
         gating=config.expert_gating,
         normalize=config.expert_weights_norm,
@@ -568,6 +585,24 @@ def _build_moe(config: ModelConfig, weights: Weights, names: TensorNames, name) 
         n_groups_used=config.n_expert_groups_used,
         shared=shared,
         shared_gate=shared_gate,
+        weights_on_input=config.expert_weights_on_input,
+    )
+
+
+def _transposed_experts(config: ModelConfig, weights: Weights, gate_up: str, down: str, width: int, why: str):
+    """Experts stored as Llama 4's checkpoints do: gate_up (experts, hidden, 2 x width) holding every expert's
+    gate then up columns, down (experts, width, hidden), both the transpose of a linear layer's (out, in). They are
+    read as dense matrices in the model's dtype (transposed once at load); `--quantize` does not pack them."""
+    hidden, n = config.hidden_size, config.n_experts
+    weights.expect(gate_up, (n, hidden, 2 * width), why)
+    weights.expect(down, (n, width, hidden), why)
+    gate_up_t = weights.tensor(gate_up).transpose(1, 2)  # (experts, 2 x width, hidden)
+    down_t = weights.tensor(down).transpose(1, 2)  # (experts, hidden, width)
+    return Experts(
+        [Linear(m[:width].contiguous()) for m in gate_up_t],
+        [Linear(m[width:].contiguous()) for m in gate_up_t],
+        [Linear(m.contiguous()) for m in down_t],
+        config.activation,
     )
 
 
