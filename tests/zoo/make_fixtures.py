@@ -76,6 +76,7 @@ FEATURE_OFF = {
     ),
     "qwen3moe": ("routing: top-2 -> top-1", {"num_experts_per_tok": 1}),
     "qwen2moe": ("shared expert gate", "open_shared_gate"),
+    "llama4": ("QK norm", {"use_qk_norm": False}),
 }
 
 
@@ -175,12 +176,16 @@ def run_llamacpp(job: dict, workdir: Path) -> tuple[dict, dict]:
     return json.loads((workdir / "llamacpp.json").read_text()), arrays
 
 
-def load_hf(folder: Path, overrides: dict | str | None = None):
-    """The HF folder as a float32 transformers model (eager attention), optionally with a feature turned off."""
+def load_hf(folder: Path, overrides: dict | str | None = None, family: str | None = None):
+    """The HF folder as a float32 transformers model (eager attention), optionally with a feature turned off; with
+    `family`, as llama.cpp runs the converted file (the family's `llamacpp_config` applied first)."""
+    import specs
     import torch
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(folder)
+    for k, v in (specs.FAMILIES[family].llamacpp_config if family else {}).items():
+        setattr(config, k, v)
     if isinstance(overrides, dict):
         for k, v in overrides.items():
             setattr(config, k, v)
@@ -305,7 +310,7 @@ def make_family(name: str, out_dir: Path | None) -> dict:
             run_converter(tok.gguf_pre, folder, outtype, out, folder.name)
         texts = [tok.chat_prompt, *specs.PROMPT_TEXTS]
         prompts = [specs.encode(hf["tiny"], t) for t in texts]
-        ppl_texts = {key: sample_text(hf[variant], variant) for key, variant in QUANTIZED_FROM.items()}
+        ppl_texts = {key: sample_text(hf[variant], variant, name) for key, variant in QUANTIZED_FROM.items()}
         lc, arrays = run_llamacpp(llamacpp_job(name, ggufs, kquant_f32, texts, prompts, ppl_texts), tmp)
         reference = compare_with_transformers(name, hf, prompts, ppl_texts, lc, arrays)
         reference["prompts"] = [
@@ -317,13 +322,13 @@ def make_family(name: str, out_dir: Path | None) -> dict:
         return write_fixture(name, out_dir, hf, ggufs, lc, arrays, reference)
 
 
-def sample_text(folder: Path, variant: str) -> dict:
+def sample_text(folder: Path, variant: str, name: str) -> dict:
     """The perplexity text of one quantized file: PPL_PROMPT continued by its source model (transformers, float32),
     sampled at temperature 1, one numpy default_rng(SAMPLE_SEED) uniform per token (inverse CDF, float64)."""
     import specs
     from tokenizers import Tokenizer
 
-    model = load_hf(folder)
+    model = load_hf(folder, family=name)
     rng = np.random.default_rng(SAMPLE_SEED)
     ids = specs.encode(folder, PPL_PROMPT)
     n_prompt = len(ids)
@@ -368,7 +373,7 @@ def compare_with_transformers(name: str, hf: dict, prompts, ppl_texts: dict, lc:
     """The references that need transformers: the checks of the table, the perplexity records, num_parameters."""
     import specs
 
-    tiny, kquant = load_hf(hf["tiny"]), load_hf(hf["kquant"])
+    tiny, kquant = load_hf(hf["tiny"], family=name), load_hf(hf["kquant"], family=name)
     hf_prompt_logits = [hf_logits(tiny, ids) for ids in prompts]
     greedy_hf = [hf_greedy(tiny, ids, N_PREDICT) for ids in prompts]
     checks: dict = {}
@@ -394,9 +399,9 @@ def compare_with_transformers(name: str, hf: dict, prompts, ppl_texts: dict, lc:
         ids = ppl_texts[key]["ids"]
         ppl[key] = {**ppl_texts[key], **quantized_checks(key, hf_logits(model, ids), ids, arrays, checks)}
     feature, off = FEATURE_OFF[name]
-    off_logits = [hf_logits(load_hf(hf["tiny"], off), ids) for ids in prompts]
+    off_logits = [hf_logits(load_hf(hf["tiny"], off, name), ids) for ids in prompts]
     checks[f"feature effect ({feature} off): rel change"] = max(map(rel_diff, off_logits, hf_prompt_logits))
-    if getattr(tiny.config, "num_experts", None):
+    if getattr(tiny.config, "num_experts", None) or getattr(tiny.config, "num_local_experts", None):
         for key, model in (("tiny", tiny), ("kquant", kquant)):
             texts = [*prompts, ppl_texts["tiny-q8_0"]["ids"]] if key == "tiny" else [ppl_texts["kquant-q4_k_m"]["ids"]]
             checks[f"{key} routing margin min/median (router logit k-th - (k+1)-th, every layer and position)"] = (
@@ -418,6 +423,8 @@ def compare_with_transformers(name: str, hf: dict, prompts, ppl_texts: dict, lc:
         checks["feature (attention soft-cap alone) off: rel change"] = max(
             rel_diff(hf_logits(attn_cap_off, ids), ref) for ids, ref in zip(prompts, hf_prompt_logits)
         )
+    if name == "llama4":
+        checks.update(llama4_checks(hf["tiny"], prompts, hf_prompt_logits))
     if name == "phi3":
         set_rope_factors(tiny, "long")
         long_hf = [hf_logits(tiny, ids) for ids in prompts]
@@ -435,6 +442,28 @@ def compare_with_transformers(name: str, hf: dict, prompts, ppl_texts: dict, lc:
     return reference
 
 
+def llama4_checks(folder: Path, prompts, as_llamacpp: list) -> dict:
+    """How far the folder's own chunk (8) and temperature (floor_scale 4, attn_scale 0.5), which
+    tests/test_model_zoo.py checks against transformers, move the logits from llama.cpp's constants."""
+    import specs
+
+    lc_config = specs.FAMILIES["llama4"].llamacpp_config
+    own = load_hf(folder)
+    chunk_only = load_hf(folder, {k: v for k, v in lc_config.items() if k != "attention_chunk_size"})
+    temperature_only = load_hf(folder, {"attention_chunk_size": lc_config["attention_chunk_size"]})
+    change = {
+        "folder's chunk and temperature": own,
+        "folder's chunk alone": chunk_only,
+        "folder's temperature alone": temperature_only,
+    }
+    return {
+        f"transformers with the {what} vs with llama.cpp's constants: rel change": max(
+            rel_diff(hf_logits(model, ids), ref) for ids, ref in zip(prompts, as_llamacpp)
+        )
+        for what, model in change.items()
+    }
+
+
 def routing_margins(model, texts) -> list[float]:
     """How far each token's k-th chosen expert is from the first one left out (router logits, transformers): small
     gaps would make a comparison of engines test their tie-breaking and rounding, not the model."""
@@ -442,10 +471,12 @@ def routing_margins(model, texts) -> list[float]:
     k, gaps = model.config.num_experts_per_tok, []
 
     def record(module, inputs, output):
-        top = output[0].float().topk(k + 1, dim=-1).values
+        logits = output[1] if type(module).__name__ == "Llama4Router" else output[0]  # Llama 4: (scores, logits)
+        top = logits.float().topk(k + 1, dim=-1).values
         gaps.append((top[:, k - 1] - top[:, k]).numpy())
 
-    hooks = [m.register_forward_hook(record) for m in model.modules() if type(m).__name__.endswith("TopKRouter")]
+    routers = ("TopKRouter", "Llama4Router")
+    hooks = [m.register_forward_hook(record) for m in model.modules() if type(m).__name__.endswith(routers)]
     for ids in texts:
         hf_logits(model, ids)
     for h in hooks:
