@@ -260,12 +260,17 @@ def test_llama4_weights_scale_the_expert_input(top_k, n_tokens, monkeypatch):
     def ours(on_input: bool) -> MoE:
         return MoE(
             Linear(block.router.weight),
-            Experts([Linear(m[:width]) for m in gate_up], [Linear(m[width:]) for m in gate_up],
-                    [Linear(m) for m in down], "silu"),  # fmt: skip
+            Experts(
+                [Linear(m[:width]) for m in gate_up],
+                [Linear(m[width:]) for m in gate_up],
+                [Linear(m) for m in down],
+                "silu",
+            ),  # fmt: skip
             top_k,
             gating="sigmoid",
-            shared=GatedMLP(Linear(shared.gate_proj.weight), Linear(shared.up_proj.weight),
-                            Linear(shared.down_proj.weight), "silu"),  # fmt: skip
+            shared=GatedMLP(
+                Linear(shared.gate_proj.weight), Linear(shared.up_proj.weight), Linear(shared.down_proj.weight), "silu"
+            ),  # fmt: skip
             weights_on_input=on_input,
         )
 

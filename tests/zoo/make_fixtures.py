@@ -37,6 +37,11 @@ LLAMACPP_PYTHON = os.environ.get("LLAMACPP_PYTHON", "/work/llcpp/venv/bin/python
 
 N_CTX = 256  # llama.cpp pads n_ctx to a multiple of 256 anyway
 N_CTX_LONG = 512  # Phi-3 only: a context above original_max_position_embeddings, so llama.cpp uses the long factors
+# Llama 4 only: a sequence past llama.cpp's hard-coded chunk of 8192, where its chunked layers restart and the
+# RoPE-free layer's temperature first moves (position 8191); logits kept for positions CHUNK_KEPT only
+CHUNK_TOKENS = 8192 + 64
+N_CTX_CHUNKS = 8448  # a multiple of 256 above CHUNK_TOKENS
+CHUNK_KEPT = (8192 - 32, 8192 + 64)
 N_THREADS = 2
 N_PREDICT = 32
 GGUF_FILES = ("tiny-f32", "tiny-f16", "tiny-q8_0", "kquant-q4_k_m")
@@ -133,7 +138,8 @@ def llamacpp_main(job_path: str) -> None:
         for i, ids in enumerate(run.get("prompts", [])):
             llm.reset()
             llm.eval(ids)
-            arrays[f"{key}.logits.{i}"] = np.array(llm.scores[: len(ids)], dtype=np.float32)
+            start, end = run.get("kept", (0, len(ids)))
+            arrays[f"{key}.logits.{i}"] = np.array(llm.scores[start:end], dtype=np.float32)
             greedy = []
             for _ in range(run.get("n_predict", 0)):  # argmax at temperature 0, EOS does not stop it
                 greedy.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
@@ -366,7 +372,16 @@ def llamacpp_job(name: str, ggufs: dict, kquant_f32: Path, texts, prompts, ppl_t
     runs.append(dict(key="tiny-f16-dequantized", gguf=str(dequantized["tiny-f16"]), n_ctx=N_CTX, prompts=prompts))
     if name == "phi3":
         runs.append(dict(key="tiny-f32-long", gguf=str(ggufs["tiny-f32"]), n_ctx=N_CTX_LONG, prompts=prompts))
+    if name == "llama4":
+        ids = chunk_text(ppl_texts["tiny-q8_0"]["ids"])
+        runs.append(dict(key="tiny-f32-chunks", gguf=str(ggufs["tiny-f32"]), n_ctx=N_CTX_CHUNKS, prompts=[ids],
+                         kept=CHUNK_KEPT))  # fmt: skip
     return {"quantize": quantize, "runs": runs}
+
+
+def chunk_text(ppl_ids: list[int]) -> list[int]:
+    """Llama 4's long sequence: the tiny-q8_0 perplexity text after its first token (BOS), repeated after one BOS."""
+    return (ppl_ids[:1] + ppl_ids[1:] * (CHUNK_TOKENS // (len(ppl_ids) - 1) + 1))[:CHUNK_TOKENS]
 
 
 def compare_with_transformers(name: str, hf: dict, prompts, ppl_texts: dict, lc: dict, arrays: dict) -> dict:
@@ -568,6 +583,15 @@ def write_fixture(name: str, out_dir: Path, hf: dict, ggufs: dict, lc: dict, arr
     }
     if "tiny-f32-long-factors" in reference:
         full["tiny-f32-long-factors"] = reference["tiny-f32-long-factors"]
+    if name == "llama4":
+        full["tiny-f32-chunks"] = {
+            "n_ctx": lc["tiny-f32-chunks"]["n_ctx"],
+            "tokens": f"{CHUNK_TOKENS}: make_fixtures.chunk_text(perplexity['tiny-q8_0']['ids'])",
+            "kept": list(CHUNK_KEPT),
+            "logits": "reference.npz: tiny-f32-chunks.logits.0, positions kept[0] .. kept[1] - 1 of one batch",
+            "why": "past llama.cpp's hard-coded chunk of 8192: its chunked layers restart at 8192 and the RoPE-free "
+            "layer's temperature turns 1 + 0.1 ln 2 at 8191",
+        }
     (out_dir / "reference.json").write_text(to_json(full))
     return full
 

@@ -56,8 +56,10 @@ class Attention(nn.Module):
     - `softcap`: scores become softcap * tanh(scores / softcap) before the mask and softmax (Gemma 2).
     - `use_rope=False`: a layer that sees positions only through the causal mask (SmolLM3's every fourth).
     - `chunk`: attend only within the query's chunk of `chunk` positions (Llama 4's local layers). A chunk is a
-      window that restarts at every multiple of `chunk`; the layer keeps a full KV cache and masks, rather than a
-      ring that would need its own reset rule: one mask rule in `attention_mask`, the same cache as global layers.
+      window that restarts at every multiple of `chunk`. Such a layer keeps a full KV cache and masks: a ring of
+      `chunk` slots would hold every key a query sees, but the ring's decode step attends to all it holds, and
+      its prefix-reuse tail follows window rules; the full cache needs one mask rule here and nothing new in the
+      cache, at the memory of a global layer (what `fit` counts). Past 8,192 tokens the ring would save memory.
     - `temperature` (floor_scale, scale): queries scaled by `temperature_scales` of their position (Llama 4's
       RoPE-free layers).
     - `norm_after_rope_eps`: a weightless RMSNorm over each head of q and k after RoPE (Llama 4's "L2 norm").
