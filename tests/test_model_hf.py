@@ -125,7 +125,7 @@ def test_python_api_chats_with_every_family(hf_folders, family, fmt):
         assert "Count the stars." in llm.render_chat(messages)
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "olmo2"])  # no OLMo 2 template in the fixtures
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in ("olmo2", "llama4")])  # no template in the fixtures
 def test_both_formats_render_the_same_chat_prompt(hf_folders, family):
     """The GGUF file carries the folder's chat template and tokenizer: the same prompt, the same token ids."""
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Count the stars."}]
@@ -233,6 +233,12 @@ def _multimodal(kind: str):
             eoi_token_index=126,
         )
         return T.Gemma3ForConditionalGeneration(config)
+    if kind == "llama4":  # 4 layers: chunks of 8, a RoPE-free layer with its temperature, MoE on layers 1 and 3
+        text = T.Llama4TextConfig(**small | dict(num_hidden_layers=4), intermediate_size_mlp=128, num_local_experts=4,
+                                  interleave_moe_layer_step=2, attention_chunk_size=8, floor_scale=4)  # fmt: skip
+        vision = dict(vision, vision_output_dim=32, projector_input_dim=32, projector_output_dim=64)
+        config = T.Llama4Config(text_config=text, vision_config=T.Llama4VisionConfig(**vision, patch_size=8))
+        return T.Llama4ForConditionalGeneration(config)
     config = T.Mistral3Config(
         text_config=T.MistralConfig(**small),
         vision_config=T.PixtralVisionConfig(**vision, patch_size=8, head_dim=16),
@@ -241,10 +247,10 @@ def _multimodal(kind: str):
     return T.Mistral3ForConditionalGeneration(config)
 
 
-@pytest.mark.parametrize("kind", ["gemma3", "mistral3"])
+@pytest.mark.parametrize("kind", ["gemma3", "mistral3", "llama4"])
 @torch.inference_mode()
 def test_multimodal_folder_runs_its_text_decoder(tmp_path, kind):
-    """Gemma 3 4B+ and Mistral Small 3.1+ are published as image+text checkpoints: the decoder sits under
+    """Gemma 3 4B+, Mistral Small 3.1+ and Llama 4 are published as image+text checkpoints: the decoder sits under
     language_model.*, beside an image encoder that text generation does not need. Same logits as transformers
     on text input."""
     torch.manual_seed(0)

@@ -236,3 +236,45 @@ def test_batched_decode_of_a_quantized_moe_equals_separate_steps(arithmetic):
 
     model = load_model(ZOO / "kquant-q4_k_m.gguf", device="cpu")
     compare_batched_with_separate(model, [1, 3, 8, 20], steps=6, capacity=64)
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+@pytest.mark.parametrize("n_tokens", [1, 3, 40])
+@torch.inference_mode()
+def test_llama4_weights_scale_the_expert_input(top_k, n_tokens, monkeypatch):
+    """Llama 4's MoE (Llama4TextMoe): top-k by router logit, sigmoid(logit) multiplying each chosen expert's *input*,
+    plus an ungated shared expert; its experts stored as (experts, in, out) stacks with gate and up fused. Llama 4
+    routes top-1; top-2 checks that each slot gets its own scaled input. Scaling the outputs instead differs."""
+    from transformers.models.llama4.modeling_llama4 import Llama4TextMoe
+
+    monkeypatch.setenv("PELLUCID_COMPILE", "0")
+    config = transformers.Llama4TextConfig(hidden_size=32, intermediate_size=16, num_local_experts=4,
+                                           num_experts_per_tok=top_k)  # fmt: skip
+    torch.manual_seed(0)
+    block = Llama4TextMoe(config).eval()
+    for p in block.parameters():
+        p.normal_(0, 0.5)
+    width, gate_up, down = 16, block.experts.gate_up_proj.transpose(1, 2), block.experts.down_proj.transpose(1, 2)
+    shared = block.shared_expert
+
+    def ours(on_input: bool) -> MoE:
+        return MoE(
+            Linear(block.router.weight),
+            Experts(
+                [Linear(m[:width]) for m in gate_up],
+                [Linear(m[width:]) for m in gate_up],
+                [Linear(m) for m in down],
+                "silu",
+            ),  # fmt: skip
+            top_k,
+            gating="sigmoid",
+            shared=GatedMLP(
+                Linear(shared.gate_proj.weight), Linear(shared.up_proj.weight), Linear(shared.down_proj.weight), "silu"
+            ),  # fmt: skip
+            weights_on_input=on_input,
+        )
+
+    x = torch.randn(1, n_tokens, 32)
+    expected = block(x)[0].view(1, n_tokens, 32)
+    torch.testing.assert_close(ours(True)(x), expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
+    assert (ours(False)(x) - expected).abs().max() > 0.01 * expected.abs().max()

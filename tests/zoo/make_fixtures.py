@@ -37,6 +37,11 @@ LLAMACPP_PYTHON = os.environ.get("LLAMACPP_PYTHON", "/work/llcpp/venv/bin/python
 
 N_CTX = 256  # llama.cpp pads n_ctx to a multiple of 256 anyway
 N_CTX_LONG = 512  # Phi-3 only: a context above original_max_position_embeddings, so llama.cpp uses the long factors
+# Llama 4 only: a sequence past llama.cpp's hard-coded chunk of 8192, where its chunked layers restart and the
+# RoPE-free layer's temperature first moves (position 8191); logits kept for positions CHUNK_KEPT only
+CHUNK_TOKENS = 8192 + 64
+N_CTX_CHUNKS = 8448  # a multiple of 256 above CHUNK_TOKENS
+CHUNK_KEPT = (8192 - 32, 8192 + 64)
 N_THREADS = 2
 N_PREDICT = 32
 GGUF_FILES = ("tiny-f32", "tiny-f16", "tiny-q8_0", "kquant-q4_k_m")
@@ -77,6 +82,7 @@ FEATURE_OFF = {
     "qwen3moe": ("routing: top-2 -> top-1", {"num_experts_per_tok": 1}),
     "qwen2moe": ("shared expert gate", "open_shared_gate"),
     "gpt_oss": ("attention sinks", "no_sinks"),
+    "llama4": ("QK norm", {"use_qk_norm": False}),
 }
 # More features of one family, each turned off alone: (name, overrides), recorded as "feature effect (... off)" too
 MORE_FEATURES_OFF = {
@@ -155,7 +161,8 @@ def llamacpp_main(job_path: str) -> None:
         for i, ids in enumerate(run.get("prompts", [])):
             llm.reset()
             llm.eval(ids)
-            arrays[f"{key}.logits.{i}"] = np.array(llm.scores[: len(ids)], dtype=np.float32)
+            start, end = run.get("kept", (0, len(ids)))
+            arrays[f"{key}.logits.{i}"] = np.array(llm.scores[start:end], dtype=np.float32)
             greedy = []
             for _ in range(run.get("n_predict", 0)):  # argmax at temperature 0, EOS does not stop it
                 greedy.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
@@ -198,12 +205,16 @@ def run_llamacpp(job: dict, workdir: Path) -> tuple[dict, dict]:
     return json.loads((workdir / "llamacpp.json").read_text()), arrays
 
 
-def load_hf(folder: Path, overrides: dict | str | None = None):
-    """The HF folder as a float32 transformers model (eager attention), optionally with a feature turned off."""
+def load_hf(folder: Path, overrides: dict | str | None = None, family: str | None = None):
+    """The HF folder as a float32 transformers model (eager attention), optionally with a feature turned off; with
+    `family`, as llama.cpp runs the converted file (the family's `llamacpp_config` applied first)."""
+    import specs
     import torch
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(folder)
+    for k, v in (specs.FAMILIES[family].llamacpp_config if family else {}).items():
+        setattr(config, k, v)
     if isinstance(overrides, dict):
         for k, v in overrides.items():
             setattr(config, k, v)
@@ -338,7 +349,7 @@ def make_family(name: str, out_dir: Path | None) -> dict:
             run_converter(tok.gguf_pre, folder, outtype, out, folder.name)
         texts = [tok.chat_prompt, *specs.PROMPT_TEXTS]
         prompts = [specs.encode(hf["tiny"], t) for t in texts]
-        samples = {variant: sample_text(hf[variant], variant) for variant in set(quantized_from(name).values())}
+        samples = {variant: sample_text(hf[variant], variant, name) for variant in set(quantized_from(name).values())}
         ppl_texts = {key: samples[variant] for key, variant in quantized_from(name).items()}
         lc, arrays = run_llamacpp(llamacpp_job(name, ggufs, kquant_f32, texts, prompts, ppl_texts), tmp)
         reference = compare_with_transformers(name, hf, prompts, ppl_texts, lc, arrays)
@@ -351,13 +362,13 @@ def make_family(name: str, out_dir: Path | None) -> dict:
         return write_fixture(name, out_dir, hf, ggufs, lc, arrays, reference)
 
 
-def sample_text(folder: Path, variant: str) -> dict:
+def sample_text(folder: Path, variant: str, name: str) -> dict:
     """The perplexity text of one quantized file: PPL_PROMPT continued by its source model (transformers, float32),
     sampled at temperature 1, one numpy default_rng(SAMPLE_SEED) uniform per token (inverse CDF, float64)."""
     import specs
     from tokenizers import Tokenizer
 
-    model = load_hf(folder)
+    model = load_hf(folder, family=name)
     rng = np.random.default_rng(SAMPLE_SEED)
     ids = specs.encode(folder, PPL_PROMPT)
     n_prompt = len(ids)
@@ -402,14 +413,23 @@ def llamacpp_job(name: str, ggufs: dict, kquant_f32: Path, texts, prompts, ppl_t
     runs.append(dict(key="tiny-f16-dequantized", gguf=str(dequantized["tiny-f16"]), n_ctx=N_CTX, prompts=prompts))
     if name == "phi3":
         runs.append(dict(key="tiny-f32-long", gguf=str(ggufs["tiny-f32"]), n_ctx=N_CTX_LONG, prompts=prompts))
+    if name == "llama4":
+        ids = chunk_text(ppl_texts["tiny-q8_0"]["ids"])
+        runs.append(dict(key="tiny-f32-chunks", gguf=str(ggufs["tiny-f32"]), n_ctx=N_CTX_CHUNKS, prompts=[ids],
+                         kept=CHUNK_KEPT))  # fmt: skip
     return {"quantize": quantize, "runs": runs}
+
+
+def chunk_text(ppl_ids: list[int]) -> list[int]:
+    """Llama 4's long sequence: the tiny-q8_0 perplexity text after its first token (BOS), repeated after one BOS."""
+    return (ppl_ids[:1] + ppl_ids[1:] * (CHUNK_TOKENS // (len(ppl_ids) - 1) + 1))[:CHUNK_TOKENS]
 
 
 def compare_with_transformers(name: str, hf: dict, prompts, ppl_texts: dict, lc: dict, arrays: dict) -> dict:
     """The references that need transformers: the checks of the table, the perplexity records, num_parameters."""
     import specs
 
-    tiny, kquant = load_hf(hf["tiny"]), load_hf(hf["kquant"])
+    tiny, kquant = load_hf(hf["tiny"], family=name), load_hf(hf["kquant"], family=name)
     hf_prompt_logits = [hf_logits(tiny, ids) for ids in prompts]
     greedy_hf = [hf_greedy(tiny, ids, N_PREDICT) for ids in prompts]
     checks: dict = {}
@@ -436,12 +456,12 @@ def compare_with_transformers(name: str, hf: dict, prompts, ppl_texts: dict, lc:
         ids = ppl_texts[key]["ids"]
         ppl[key] = {**ppl_texts[key], **quantized_checks(key, hf_logits(model, ids), ids, arrays, checks)}
     feature, off = FEATURE_OFF[name]
-    off_logits = [hf_logits(load_hf(hf["tiny"], off), ids) for ids in prompts]
+    off_logits = [hf_logits(load_hf(hf["tiny"], off, name), ids) for ids in prompts]
     checks[f"feature effect ({feature} off): rel change"] = max(map(rel_diff, off_logits, hf_prompt_logits))
     for feature, off in MORE_FEATURES_OFF.get(name, []):
-        off_logits = [hf_logits(load_hf(hf["tiny"], off), ids) for ids in prompts]
+        off_logits = [hf_logits(load_hf(hf["tiny"], off, name), ids) for ids in prompts]
         checks[f"more: feature effect ({feature} off): rel change"] = max(map(rel_diff, off_logits, hf_prompt_logits))
-    if getattr(tiny.config, "num_experts", None):
+    if getattr(tiny.config, "num_experts", None) or getattr(tiny.config, "num_local_experts", None):
         for key, model in (("tiny", tiny), ("kquant", kquant)):
             texts = [*prompts, ppl_texts["tiny-q8_0"]["ids"]] if key == "tiny" else [ppl_texts["kquant-q4_k_m"]["ids"]]
             checks[f"{key} routing margin min/median (router logit k-th - (k+1)-th, every layer and position)"] = (
@@ -468,6 +488,8 @@ def compare_with_transformers(name: str, hf: dict, prompts, ppl_texts: dict, lc:
         rounded = [hf_logits(load_hf(hf["tiny"], {"rope_parameters": rope}), ids) for ids in prompts]
         checks["tiny-f32 max rel diff vs transformers with truncate=true"] = max(map(rel_diff, lc_logits, rounded))
         checks["tiny gate values clamped (> 7), share"] = clamped_share(tiny, [*prompts, ppl_texts["tiny-q8_0"]["ids"]])
+    if name == "llama4":
+        checks.update(llama4_checks(hf["tiny"], prompts, hf_prompt_logits))
     if name == "phi3":
         set_rope_factors(tiny, "long")
         long_hf = [hf_logits(tiny, ids) for ids in prompts]
@@ -485,6 +507,28 @@ def compare_with_transformers(name: str, hf: dict, prompts, ppl_texts: dict, lc:
     return reference
 
 
+def llama4_checks(folder: Path, prompts, as_llamacpp: list) -> dict:
+    """How far the folder's own chunk (8) and temperature (floor_scale 4, attn_scale 0.5), which
+    tests/test_model_zoo.py checks against transformers, move the logits from llama.cpp's constants."""
+    import specs
+
+    lc_config = specs.FAMILIES["llama4"].llamacpp_config
+    own = load_hf(folder)
+    chunk_only = load_hf(folder, {k: v for k, v in lc_config.items() if k != "attention_chunk_size"})
+    temperature_only = load_hf(folder, {"attention_chunk_size": lc_config["attention_chunk_size"]})
+    change = {
+        "folder's chunk and temperature": own,
+        "folder's chunk alone": chunk_only,
+        "folder's temperature alone": temperature_only,
+    }
+    return {
+        f"transformers with the {what} vs with llama.cpp's constants: rel change": max(
+            rel_diff(hf_logits(model, ids), ref) for ids, ref in zip(prompts, as_llamacpp)
+        )
+        for what, model in change.items()
+    }
+
+
 def routing_margins(model, texts) -> list[float]:
     """How far each token's k-th chosen expert is from the first one left out (router logits, transformers): small
     gaps would make a comparison of engines test their tie-breaking and rounding, not the model."""
@@ -492,10 +536,12 @@ def routing_margins(model, texts) -> list[float]:
     k, gaps = model.config.num_experts_per_tok, []
 
     def record(module, inputs, output):
-        top = output[0].float().topk(k + 1, dim=-1).values
+        logits = output[1] if type(module).__name__ == "Llama4Router" else output[0]  # Llama 4: (scores, logits)
+        top = logits.float().topk(k + 1, dim=-1).values
         gaps.append((top[:, k - 1] - top[:, k]).numpy())
 
-    hooks = [m.register_forward_hook(record) for m in model.modules() if type(m).__name__.endswith("TopKRouter")]
+    routers = ("TopKRouter", "Llama4Router")
+    hooks = [m.register_forward_hook(record) for m in model.modules() if type(m).__name__.endswith(routers)]
     for ids in texts:
         hf_logits(model, ids)
     for h in hooks:
@@ -605,6 +651,15 @@ def write_fixture(name: str, out_dir: Path, hf: dict, ggufs: dict, lc: dict, arr
     }
     if "tiny-f32-long-factors" in reference:
         full["tiny-f32-long-factors"] = reference["tiny-f32-long-factors"]
+    if name == "llama4":
+        full["tiny-f32-chunks"] = {
+            "n_ctx": lc["tiny-f32-chunks"]["n_ctx"],
+            "tokens": f"{CHUNK_TOKENS}: make_fixtures.chunk_text(perplexity['tiny-q8_0']['ids'])",
+            "kept": list(CHUNK_KEPT),
+            "logits": "reference.npz: tiny-f32-chunks.logits.0, positions kept[0] .. kept[1] - 1 of one batch",
+            "why": "past llama.cpp's hard-coded chunk of 8192: its chunked layers restart at 8192 and the RoPE-free "
+            "layer's temperature turns 1 + 0.1 ln 2 at 8191",
+        }
     (out_dir / "reference.json").write_text(to_json(full))
     return full
 

@@ -116,6 +116,12 @@ class Family:
     llamacpp_note: str = ""  # how llama.cpp differs from transformers on this family, if it does
     per_expert: bool = True  # MoE: store one matrix per expert (False: transformers' own stacks, as GPT-OSS ships)
     quantized: tuple = ()  # extra quantized files: (file key, source variant, llama.cpp ftype name)
+    # config changes under which transformers computes what llama.cpp computes from the converted file, where
+    # llama.cpp ignores the config (Llama 4's chunk and temperature constants); the oracle comparisons apply them
+    llamacpp_config: dict = field(default_factory=dict)
+    # experts stay 3-D stacks laid out (experts, in, out), as Llama 4's checkpoints keep them, and their init's fan-in
+    # is read that way (GPT-OSS's stacks are per_expert=False with the fan-in of the last dim, as its fixture was made)
+    expert_stacks: bool = False
 
 
 COMMON_TINY = dict(
@@ -794,6 +800,85 @@ FAMILIES["gpt_oss"] = Family(
     "and the sliding pattern (even layers sliding).",
 )
 
+# Llama 4 Scout's text decoder in miniature: 4 layers (layer 3 without RoPE, with the attention temperature), MoE on
+# every second layer (4 experts of 32, top-1, sigmoid of the logit scaling the expert's input, plus an always-on
+# shared expert of 32), dense FFN of 64 on the others, chunked attention (chunks of 8) on the RoPE layers,
+# weightless QK norm after RoPE, llama3 RoPE scaling, untied head. floor_scale 4 and attn_scale 0.5 make the
+# temperature grow within a prompt (x1.35 from position 3, x1.55 at 7, x2.6 at 100). llama.cpp hard-codes the real models' chunk
+# (8192), floor_scale (8192) and attn_scale (0.1), so its references are compared with transformers under those
+# (`llamacpp_config`); the folder's own values are checked against transformers by tests/test_model_zoo.py.
+FAMILIES["llama4"] = Family(
+    name="llama4",
+    config_class="Llama4TextConfig",
+    model_class="Llama4ForCausalLM",
+    gguf_arch="llama4",
+    tokenizer=Tokenizer(
+        kind="bpe",
+        gguf_pre="llama4",
+        bos="<|begin_of_text|>",
+        eos="<|eot|>",
+        add_bos=True,
+        trailing=(
+            "<|begin_of_text|>",
+            "<|end_of_text|>",
+            "<|header_start|>",
+            "<|header_end|>",
+            "<|eom|>",
+            "<|eot|>",
+            "<|python_start|>",
+            "<|python_end|>",
+        ),
+        regex=(
+            r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+            r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+            r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+        ),
+        ignore_merges=True,
+        generation_eos=("<|end_of_text|>", "<|eom|>", "<|eot|>"),
+        chat_prompt="<|header_start|>user<|header_end|>\n\nHi! Count the stars.<|eot|>"
+        "<|header_start|>assistant<|header_end|>\n\n",
+    ),
+    tiny=dict(
+        COMMON_TINY,
+        max_position_embeddings=16384,  # room for make_fixtures.py's sequence past llama.cpp's chunk of 8192
+        num_hidden_layers=4,
+        head_dim=16,
+        intermediate_size_mlp=64,
+        num_local_experts=4,
+        num_experts_per_tok=1,
+        interleave_moe_layer_step=2,
+        attention_chunk_size=8,
+        floor_scale=4,
+        attn_scale=0.5,
+        tie_word_embeddings=False,
+        rope_parameters=LLAMA3_ROPE,
+    ),
+    # 4 layers, not 1: llama.cpp's cache for Llama 4 fails (a buffer never set) without a global (RoPE-free) layer;
+    # MoE on layer 3 only (4 experts and a shared expert of 256), dense FFNs of 256; rows 256 wide
+    kquant=dict(
+        COMMON_KQUANT,
+        num_hidden_layers=4,
+        head_dim=64,
+        intermediate_size_mlp=256,
+        num_local_experts=4,
+        num_experts_per_tok=1,
+        interleave_moe_layer_step=4,
+        attention_chunk_size=8,
+        floor_scale=4,
+        attn_scale=0.5,
+        tie_word_embeddings=False,
+        rope_parameters=LLAMA3_ROPE,
+    ),
+    seed=141,
+    gains={"router": 4.0},
+    expert_stacks=True,
+    llamacpp_config={"attention_chunk_size": 8192, "floor_scale": 8192, "attn_scale": 0.1},
+    llamacpp_note="llama.cpp hard-codes Llama 4's attention chunk (8192), temperature floor_scale (8192) and attn_scale "
+    "(0.1) and its RoPE-free pattern (every 4th layer), ignoring config.json; its references equal transformers run "
+    "with those values (llamacpp_config). The converter (Llama4ForCausalLM is registered) converts this text-only "
+    "folder as it is.",
+)
+
 VARIANTS = ("tiny", "kquant")
 
 
@@ -1196,7 +1281,10 @@ def _weight_std(name: str, shape: tuple[int, ...], family: Family, config, post_
         return 0.0, scales["embed"]
     if name == "lm_head.weight":
         return 0.0, scales["head"]
-    if name.endswith(("mlp.gate.weight", "mlp.router.weight")):  # a MoE router: its logits have std ~ "router"
+    if family.expert_stacks and name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+        fan_in = shape[-2]  # Llama 4's stacks are (experts, in, out)
+    routers = ("mlp.gate.weight", "mlp.router.weight", "feed_forward.router.weight")
+    if name.endswith(routers):  # a MoE router: its logits have std ~ "router"
         return 0.0, gains["router"] / fan_in**0.5
     if any(k in name for k in ("q_proj", "k_proj", "qkv_proj")):
         return 0.0, gains["qk"] / fan_in**0.5
@@ -1231,7 +1319,7 @@ def random_weights(name: str, variant: str = "tiny") -> dict:
         tensors[pname] = values
     _pair_tokens(tensors, family, config, rng)
     dtype = getattr(torch, family.dtype)
-    tensors = _per_expert(tensors) if family.per_expert else tensors
+    tensors = _per_expert(tensors) if family.per_expert and not family.expert_stacks else tensors
     return {n: torch.from_numpy(v).to(dtype).contiguous() for n, v in tensors.items()}
 
 

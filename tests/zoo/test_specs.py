@@ -53,7 +53,12 @@ def test_transformers_loads_the_folder_and_agrees_with_llamacpp(tmp_path, name):
     ref = reference(name)
     folder = specs.build_hf_folder(name, tmp_path, "tiny")
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
+    config = transformers.AutoConfig.from_pretrained(folder)
+    for key, value in specs.FAMILIES[name].llamacpp_config.items():  # what llama.cpp hard-codes (Llama 4)
+        setattr(config, key, value)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        folder, config=config, dtype=torch.float32, attn_implementation="eager"
+    )
     assert model.num_parameters() == ref["hf"]["tiny"]["num_parameters"]
     measured = ref["checks"]["tiny-f32 max rel diff vs transformers"]
     if name.startswith("gemma"):

@@ -63,6 +63,13 @@ class ModelConfig:
     sliding_window: int | None = None
     # True for layers that attend within the sliding window only; empty = every layer is global
     sliding_layers: list[bool] = field(default_factory=list)
+    # Chunked attention (Llama 4's local layers): a query sees only the keys of its chunk of this many positions,
+    # chunks starting at multiples of it; `chunked_layers` says which layers (empty = none)
+    attention_chunk_size: int | None = None
+    chunked_layers: list[bool] = field(default_factory=list)
+    # Llama 4's attention temperature on RoPE-free layers, (floor_scale, scale): queries at position p multiplied by
+    # 1 + scale * ln(1 + floor((p + 1) / floor_scale)); None = off
+    attn_temperature: tuple[float, float] | None = None
     attn_logit_softcap: float | None = None  # scores become cap * tanh(scores / cap) (Gemma 2)
     final_logit_softcap: float | None = None  # the same on the output logits
     query_scale: float | None = None  # multiplier on q·k; None = 1/sqrt(head_dim)
@@ -79,7 +86,8 @@ class ModelConfig:
     post_norms: bool = False  # RMSNorm after attention and after the FFN, before the residual add (Gemma, OLMo 2)
     norm_weight_offset: float = 0.0  # norms multiply by (offset + w): 1 for Gemma's HF checkpoints
     # RMSNorm on queries and keys before RoPE: "" none, "head" over each head (Qwen 3, Gemma 3),
-    # "projection" over the whole q / k projection, all heads at once (OLMo 2)
+    # "projection" over the whole q / k projection, all heads at once (OLMo 2); or "post_rope": a weightless
+    # RMSNorm over each head *after* RoPE, on RoPE layers only (Llama 4's "L2 norm")
     qk_norm: str = ""
     tie_embeddings: bool = True  # no separate output matrix: logits use the token embedding
     # Mixture-of-experts feed-forwards (model/layers/moe.py); n_experts 0 = every layer has a dense FFN
@@ -94,6 +102,7 @@ class ModelConfig:
     expert_gating: str = "softmax"
     expert_weights_norm: bool = False  # the chosen experts' scores divided by their sum
     expert_weights_scale: float = 1.0  # ... then multiplied by this (DeepSeek's routed_scaling_factor)
+    expert_weights_on_input: bool = False  # each weight scales its expert's input, not its output (Llama 4)
     n_expert_groups: int = 0  # grouped top-k (DeepSeek V3): experts split into groups, tokens pick from the
     n_expert_groups_used: int = 0  # best `n_expert_groups_used` groups by the sum of each group's top-2 scores
     # False for layers with a dense FFN in a MoE model (DeepSeek's first k); empty = every layer is MoE
@@ -109,8 +118,8 @@ class ModelConfig:
             self.qk_norm = "head"
         elif self.qk_norm is False or self.qk_norm is None:
             self.qk_norm = ""
-        if self.qk_norm not in ("", "head", "projection"):
-            raise ValueError(f"qk_norm must be '', 'head' or 'projection', not {self.qk_norm!r}")
+        if self.qk_norm not in ("", "head", "projection", "post_rope"):
+            raise ValueError(f"qk_norm must be '', 'head', 'projection' or 'post_rope', not {self.qk_norm!r}")
 
     def is_moe_layer(self, i: int) -> bool:
         return bool(self.n_experts) and (not self.moe_layers or self.moe_layers[i])

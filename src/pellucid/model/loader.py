@@ -353,7 +353,13 @@ def _load_hf(path, device, dtype, quantize) -> Transformer:
 
 # Where multimodal checkpoints (Gemma 3 4B+, Mistral Small 3.1+) keep their text decoder, and their image parts
 _DECODER_PREFIXES = ("model.", "language_model.model.", "model.language_model.")
-_VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
+_VISION_PREFIXES = (
+    "vision_tower.",
+    "vision_model.",  # Llama 4
+    "multi_modal_projector.",
+    "model.vision_tower.",
+    "model.multi_modal_projector.",
+)
 
 
 def _decoder_names(names: TensorNames, weights: Weights) -> TensorNames:
@@ -518,6 +524,9 @@ def _build_attention(config: ModelConfig, weights: Weights, names: TensorNames, 
     if config.attention_sinks:
         weights.expect(name(names.attn_sinks), (config.n_heads,), f"one attention sink per head ({config.n_heads})")
         sinks = weights.tensor(name(names.attn_sinks), torch.float32)
+    weighted_qk_norm = config.qk_norm in ("head", "projection")
+    use_rope = not config.rope_layers or config.rope_layers[i]
+    chunked = bool(config.chunked_layers) and config.chunked_layers[i]
     return Attention(
         q,
         k,
@@ -530,15 +539,18 @@ def _build_attention(config: ModelConfig, weights: Weights, names: TensorNames, 
         query_scale=config.query_scale,
         window=config.sliding_window if sliding else None,
         q_norm=_norm(weights, name(names.q_norm), config, q_out if over_heads else config.head_dim)
-        if config.qk_norm
+        if weighted_qk_norm
         else None,
         k_norm=_norm(weights, name(names.k_norm), config, kv_out if over_heads else config.head_dim)
-        if config.qk_norm
+        if weighted_qk_norm
         else None,
         qk_norm_over_heads=over_heads,
         softcap=config.attn_logit_softcap,
-        use_rope=not config.rope_layers or config.rope_layers[i],
+        use_rope=use_rope,
         sinks=sinks,
+        chunk=config.attention_chunk_size if chunked else None,
+        temperature=config.attn_temperature if not use_rope else None,
+        norm_after_rope_eps=config.norm_eps if config.qk_norm == "post_rope" else None,
     )
 
 
@@ -605,6 +617,23 @@ def _build_moe(config: ModelConfig, weights: Weights, names: TensorNames, name) 
         weights.expect(bias_name, (n, out), why)
         return weights.tensor(bias_name, torch.float32)
 
+    if names.gate_up_exps and weights.has(name(names.gate_up_exps)):  # Llama 4's HF stacks, transposed
+        routed = _transposed_experts(config, weights, name(names.gate_up_exps), name(names.down_exps), width, why)
+    else:
+        routed = Experts(
+            experts(names.gate_exps, (width, hidden)),
+            experts(names.up_exps, (width, hidden)),
+            experts(names.down_exps, (hidden, width)),
+            config.activation,
+            biases=(
+                stack_bias(names.gate_exps, width),
+                stack_bias(names.up_exps, width),
+                stack_bias(names.down_exps, hidden),
+            ),
+            swiglu_alpha=config.swiglu_alpha,
+            swiglu_limit=config.swiglu_limit,
+        )
+
     bias = None
     if names.router_bias and weights.has(name(names.router_bias)):
         weights.expect(name(names.router_bias), (n,), f"{n} experts")
@@ -626,19 +655,7 @@ def _build_moe(config: ModelConfig, weights: Weights, names: TensorNames, name) 
             shared_gate = Linear(weights.tensor(gate_name).reshape(1, hidden))  # GGUF stores a vector
     return MoE(
         make_linear(weights, router),
-        Experts(
-            experts(names.gate_exps, (width, hidden)),
-            experts(names.up_exps, (width, hidden)),
-            experts(names.down_exps, (hidden, width)),
-            config.activation,
-            biases=(
-                stack_bias(names.gate_exps, width),
-                stack_bias(names.up_exps, width),
-                stack_bias(names.down_exps, hidden),
-            ),
-            swiglu_alpha=config.swiglu_alpha,
-            swiglu_limit=config.swiglu_limit,
-        ),
+        routed,
         config.n_experts_used,
         gating=config.expert_gating,
         normalize=config.expert_weights_norm,
@@ -648,6 +665,24 @@ def _build_moe(config: ModelConfig, weights: Weights, names: TensorNames, name) 
         n_groups_used=config.n_expert_groups_used,
         shared=shared,
         shared_gate=shared_gate,
+        weights_on_input=config.expert_weights_on_input,
+    )
+
+
+def _transposed_experts(config: ModelConfig, weights: Weights, gate_up: str, down: str, width: int, why: str):
+    """Experts stored as Llama 4's checkpoints do: gate_up (experts, hidden, 2 x width) holding every expert's
+    gate then up columns, down (experts, width, hidden), both the transpose of a linear layer's (out, in). They are
+    read as dense matrices in the model's dtype (transposed once at load); `--quantize` does not pack them."""
+    hidden, n = config.hidden_size, config.n_experts
+    weights.expect(gate_up, (n, hidden, 2 * width), why)
+    weights.expect(down, (n, width, hidden), why)
+    gate_up_t = weights.tensor(gate_up).transpose(1, 2)  # (experts, 2 x width, hidden)
+    down_t = weights.tensor(down).transpose(1, 2)  # (experts, hidden, width)
+    return Experts(
+        [Linear(m[:width].contiguous()) for m in gate_up_t],
+        [Linear(m[width:].contiguous()) for m in gate_up_t],
+        [Linear(m.contiguous()) for m in down_t],
+        config.activation,
     )
 
 

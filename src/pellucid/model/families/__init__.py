@@ -66,6 +66,9 @@ class TensorNames:
     gate_exps: str | None = "blk.{i}.ffn_gate_exps.weight"
     up_exps: str | None = "blk.{i}.ffn_up_exps.weight"
     down_exps: str | None = "blk.{i}.ffn_down_exps.weight"
+    # every expert's gate and up in one stack stored transposed, (experts, in, 2 x out), with down_exps then
+    # (experts, ffn, hidden) transposed too (Llama 4's Hugging Face checkpoints)
+    gate_up_exps: str | None = None
     gate_shexp: str | None = "blk.{i}.ffn_gate_shexp.weight"  # the shared experts, as one gated FFN
     up_shexp: str | None = "blk.{i}.ffn_up_shexp.weight"
     down_shexp: str | None = "blk.{i}.ffn_down_shexp.weight"
@@ -139,6 +142,7 @@ def _families() -> list[Family]:
         gpt_oss,
         granite,
         llama,
+        llama4,
         olmo2,
         phi3,
         qwen2,
@@ -149,7 +153,8 @@ def _families() -> list[Family]:
     )
 
     families = (
-        llama, qwen2, qwen3, qwen2moe, qwen3moe, gemma2, gemma3, phi3, olmo2, smollm3, granite, deepseek2, gpt_oss
+        llama, qwen2, qwen3, qwen2moe, qwen3moe, gemma2, gemma3, phi3, olmo2, smollm3, granite, deepseek2, gpt_oss,
+        llama4,
     )  # fmt: skip
     return [m.FAMILY for m in families]
 
@@ -203,7 +208,6 @@ RELATIVES = {
     "olmoe": "olmo2 (OLMoE is a mixture-of-experts model, not supported yet)",
     "phi2": "phi3",
     "granitemoe": "granite (the dense Granite 3 models); mixture-of-experts is not supported yet",
-    "llama4": "llama (Llama 3.x); Llama 4 is a mixture-of-experts model, not supported yet",
     "internlm2": "llama (InternLM 2 is llama-shaped with a fused qkv; not supported yet)",
     "starcoder2": "none (StarCoder 2 uses LayerNorm and a plain GELU MLP)",
     "bert": "run it with `pellucid embed`: BERT is an encoder, not a text generator",

@@ -1,4 +1,4 @@
-"""Attention: grouped KV heads, RoPE, optional QK-norm, sliding windows, soft-caps, sinks; the masks it needs."""
+"""Attention: grouped KV heads, RoPE, optional QK-norm, sliding windows, chunks, soft-caps, sinks; the masks it needs."""
 
 from __future__ import annotations
 
@@ -16,22 +16,38 @@ from pellucid.quant import kernels, native
 EXPLICIT_SCORES = 1 << 25
 
 
-def attention_mask(q_len: int, k_len: int, window: int | None, device: torch.device) -> torch.Tensor | None:
+def attention_mask(
+    q_len: int, k_len: int, window: int | None, device: torch.device, chunk: int | None = None
+) -> torch.Tensor | None:
     """Which keys each query may see (True = attend), or None when it sees all of them.
 
     Keys are assumed to end at the newest query's position: query i sits at position k_len - q_len + i
     relative to the first key. A query sees keys at or before itself and, on sliding-window layers, less
     than `window` positions back (llama.cpp's LLAMA_SWA_TYPE_STANDARD, HF's sliding_window: q - k < window).
     A single query over keys that all fit in the window needs no mask (the decode step).
+
+    On chunked layers (Llama 4) a query sees only the keys of its own chunk of `chunk` positions, counted from
+    position 0 (llama.cpp's LLAMA_SWA_TYPE_CHUNKED, HF's chunked_attention: q // chunk == k // chunk), so
+    the first key must be position 0: such layers keep a full cache (see `Attention`).
     """
-    if q_len == 1 and (window is None or k_len <= window):
+    if q_len == 1 and (window is None or k_len <= window) and (chunk is None or k_len <= chunk):
         return None
     q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
-    distance = q_pos - torch.arange(k_len, device=device)[None, :]  # (T, S)
+    k_pos = torch.arange(k_len, device=device)[None, :]
+    distance = q_pos - k_pos  # (T, S)
     visible = distance >= 0
     if window is not None:
         visible = visible & (distance < window)
+    if chunk is not None:
+        visible = visible & (q_pos // chunk == k_pos // chunk)
     return visible
+
+
+def temperature_scales(positions: torch.Tensor, floor_scale: float, scale: float) -> torch.Tensor:
+    """Llama 4's attention temperature for RoPE-free layers: queries at position p are multiplied by
+    1 + scale * ln(1 + floor((p + 1) / floor_scale)), 1 below floor_scale - 1 and growing slowly beyond, so
+    that attention over very long contexts does not flatten (arXiv 2501.19399; HF attn_temperature_tuning)."""
+    return torch.log1p(torch.floor((positions.float() + 1.0) / floor_scale)) * scale + 1.0
 
 
 class Attention(nn.Module):
@@ -45,6 +61,16 @@ class Attention(nn.Module):
     - `sinks` (n_heads,): a learned logit per head that joins the softmax's denominator as if a key scored it,
       but contributes no value: a head can give less than all of its attention to the keys (GPT-OSS). llama.cpp's
       soft_max with sinks and transformers' GPT-OSS eager attention both do exactly this.
+    - `chunk`: attend only within the query's chunk of `chunk` positions (Llama 4's local layers). A chunk is a
+      window that restarts at every multiple of `chunk`. Such a layer keeps a full KV cache and masks: a ring of
+      `chunk` slots would hold every key a query sees, but the ring's decode step attends to all it holds, and
+      its prefix-reuse tail follows window rules; the full cache needs one mask rule here and nothing new in the
+      cache, at the memory of a global layer (what `fit` counts). Past 8,192 tokens the ring would save memory.
+    - `temperature` (floor_scale, scale): queries scaled by `temperature_scales` of their position (Llama 4's
+      RoPE-free layers).
+    - `norm_after_rope_eps`: a weightless RMSNorm over each head of q and k after RoPE (Llama 4's "L2 norm").
+    Chunks and temperatures depend on absolute positions; like the masks, they take the keys returned by the
+    cache to end at the newest query, the first being position 0 (a full cache, never a sliding ring).
     Projections may carry biases (Qwen 2's q/k/v); that is the projection's business (`layers.linear`).
     """
 
@@ -67,6 +93,9 @@ class Attention(nn.Module):
         softcap: float | None = None,
         use_rope: bool = True,
         sinks: torch.Tensor | None = None,
+        chunk: int | None = None,
+        temperature: tuple[float, float] | None = None,
+        norm_after_rope_eps: float | None = None,
     ):
         super().__init__()
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = q_proj, k_proj, v_proj, o_proj
@@ -79,6 +108,11 @@ class Attention(nn.Module):
         self.softcap = softcap
         self.use_rope = use_rope
         self.sinks = frozen(sinks.float()) if sinks is not None else None
+        if (chunk or temperature) and window:
+            raise ValueError("chunked attention and attention temperature need a full cache, not a sliding window")
+        self.chunk = chunk
+        self.temperature = temperature
+        self.norm_after_rope_eps = norm_after_rope_eps
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding, cos: torch.Tensor, sin: torch.Tensor, cache=None):
         B, T, _ = x.shape
@@ -92,7 +126,10 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if self.use_rope:
             q, k = rope.apply(q, cos, sin), rope.apply(k, cos, sin)
-        if T == 1 and cache is not None and kernels.fused(q):  # a decode step, one native op per sequence
+            if self.norm_after_rope_eps is not None:  # Llama 4: weightless, over each head, after RoPE
+                q, k = _rms(q, self.norm_after_rope_eps), _rms(k, self.norm_after_rope_eps)
+        native_step = self.chunk is None and self.temperature is None  # those need the positions, known after store
+        if T == 1 and cache is not None and kernels.fused(q) and native_step:  # a decode step, one native op
             return self.o_proj(self._attend_one_native(q, k.transpose(1, 2), v.transpose(1, 2), cache))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
         if isinstance(cache, list):  # Transformer.decode_batch: one layer cache per sequence, each at its offset
@@ -136,6 +173,11 @@ class Attention(nn.Module):
         # without copying K and V out to n_heads (measured as fast or faster than repeat_interleave on CPU).
         T, S = q.shape[2], k.shape[2]
         gqa = self.n_kv_heads != self.n_heads
+        if self.temperature is not None:  # the queries sit at positions S - T .. S - 1 (see the class docstring)
+            positions = torch.arange(S - T, S, device=q.device)
+            q = (q.float() * temperature_scales(positions, *self.temperature).view(T, 1)).to(q.dtype)
+        if self.chunk is not None and visible is None:
+            visible = attention_mask(T, S, None, q.device, self.chunk)
         if T == 1 and torch.compiler.is_compiling():
             return self._attend_one(q, k, v, visible)
         if self.softcap is not None or self.sinks is not None:  # SDPA has neither: the same steps written out
@@ -202,3 +244,9 @@ class Attention(nn.Module):
         weights = self._softmax(scores, self.n_kv_heads, group).view(B, self.n_kv_heads, group * T, S)
         out = weights @ v.float()  # (B, Hkv, group * T, Dv)
         return out.view(B, self.n_heads, T, self.value_head_dim).to(q.dtype)
+
+
+def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / sqrt(mean(x^2) + eps) over the last dim, in float32, with no weight."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)

@@ -4,6 +4,7 @@
     chosen   = top-k of scores (+ a selection-only bias, within the best groups: DeepSeek V3)
     weights  = scores[chosen] (/ their sum) (x scale)
     out      = sum_j weights[j] * expert[chosen[j]](x)  [+ shared(x) (x sigmoid(gate . x): Qwen 2 MoE)]
+             or sum_j expert[chosen[j]](weights[j] * x)  (Llama 4: the weight scales the expert's input)
 
 GPT-OSS ("softmax_weight") chooses by the router's logits and takes the softmax of the chosen k logits as the
 weights; its router and every expert projection carry a bias, and its experts use the clamped SwiGLU.
@@ -235,8 +236,10 @@ class MoE(nn.Module):
         n_groups_used: int = 0,
         shared: GatedMLP | None = None,
         shared_gate: nn.Module | None = None,
+        weights_on_input: bool = False,
     ):
         super().__init__()
+        self.weights_on_input = weights_on_input
         self.router, self.experts, self.n_used = router, experts, n_used
         self.gating, self.normalize, self.scale = gating, normalize, scale
         self.selection_bias = frozen(selection_bias) if selection_bias is not None else None
@@ -247,13 +250,26 @@ class MoE(nn.Module):
         lead, hidden = x.shape[:-1], x.shape[-1]
         flat = x.reshape(-1, hidden)  # (N, hidden): every token of every sequence
         weights, experts = self.route(flat)
-        out = self.experts(flat, weights, experts)
+        if self.weights_on_input:
+            out = self._weighted_inputs(flat, weights, experts)
+        else:
+            out = self.experts(flat, weights, experts)
         if self.shared is not None:
             shared = self.shared(flat)
             if self.shared_gate is not None:
                 shared = shared * torch.sigmoid(self.shared_gate(flat).float()).to(shared.dtype)
             out = out + shared
         return out.view(*lead, hidden)
+
+    def _weighted_inputs(self, flat: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        """Llama 4: each chosen expert runs on x times its weight (a different input per slot, so each of the k
+        slots becomes a row of its own, routed to one expert with weight 1), and the slots' outputs are summed.
+        Its experts are nonlinear, so this is not the weighted sum of their outputs (Llama 4 routes top-1)."""
+        n, k = experts.shape
+        scaled = (flat.float().repeat_interleave(k, dim=0) * weights.reshape(n * k, 1)).to(flat.dtype)
+        ones = torch.ones(n * k, 1, dtype=torch.float32, device=flat.device)
+        out = self.experts(scaled, ones, experts.reshape(n * k, 1))  # (N * k, hidden)
+        return out.view(n, k, -1).sum(1) if k > 1 else out
 
     def route(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(weights, expert ids), each (N, k), for tokens flat (N, hidden)."""
