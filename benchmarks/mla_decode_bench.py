@@ -13,8 +13,8 @@ latent 512, no low-rank query. Per layer, one decode token over a cache of `cont
   shape (16 heads x (192 + 128) per token), for scale.
 
 Then whole-model decode tok/s (eager, `PELLUCID_COMPILE=0` or not: on the CPU the default arithmetic runs
-blocks eagerly) with `--layers` such layers and a dense FFN of `--ffn` (V2-Lite's MoE FFN is not
-implemented; 1,408 = one expert's width). Each number is the median of `--repeats` timings of `--steps` steps.
+blocks eagerly) with `--layers` such layers and a dense FFN of `--ffn` (the attention is what this measures;
+benchmarks/moe_bench.py measures expert layers; 1,408 = one V2-Lite expert's width). Each number is the median of `--repeats` timings of `--steps` steps.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 The zoo (tests/zoo/deepseek2, tests/test_model_zoo.py) checks a DeepSeek-V3-shaped tiny model (low-rank query,
 YaRN) against transformers and llama.cpp. Here: a DeepSeek-V2-Lite-shaped one (no low-rank query), which
 llama.cpp cannot convert at a tiny size (it requires q_lora_rank unless a model has 26 or 27 layers), against
-transformers alone, with mscale != mscale_all_dim so YaRN's cos/sin factor is not 1; the two ways of attending
-(absorbed and decompressed) against each other; the latent KV cache's size; and the refusal of MoE layers.
+transformers alone, with mscale != mscale_all_dim so YaRN's cos/sin factor is not 1, dense and with V2-Lite's
+mixture of experts; the two ways of attending (absorbed and decompressed) against each other; the latent KV
+cache's size; which routing config.json selects.
 Tolerances as in test_model_zoo.py (1e-4 of the largest logit vs transformers; float32 rounding between paths).
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pellucid.errors import UnsupportedError
 from pellucid.model.config import config_from_hf
 from pellucid.model.layers import attention_mask
 from pellucid.model.loader import load_model
@@ -120,28 +120,62 @@ def test_latent_cache_holds_latent_and_rope_key_per_token(v2_lite):
     assert cache.n_bytes == 100 * c.kv_bytes_per_token(4)
 
 
-def test_moe_layers_are_refused_by_the_loader_not_by_inspect():
-    from pellucid.model.families import family_for_hf
-    from pellucid.model.loader import Weights, build_transformer
+@torch.inference_mode()
+def test_v2_lite_mixture_of_experts_matches_transformers(tmp_path, monkeypatch):
+    """DeepSeek-V2-Lite's MoE layers after its first dense one: softmax scores, top-3 of 8 chosen without groups
+    ("greedy") and not normalised, two shared experts; MLA without a low-rank query. The zoo's deepseek2moe
+    checks V3's routing (sigmoid, bias, groups) against both references; llama.cpp cannot convert this shape at
+    a tiny size (see the module docstring), so transformers is the only reference here."""
+    monkeypatch.setenv("PELLUCID_COMPILE", "0")
+    torch.manual_seed(1)
+    config = transformers.DeepseekV2Config(
+        **dict(V2_LITE, num_hidden_layers=3, first_k_dense_replace=1, n_routed_experts=8, num_experts_per_tok=3),
+        n_shared_experts=2,
+        routed_scaling_factor=1.0,
+        norm_topk_prob=False,
+        topk_method="greedy",
+    )
+    theirs = transformers.DeepseekV2ForCausalLM(config).eval()
+    for name, p in theirs.named_parameters():
+        if not name.endswith("norm.weight"):
+            p.normal_(0.0, (2.0 if name.endswith("mlp.gate.weight") else 1.0) / p.shape[-1] ** 0.5)
+    theirs.save_pretrained(tmp_path)
+    ours = load_model(tmp_path, device="cpu")
+    c = ours.config
+    assert (c.n_experts, c.n_experts_used, c.expert_gating, c.n_expert_groups) == (8, 3, "softmax", 0)
+    assert c.moe_layers == [False, True, True] and c.shared_expert_ffn_size == 2 * 16
+    ids = torch.randint(0, 64, (1, 40), generator=torch.Generator().manual_seed(4))
+    expected = theirs(ids).logits
+    got = ours(ids)
+    assert float((got - expected).abs().max() / expected.abs().max()) <= 1e-4
+    cache = ours.make_cache(capacity=40)
+    steps = torch.cat([ours(ids[:, :9], cache)] + [ours(ids[:, t : t + 1], cache) for t in range(9, 40)], 1)
+    torch.testing.assert_close(steps, got, rtol=1e-4, atol=1e-4 * float(got.abs().max()))
 
-    config = config_from_hf(transformers.DeepseekV3Config(**dict(V2_LITE, first_k_dense_replace=1)).to_dict())
-    assert (config.n_experts, config.n_experts_used) == (4, 2)  # what inspect shows
-    with pytest.raises(UnsupportedError, match=r"DeepSeek.s mixture-of-experts layers \(4 experts"):
-        build_transformer(config, Weights.from_dict({}), family_for_hf("deepseek_v3").hf_names)
-    dense = config_from_hf(transformers.DeepseekV3Config(**V2_LITE).to_dict())
-    assert dense.n_experts == 0
+
+def test_v3_routing_is_read_from_config_json():
+    """V3 (and Kimi K2, model_type kimi_k2) route by sigmoid within groups, V2 by softmax; the counts are what
+    `inspect` shows, and an all-dense config has no experts."""
+    v3_json = transformers.DeepseekV3Config(**dict(V2_LITE, first_k_dense_replace=1), n_group=2, topk_group=1).to_dict()
+    for config_json in (v3_json, dict(v3_json, model_type="kimi_k2")):
+        c = config_from_hf(config_json)
+        assert (c.n_experts, c.n_experts_used, c.expert_gating, c.n_expert_groups) == (4, 2, "sigmoid", 2)
+    assert config_from_hf(transformers.DeepseekV3Config(**V2_LITE).to_dict()).n_experts == 0  # all dense
+    v2 = config_from_hf(transformers.DeepseekV2Config(**dict(V2_LITE, first_k_dense_replace=1)).to_dict())
+    assert (v2.expert_gating, v2.n_expert_groups) == ("softmax", 0)
 
 
-def test_server_answers_a_chat_request_on_the_tiny_deepseek_gguf():
-    """One real request through `pellucid serve` on the zoo's DeepSeek-V3-shaped file (its real chat template,
-    the latent KV cache, the batched decode step)."""
+@pytest.mark.parametrize("family", ["deepseek2", "deepseek2moe"])
+def test_server_answers_a_chat_request_on_the_tiny_deepseek_gguf(family):
+    """One real request through `pellucid serve` on the zoo's DeepSeek-V3-shaped files, dense and with experts
+    (its real chat template, the latent KV cache, the batched decode step, the MoE layers)."""
     import json
     import urllib.request
     from pathlib import Path
 
     from server_helpers import HTTP_TIMEOUT_S, running_server
 
-    gguf = Path(__file__).parent / "zoo" / "deepseek2" / "tiny-q8_0.gguf"
+    gguf = Path(__file__).parent / "zoo" / family / "tiny-q8_0.gguf"
     with running_server(gguf, "--ctx", "128", "--parallel", "2") as server:
         body = {"messages": [{"role": "user", "content": "Count the stars."}], "max_tokens": 8, "temperature": 0}
         request = urllib.request.Request(

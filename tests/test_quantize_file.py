@@ -34,7 +34,7 @@ from pellucid.quant.types import GGMLType
 
 ZOO = Path(__file__).resolve().parent / "zoo"
 # The zoo's dense families; mixture-of-experts files are refused by `quantize` for now (test below)
-MOE_FAMILIES = ("qwen2moe", "qwen3moe", "gpt_oss", "llama4")
+MOE_FAMILIES = ("deepseek2moe", "qwen2moe", "qwen3moe", "gpt_oss", "llama4")
 FAMILIES = sorted(p.name for p in ZOO.iterdir() if (p / "tiny-f32.gguf").exists() and p.name not in MOE_FAMILIES)
 LLAMACPP_PYTHON = Path(os.environ.get("LLAMACPP_PYTHON", "/work/llcpp/venv/bin/python"))
 LEGACY = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")

@@ -47,8 +47,11 @@ def test_translate_spells_out_llamacpp_classes():
     assert re.fullmatch(translate(r"\s"), "\u3000") and not re.fullmatch(translate(r"\s"), "\x1c")
     assert re.fullmatch(translate(r"[^\s\p{L}\p{N}]+"), "!\U0001f600\u0378")  # unassigned counts as "other"
     assert re.search(translate(r"\s+$"), "a \n") and not re.search(translate(r"b$"), "b\n")
+    # Han: not a category but llama.cpp's unicode_cpt_is_han (Kimi K2): the CJK ideograph blocks, assigned or not
+    han = re.compile(translate(r"\p{Han}+"))
+    assert han.fullmatch("中文\u9fff\U00020000") and not han.search("のテ한")
     with pytest.raises(UnsupportedError):
-        translate(r"\p{Han}")
+        translate(r"\p{Greek}")
 
 
 @pytest.mark.parametrize("name", sorted({f.names[0] for f in PRE_TOKENIZERS.values()}))

@@ -204,12 +204,24 @@ def _at_load(fp: Footprint, quantize: str | None) -> Footprint:
     return memory.quantized_at_load(fp, QUANTIZE_TYPES[quantize])
 
 
+def _is_buffer(name: str) -> bool:
+    """DeepSeek V3's selection-only router bias: a buffer in transformers (set by a load-balancing rule, not
+    trained), so not counted among the parameters, as num_parameters() does not."""
+    return name.endswith(("e_score_correction_bias", "exp_probs_b.bias"))
+
+
 def _gguf_footprint(g: GGUFFile) -> Footprint:
     config = config_from_gguf(g.metadata, set(g.tensors))
     # llama.cpp's converter stores RoPE frequency factors as tensors; they are constants (buffers in HF), not
     # parameters, so they are left out of the parameter count, as transformers' num_parameters() does.
     tensors = tuple(
-        TensorSize(t.name, t.shape, t.n_bytes, is_parameter=not t.name.startswith("rope_"), ggml_type=t.ggml_type)
+        TensorSize(
+            t.name,
+            t.shape,
+            t.n_bytes,
+            is_parameter=not t.name.startswith("rope_") and not _is_buffer(t.name),
+            ggml_type=t.ggml_type,
+        )
         for t in g.tensors.values()
     )
     return Footprint(config, tensors, metadata_bytes=g.header_size, file_precision=_gguf_precision(g))
@@ -406,7 +418,7 @@ def _hf_tensor_size(folder: HFFolder, t) -> TensorSize:
         t.name,
         t.shape,
         t.n_bytes,
-        is_parameter=t.dtype.startswith(("F", "BF")),  # not I64 buffers
+        is_parameter=t.dtype.startswith(("F", "BF")) and not _is_buffer(t.name),  # not I64 buffers
         ggml_type=GGMLType[t.dtype] if t.dtype in ("F32", "F16", "BF16") else None,
     )
 

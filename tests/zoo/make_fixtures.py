@@ -83,6 +83,7 @@ FEATURE_OFF = {
     "qwen2moe": ("shared expert gate", "open_shared_gate"),
     "gpt_oss": ("attention sinks", "no_sinks"),
     "llama4": ("QK norm", {"use_qk_norm": False}),
+    "deepseek2moe": ("selection-only router bias", "zero_score_bias"),
 }
 # More features of one family, each turned off alone: (name, overrides), recorded as "feature effect (... off)" too
 MORE_FEATURES_OFF = {
@@ -246,6 +247,11 @@ def load_hf(folder: Path, overrides: dict | str | None = None, family: str | Non
             for name, p in model.named_parameters():
                 if name.endswith("shared_expert_gate.weight"):
                     p.zero_()
+    elif overrides == "zero_score_bias":  # DeepSeek V3: choose experts by the unbiased sigmoid scores
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                if name.endswith("e_score_correction_bias"):
+                    b.zero_()
     elif overrides == "default_rope":
         set_rope_factors(model, "none")
     return model
@@ -467,6 +473,12 @@ def compare_with_transformers(name: str, hf: dict, prompts, ppl_texts: dict, lc:
             checks[f"{key} routing margin min/median (router logit k-th - (k+1)-th, every layer and position)"] = (
                 routing_margins(model, texts)
             )
+    if getattr(tiny.config, "n_group", None) and getattr(tiny.config, "first_k_dense_replace", 0) < len(
+        tiny.model.layers
+    ):
+        for key, model in (("tiny", tiny), ("kquant", kquant)):
+            texts = [*prompts, ppl_texts["tiny-q8_0"]["ids"]] if key == "tiny" else [ppl_texts["kquant-q4_k_m"]["ids"]]
+            checks.update({f"{key} {k}": v for k, v in deepseek_routing_checks(model, texts).items()})
     reference = {
         "hf": {v: {"num_parameters": int(m.num_parameters())} for v, m in (("tiny", tiny), ("kquant", kquant))},
         "perplexity": ppl,
@@ -566,6 +578,61 @@ def clamped_share(model, texts) -> float:
         m._apply_gate = original
     values = np.concatenate([v.numpy() for v in seen])
     return round(float((values > limit).mean()), 4)
+
+
+def deepseek_routing_checks(model, texts) -> dict:
+    """DeepSeek V3's routing (sigmoid scores + selection bias, best groups, top-k within them), measured on the
+    router's logits (transformers): how far each choice is from a tie, for groups (the last kept group's score
+    - the first dropped one's) and experts (the k-th chosen biased score - the first left out, within the kept
+    groups), and how many choices the bias and the groups change, which they must for the fixture to test them."""
+    import torch
+
+    gaps, changed = {"group": [], "expert": []}, {"bias": [], "groups": []}
+
+    def choose(select, router, grouped=True):
+        n, e = select.shape
+        if grouped:
+            groups = select.view(n, router.num_group, e // router.num_group)
+            keep = groups.topk(2, dim=-1).values.sum(-1).topk(router.topk_group, dim=-1).indices
+            mask = torch.zeros(n, router.num_group, dtype=torch.bool).scatter_(1, keep, True)
+            select = groups.masked_fill(~mask.unsqueeze(-1), float("-inf")).view(n, e)
+        return select.topk(router.top_k, dim=-1).indices.sort(-1).values
+
+    def record(router, inputs, output):
+        scores = output[0].float().sigmoid()
+        select = scores + router.e_score_correction_bias
+        n, e = select.shape
+        group_scores = select.view(n, router.num_group, -1).topk(2, dim=-1).values.sum(-1).sort(-1, True).values
+        gaps["group"].append((group_scores[:, router.topk_group - 1] - group_scores[:, router.topk_group]).numpy())
+        chosen = choose(select, router)
+        top = select.masked_fill(torch.zeros_like(select, dtype=torch.bool).scatter_(1, chosen, True), float("-inf"))
+        kept = select.view(n, router.num_group, -1)
+        # within the kept groups: the first expert left out
+        kept_groups = kept.topk(2, dim=-1).values.sum(-1).topk(router.topk_group, dim=-1).indices
+        in_kept = torch.zeros(n, router.num_group, dtype=torch.bool).scatter_(1, kept_groups, True)
+        left_out = top.view(n, router.num_group, -1).masked_fill(~in_kept.unsqueeze(-1), float("-inf"))
+        kth = select.gather(1, chosen).min(-1).values
+        gaps["expert"].append((kth - left_out.view(n, e).max(-1).values).numpy())
+        changed["bias"].append((choose(scores, router) != chosen).any(-1).numpy())
+        changed["groups"].append((choose(select, router, grouped=False) != chosen).any(-1).numpy())
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if type(m).__name__.endswith("TopkRouter")]
+    for ids in texts:
+        hf_logits(model, ids)
+    for h in hooks:
+        h.remove()
+    out = {}
+    for what, values in gaps.items():
+        values = np.concatenate(values)
+        finite = values[np.isfinite(values)]  # kquant: 2 experts per group, top-2: none left out in a kept group
+        out[f"routing {what} margin min/median (biased scores, every MoE layer and position)"] = (
+            [round(float(finite.min()), 4), round(float(np.median(finite)), 4)] if finite.size else None
+        )
+    for what, values in changed.items():
+        out[f"routing: share of token-layers whose experts change without the {what}"] = round(
+            float(np.concatenate(values).mean()), 3
+        )
+    return out
 
 
 def quantized_checks(key: str, hf_ppl_logits: np.ndarray, ppl_ids, arrays: dict, checks: dict) -> dict:

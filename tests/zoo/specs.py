@@ -175,7 +175,7 @@ def _longrope(rotary_dims: int) -> dict:
 
 # DeepSeek-V3's attention at tiny sizes: 2 heads of 32 + 16 (values 32), latent 32, low-rank query 32, YaRN x16
 # over an original context of 256 (pairs 0-4 of 8 on the ramp). Experts are configured (the converter and
-# llama.cpp expect the keys) but never built: first_k_dense_replace = num_hidden_layers.
+# llama.cpp expect the keys) but never built here: first_k_dense_replace = num_hidden_layers (deepseek2moe has them).
 DEEPSEEK_MLA = dict(
     max_position_embeddings=4096,
     rms_norm_eps=1e-6,
@@ -643,7 +643,7 @@ FAMILIES: dict[str, Family] = {
                 chat_prompt="<｜User｜>Hi! Count the stars.<｜Assistant｜><think></think>",
             ),
             # DeepSeek-V3's attention (MLA: low-rank query, latent KV, decoupled RoPE key, YaRN with mscale) with
-            # every layer's FFN dense (first_k_dense_replace = layers): the MoE block is not implemented yet.
+            # every layer's FFN dense (first_k_dense_replace = layers): the MoE layers are deepseek2moe's.
             tiny=dict(DEEPSEEK_MLA, **DEEPSEEK_TINY),
             kquant=dict(DEEPSEEK_MLA, **DEEPSEEK_KQUANT),
             seed=111,
@@ -877,6 +877,38 @@ FAMILIES["llama4"] = Family(
     "(0.1) and its RoPE-free pattern (every 4th layer), ignoring config.json; its references equal transformers run "
     "with those values (llamacpp_config). The converter (Llama4ForCausalLM is registered) converts this text-only "
     "folder as it is.",
+)
+
+# DeepSeek-V3 / Kimi K2 in miniature: MLA as the deepseek2 fixture, then mixture-of-experts layers after the first
+# (dense) one: sigmoid router scores, a selection-only bias (e_score_correction_bias, large enough to change choices),
+# top-2 of 8 experts within the best 2 of 4 groups (so the groups bite), weights normalised then x2.5, one shared
+# expert. kquant: one MoE layer of 4 experts of 256 in 2 groups (best 1). The seed keeps routing away from ties.
+DEEPSEEK_MOE = dict(
+    n_routed_experts=8,
+    num_experts_per_tok=2,
+    n_group=4,
+    topk_group=2,
+    n_shared_experts=1,
+    routed_scaling_factor=2.5,
+    norm_topk_prob=True,
+    scoring_func="sigmoid",  # transformers' V3 always uses sigmoid; the converter needs the key to say so
+    topk_method="noaux_tc",
+)
+FAMILIES["deepseek2moe"] = Family(
+    name="deepseek2moe",
+    config_class="DeepseekV3Config",
+    model_class="DeepseekV3ForCausalLM",
+    gguf_arch="deepseek2",
+    tokenizer=FAMILIES["deepseek2"].tokenizer,
+    tiny=dict(DEEPSEEK_MLA, **dict(DEEPSEEK_TINY, num_hidden_layers=3, first_k_dense_replace=1), **DEEPSEEK_MOE),
+    kquant=dict(
+        DEEPSEEK_MLA,
+        **dict(DEEPSEEK_KQUANT, first_k_dense_replace=0),
+        **dict(DEEPSEEK_MOE, n_routed_experts=4, n_group=2, topk_group=1),
+    ),
+    seed=158,  # of seeds 141-165, one whose routing stays far from ties in both variants (tiny 0.0005, kquant 0.03)
+    gains={"router": 2.0, "score_bias": 0.2},
+    llamacpp_note=FAMILIES["deepseek2"].llamacpp_note,
 )
 
 VARIANTS = ("tiny", "kquant")
@@ -1190,7 +1222,10 @@ def parameter_shapes(config) -> dict[str, tuple[int, ...]]:
 
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(config)
-    return {n: tuple(p.shape) for n, p in model.named_parameters()}
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    # DeepSeek V3's selection-only router bias is a buffer, yet saved with the weights (and converted to exp_probs_b)
+    shapes.update({n: tuple(b.shape) for n, b in model.named_buffers() if n.endswith("e_score_correction_bias")})
+    return shapes
 
 
 # Weight scales. llama.cpp rounds the activations entering each matrix product (to f16 for F16 weights, to Q8_0 or
@@ -1220,6 +1255,7 @@ GAINS = {
     "router": 1.0,
     "sinks": 1.0,  # GPT-OSS's attention sink logits (std)
     "expert_in": 1.0,  # GPT-OSS: the gain of the expert stacks' gate/up (the down stack divides by its square)
+    "score_bias": 0.0,
 }
 RESIDUAL = 0.3  # std of the embedding's entries in the residual stream (hidden 32; smaller for wider models)
 
@@ -1276,6 +1312,8 @@ def _weight_std(name: str, shape: tuple[int, ...], family: Family, config, post_
         if name.endswith("gate_up_proj"):
             return 0.0, gains["expert_in"] / shape[-2] ** 0.5
         return 0.0, scales["out"] / gains["expert_in"] ** 2 / shape[-2] ** 0.5
+    if name.endswith("e_score_correction_bias"):  # DeepSeek V3: added to the sigmoid scores for choosing only
+        return 0.0, gains["score_bias"]
     fan_in = shape[-1]
     if name == "model.embed_tokens.weight":
         return 0.0, scales["embed"]
@@ -1288,6 +1326,8 @@ def _weight_std(name: str, shape: tuple[int, ...], family: Family, config, post_
         return 0.0, gains["router"] / fan_in**0.5
     if any(k in name for k in ("q_proj", "k_proj", "qkv_proj")):
         return 0.0, gains["qk"] / fan_in**0.5
+    if name.endswith("experts.down_proj"):  # DeepSeek scales the routed experts' sum: they write as a dense FFN
+        return 0.0, scales["out"] / fan_in**0.5 / getattr(config, "routed_scaling_factor", 1.0)
     if any(k in name for k in ("o_proj", "down_proj")):
         return 0.0, scales["out"] / fan_in**0.5
     return 0.0, gains["other"] / fan_in**0.5

@@ -711,8 +711,6 @@ def _norm(weights: Weights, name: str, config: ModelConfig, size: int) -> RMSNor
 def _check_supported(config: ModelConfig) -> None:
     """Refuse features the generic decoder does not implement, rather than run them wrongly."""
     problems = []
-    if config.n_experts and config.kv_lora_rank:  # the MoE block and MLA are both here, not yet tested together
-        problems.append(f"DeepSeek's mixture-of-experts layers ({config.n_experts} experts; its dense layers run)")
     if config.n_experts and not 0 < config.n_experts_used <= config.n_experts:
         problems.append(f"routing to {config.n_experts_used} of {config.n_experts} experts")
     if config.n_expert_groups > 1 and config.n_experts % config.n_expert_groups:

@@ -34,13 +34,27 @@ QWEN2 = (
     r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-# llama.cpp runs the GPT-2 and Llama 3 regexes (recognized by their exact text) with hand-written matchers.
-# These are the regexes those matchers implement: GPT-2's also takes lone whitespace (`\s+`), and the final
-# `(?s:.)` is never reached but guarantees that findall() cannot silently drop a character.
+# Kimi K2: llama.cpp's table lists only `\p{Han}+`, the text by which unicode.cpp recognizes the pre-tokenizer
+# and runs a hand-written matcher (unicode_regex_split_custom_kimi_k2) for the whole of K2's tiktoken regex.
+KIMI_K2 = r"\p{Han}+"
+# The regex that matcher implements. Not K2's own: the matcher makes no case distinction (K2 splits
+# "HelloWorld" at the capital; llama.cpp does not) and takes no combining marks into words, and its Han is the
+# CJK ideograph blocks (assigned or not), `\p{Han}` below.
+_KIMI_K2_MATCHER = (
+    r"\p{Han}+|[^\r\n\p{L}\p{N}]?(?:(?!\p{Han})\p{L})+(?:'[sStTmMdD]|'[rR][eE]|'[vV][eE]|'[lL][lL])?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# llama.cpp runs the GPT-2, Llama 3 and Kimi K2 regexes (recognized by their exact text) with hand-written
+# matchers. These are the regexes those matchers implement: GPT-2's also takes lone whitespace (`\s+`), and the
+# final `(?s:.)` is never reached but guarantees that findall() cannot silently drop a character.
 _MATCHERS = {
     GPT2: GPT2 + r"|\s+|(?s:.)",
     LLAMA3: LLAMA3 + "|(?s:.)",
+    KIMI_K2: _KIMI_K2_MATCHER + "|(?s:.)",
 }
+# What unicode_cpt_is_han counts as Han: the CJK Unified Ideographs and their extensions A-F, and the
+# compatibility ideographs (code point ranges, hexadecimal)
+_HAN = "4E00-9FFF 3400-4DBF 20000-2A6DF 2A700-2B73F 2B740-2B81F 2B820-2CEAF 2CEB0-2EBEF F900-FAFF 2F800-2FA1F"
 
 
 @dataclass(frozen=True)
@@ -74,7 +88,7 @@ _TEKKEN = (
 _PORO = r" ?[^(\s|.,!?\u2026\u3002\uFF0C\u3001\u0964\u06D4\u060C)]+"
 
 # The name lists and flags follow llama_vocab::impl::load (llama.cpp as vendored by llama-cpp-python 0.3.36).
-# Left out (loading them raises UnsupportedError): pre-tokenizers that need code beyond regexes (kimi-k2, afmoe,
+# Left out (loading them raises UnsupportedError): pre-tokenizers that need code beyond regexes (afmoe,
 # gemma4, whitespace, ...); deepseek-llm, whose regex spells out letters by hand; tiny_aya/cohere2moe, whose
 # digit-grouping regex never matches in llama.cpp's std::regex build (so reproducing it means reproducing that).
 _FAMILIES = [
@@ -153,6 +167,7 @@ _FAMILIES = [
         clean_spaces=False,
     ),
     PreTokenizer(("superbpe",), (r"\p{N}+", r"(?=(\d{3})+(?!\d))"), clean_spaces=False),
+    PreTokenizer(("kimi-k2",), (KIMI_K2,), clean_spaces=False),
 ]
 
 PRE_TOKENIZERS: dict[str, PreTokenizer] = {name: family for family in _FAMILIES for name in family.names}
@@ -168,7 +183,7 @@ _ASTRAL = r"\U00010000-\U0010FFFF"  # code points above the Basic Multilingual P
 def _category_ranges(group: str, ascii_only: bool = False) -> tuple[str, str]:
     """Class bodies (no brackets) for one llama.cpp category group: (BMP part, astral part)."""
     bmp, astral = [], []
-    for item in "".join(RANGES[group]).split():
+    for item in (_HAN if group == "Han" else "".join(RANGES[group])).split():
         first, _, last = item.partition("-")
         lo, hi = int(first, 16), int(last or first, 16)
         if ascii_only:
@@ -199,6 +214,8 @@ def _char_class(literal: str, groups: list[str], negated: bool, ascii_only: bool
     """
     bmp = literal + "".join(_category_ranges(g, ascii_only)[0] for g in groups)
     astral = "".join(_category_ranges(g, ascii_only)[1] for g in groups)
+    if not bmp and not astral:  # a class with nothing in it (Han in the ASCII-only regex)
+        return "(?s:.)" if negated else "(?!)"
     if not astral:
         return f"[^{bmp}]" if negated else f"[{bmp}]"
     if negated:
@@ -207,6 +224,7 @@ def _char_class(literal: str, groups: list[str], negated: bool, ascii_only: bool
 
 
 _CLASS_OF = {"L": "L", "Lu": "L", "Ll": "L", "Lt": "L", "Lm": "L", "Lo": "L", "N": "N", "P": "P", "S": "S", "M": "M"}
+_CLASS_OF["Han"] = "Han"  # not a category: llama.cpp's unicode_cpt_is_han (_HAN)
 _TOKEN = re.compile(r"\\p\{(\w+)\}|\\.|.", re.DOTALL)
 
 

@@ -16,9 +16,15 @@
   `attention.key_length_mla` / `value_length_mla`. kv_b_proj is split into `attn_k_b` (heads, rank, nope:
   transposed) and `attn_v_b` (heads, v, rank); old files with one `attn_kv_b` load too.
 - The feed-forward of the first `first_k_dense_replace` (GGUF `leading_dense_block_count`) layers is a dense
-  gated MLP; the rest are mixtures of experts, which pellucid does not run yet: such models are refused by the
-  loader (`inspect` and `fit` still describe them). Tiny
-  all-dense configs (first_k_dense_replace = num_hidden_layers) run, which is how the attention is tested.
+  gated MLP; the rest are mixtures of experts (`layers/moe.py`) with shared experts (`n_shared_experts`, each as
+  wide as a routed one; GGUF `ffn_*_shexp`). V3 / R1 / Kimi K2 score experts by sigmoid, choose by the scores
+  plus a selection-only bias (`e_score_correction_bias`, GGUF `exp_probs_b.bias`) within the best `topk_group`
+  of `n_group` groups (a group scored by its two best biased scores), normalise the chosen weights and scale
+  them by `routed_scaling_factor`. V2 / V2-Lite score by softmax, without groups (V2-Lite's "greedy") nor
+  normalisation. transformers decides sigmoid or softmax by model type (V3 or V2), whatever `scoring_func`
+  says; llama.cpp by `expert_gating_func`, which the converter writes from `scoring_func` (softmax when the
+  key is absent). Full DeepSeek-V2's "group_limited_greedy" scores a group by its best expert, not its best
+  two; llama.cpp and pellucid use the best two for every grouped model.
 - MTP (multi-token prediction) layers past num_hidden_layers are not converted by llama.cpp and not read here.
 """
 
@@ -31,8 +37,7 @@ from pellucid.model.families import Family, TensorNames, hf_names
 
 def _experts(n_dense: int, n_layers: int, n_experts: int, n_used: int) -> dict[str, int]:
     """The expert counts the model runs with: none when every layer is dense (the converter writes the config's
-    counts anyway), else the file's, which the loader's check refuses (MoE is not implemented yet) while
-    `inspect` and `fit` can still describe the model."""
+    counts anyway, and llama.cpp builds no experts then), else the file's."""
     if n_dense >= n_layers:
         return {"n_experts": 0, "n_experts_used": 0}
     return {"n_experts": n_experts, "n_experts_used": n_used}
@@ -80,6 +85,13 @@ def hf_config(text: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
             n_dense, fields["n_layers"], text.get("n_routed_experts") or 0, text.get("num_experts_per_tok") or 0
         ),
     )
+    if changes["n_experts"]:
+        # transformers: V3 (and Kimi K2, a V3) sigmoid with groups, V2 softmax, grouped only by
+        # "group_limited_greedy"
+        v2 = text.get("model_type") == "deepseek_v2"
+        changes["expert_gating"] = "softmax" if v2 else "sigmoid"
+        if v2 and text.get("topk_method", "greedy") == "greedy":
+            changes.update(n_expert_groups=0, n_expert_groups_used=0)
     scaling = fields["rope_scaling"]
     if scaling is not None:
         mscale_all_dim = hf_rope_parameters(text).get("mscale_all_dim") or 0.0
