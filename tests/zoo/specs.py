@@ -1302,6 +1302,8 @@ def _weight_std(name: str, shape: tuple[int, ...], family: Family, config, post_
         else:
             base, noise = 1.0, gains["norm_noise"]
         return base - shift, noise
+    if name.endswith("e_score_correction_bias"):  # DeepSeek V3: added to the sigmoid scores for choosing only
+        return 0.0, gains["score_bias"]
     if name.endswith(("o_proj.bias", "down_proj_bias")):  # biases written into the residual stream
         return 0.0, scales["out"]
     if name.endswith((".bias", "_bias")):
@@ -1312,8 +1314,6 @@ def _weight_std(name: str, shape: tuple[int, ...], family: Family, config, post_
         if name.endswith("gate_up_proj"):
             return 0.0, gains["expert_in"] / shape[-2] ** 0.5
         return 0.0, scales["out"] / gains["expert_in"] ** 2 / shape[-2] ** 0.5
-    if name.endswith("e_score_correction_bias"):  # DeepSeek V3: added to the sigmoid scores for choosing only
-        return 0.0, gains["score_bias"]
     fan_in = shape[-1]
     if name == "model.embed_tokens.weight":
         return 0.0, scales["embed"]
