@@ -1329,6 +1329,7 @@ at::Tensor moe_experts(const at::Tensor& x_in, const at::Tensor& weights_in, c10
   TORCH_CHECK(x.size(0) == 1, "pellucid::moe_experts: one token, got ", x.size(0));
   const at::Tensor weights = weights_in.to(at::kFloat).contiguous().view({-1});
   const int64_t k = weights.size(0), K = x.size(1);
+  TORCH_CHECK(k > 0, "pellucid::moe_experts: give the weights and matrices of at least one expert");
   std::vector<Matrix> up_gate, down;  // gate_0, up_0, gate_1, ...; down_0, down_1, ...
   {
     size_t i = 0, n = 0;
