@@ -278,3 +278,81 @@ def test_llama4_weights_scale_the_expert_input(top_k, n_tokens, monkeypatch):
     expected = block(x)[0].view(1, n_tokens, 32)
     torch.testing.assert_close(ours(True)(x), expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
     assert (ours(False)(x) - expected).abs().max() > 0.01 * expected.abs().max()
+
+
+@torch.inference_mode()
+def test_batched_decode_step_reads_each_chosen_expert_once(arithmetic, monkeypatch):
+    """A batched decode step (the server's) groups its sequences' tokens by expert: each expert any sequence
+    chose is multiplied once per layer and step, on all the rows routed to it, so a step reads the union of the
+    chosen experts once (in the default arithmetic: one native grouped product per projection)."""
+    from pellucid.model.loader import load_model
+    from pellucid.quant import kernels
+
+    model = load_model(ZOO / "kquant-q4_k_m.gguf", device="cpu")
+    experts = model.blocks[0].mlp.experts
+    gate_of = {id(m.packed): e for e, m in enumerate(experts.gate)}
+    products = []  # per product: the experts whose gate matrices it read
+    real_grouped, real_ffn = kernels.matmul_grouped, type(experts)._ffn
+
+    def grouped(x, counts, packed):
+        y = real_grouped(x, counts, packed)
+        if y is not None and id(packed[0]) in gate_of:  # None: not run here (the caller goes expert by expert)
+            products.append([gate_of[id(p)] for p in packed])
+        return y
+
+    monkeypatch.setattr(kernels, "matmul_grouped", grouped)
+    monkeypatch.setattr(type(experts), "_ffn", lambda self, x, e: products.append([e]) or real_ffn(self, x, e))
+    chosen = []
+    real_route = type(model.blocks[0].mlp).route
+    monkeypatch.setattr(
+        type(model.blocks[0].mlp), "route", lambda self, x: chosen.append(real_route(self, x)) or chosen[-1]
+    )
+    caches = [model.make_cache(capacity=16) for _ in range(5)]
+    model.decode_batch(torch.tensor([3, 9, 27, 81, 100]), caches)
+    union = sorted(set(chosen[0][1].flatten().tolist()))  # layer 0's experts over the 5 sequences
+    read = sorted(e for p in products for e in p)
+    assert len(chosen) == 1 and chosen[0][1].shape == (5, model.config.n_experts_used)
+    assert read == union  # each once
+    assert len(products) == (1 if arithmetic == "default" else len(union))
+
+
+@pytest.mark.parametrize("gating", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_native_router_matches_route(gating, normalize):
+    """The native router op (a decode step's routing in the default arithmetic) chooses what `route` chooses
+    and gives its weights; tolerance: float32 summation order of the router's product."""
+    from pellucid.model.layers.moe import route
+    from pellucid.quant import native
+
+    if not native.available():
+        pytest.skip("the native kernels need an x86 CPU with AVX512-VNNI")
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(5, 256, generator=g), torch.randn(32, 256, generator=g) * 0.1
+    weights, ids = native.moe_route(x, w, 4, gating, normalize, 2.5)
+    expected, expected_ids = route(x @ w.T, 4, gating=gating, normalize=normalize, scale=2.5)
+    assert torch.equal(ids, expected_ids) and ids.dtype == torch.int64
+    torch.testing.assert_close(weights, expected, rtol=1e-5, atol=1e-6)
+
+
+@torch.inference_mode()
+def test_fused_experts_op_matches_its_parts():
+    """`native.moe_experts` (a decode step's k experts in one op) against the same products as separate native
+    calls (gate/up, glu, down, weighted sum): the same rounding of x and of each activation, so only float32
+    summation order differs (1e-5 of the largest output)."""
+    from pellucid.model.loader import load_model
+    from pellucid.quant import kernels, native
+
+    if not native.available():
+        pytest.skip("the native kernels need an x86 CPU with AVX512-VNNI")
+    experts = load_model(ZOO / "kquant-q4_k_m.gguf", device="cpu").blocks[0].mlp.experts
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, experts.gate[0].in_features, generator=g)
+    chosen, weights = [len(experts) - 1, 0, 1], torch.tensor([0.5, 0.3, 0.2])
+    specs = [[kernels.native_spec(m[e].packed) for m in (experts.gate, experts.up, experts.down)] for e in chosen]
+    fused = native.moe_experts(x, weights, [native.expert_spec(*s) for s in specs], experts.activation)
+    gate_up = native.gemv(x, [s for e in specs for s in e[:2]]).view(3, 2, -1)
+    h = native.glu(gate_up[:, 0], gate_up[:, 1], experts.activation)
+    y = native.gemv_grouped(h, [1, 1, 1], [e[2] for e in specs])
+    expected = (y * weights[:, None]).sum(0, keepdim=True)
+    assert fused.shape == expected.shape
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))

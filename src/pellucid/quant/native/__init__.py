@@ -202,6 +202,34 @@ def gemv_grouped(x: torch.Tensor, counts: list[int], specs: list[tuple[str, list
     return torch.ops.pellucid.gemv_grouped(x, counts, names, [t for _, fields in specs for t in fields])
 
 
+GATING_IDS = {"softmax": 0, "sigmoid": 1}
+
+
+def moe_route(
+    x: torch.Tensor, router: torch.Tensor, k: int, gating: str, normalize: bool, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A MoE router in one op: x (T, K) float32, router (E, K) float32 -> (weights (T, k) float32, expert ids
+    (T, k) int64), the best first: `model.layers.moe.route` without its selection bias and expert groups."""
+    return torch.ops.pellucid.moe_route(x, router, k, GATING_IDS[gating], normalize, scale)
+
+
+def expert_spec(gate, up, down) -> tuple[str, list[torch.Tensor]]:
+    """One expert's three matrices (`format_of`'s answers) as `moe_experts` takes them: their formats joined, their
+    fields in order. Built once per expert by the caller, so a decode step only concatenates k of them."""
+    return ",".join(name for name, _ in (gate, up, down)), [t for _, fields in (gate, up, down) for t in fields]
+
+
+def moe_experts(
+    x: torch.Tensor, weights: torch.Tensor, experts: list[tuple[str, list[torch.Tensor]]], activation: str
+) -> torch.Tensor:
+    """One token's k chosen experts in one op: x (1, K) float32, weights (k,), experts[j] = `expert_spec` of
+    expert j -> sum_j weights[j] * down_j(act(gate_j x) * up_j x), (1, hidden) float32. `activation` is one of
+    ACTIVATION_IDS (what `glu` computes)."""
+    names = ",".join(name for name, _ in experts)
+    return torch.ops.pellucid.moe_experts(x, weights, names, [t for _, fields in experts for t in fields],
+                                          ACTIVATION_IDS[activation])  # fmt: skip
+
+
 def dequantize(
     spec: tuple[str, list[torch.Tensor]], k: int, start: int, end: int, dtype: torch.dtype, into=None
 ) -> torch.Tensor:
