@@ -207,12 +207,13 @@ def run_bench(
     if unknown:
         raise PellucidError(f"unknown peer {', '.join(unknown)}; --compare takes {', '.join(PEERS)}")
     log = log or (lambda line: None)
-    if ctx_fill is not None or kv_type_k or kv_type_v:
-        if ctx_fill is None:
-            raise PellucidError(
-                "a KV cache type is measured at a filled context: add --ctx-fill N (e.g. --ctx-fill 4096), "
-                "where decode reads the cache"
-            )
+    # f32 is the cache plain pp/tg run with anyway, so a flag left at an f32 default asks for nothing
+    if ctx_fill is None and {kv_type_k, kv_type_v} - {None, DEFAULT_KV_TYPE}:
+        raise PellucidError(
+            "a KV cache type is measured at a filled context: add --ctx-fill N (e.g. --ctx-fill 4096), where "
+            "decode reads the cache"
+        )
+    if ctx_fill is not None:
         if constrained:
             raise PellucidError("--constrained and --ctx-fill measure different things; run them one at a time")
         kv = (kv_type_k or DEFAULT_KV_TYPE, kv_type_v or DEFAULT_KV_TYPE)
