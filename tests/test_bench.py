@@ -108,3 +108,47 @@ def test_prompts_fit_small_vocabularies():
     for vocab in (132, 49_152):
         ids = _prompt(vocab, 200)
         assert min(ids) >= min(100, vocab // 4) and max(ids) < vocab - min(100, vocab // 4)
+
+
+def test_ctx_fill_decodes_after_the_fill_and_says_so(capsys, smollm2_path):
+    out = bench_json(capsys, str(smollm2_path), "--ctx-fill", "24", "--tg", "2", "--reps", "1")
+    assert out["ctx_fill"] == 24 and out["kv_type"] == {"k": "f32", "v": "f32"}  # no type given: pellucid's own
+    assert out["pp"]["n"] == 24 and len(out["pp"]["reps"]) == 1  # the fill: one pass
+    assert out["tg"]["n"] == 2 and out["tg"]["tok_s"] > 0
+
+
+def test_ctx_fill_past_the_models_context_is_a_clear_error(capsys, smollm2_path):
+    assert main(["bench", str(smollm2_path), "--ctx-fill", "8100", "--tg", "128"]) == 1
+    err = capsys.readouterr().err
+    assert "--ctx-fill 8,100 plus --tg 128 decode steps need 8,228 positions" in err
+    assert "context length of 8,192; use --ctx-fill 8,064 or less" in err and "Traceback" not in err
+
+
+def test_a_kv_cache_type_needs_a_filled_context(smollm2_path):
+    from pellucid.bench import run_bench
+    from pellucid.errors import PellucidError
+
+    with pytest.raises(PellucidError, match="add --ctx-fill N"):
+        run_bench("m", smollm2_path, pp=4, tg=2, reps=1, threads=1, compare=[], kv_type_k="q8_0")
+    with pytest.raises(PellucidError, match="unknown KV cache type 'q5_9'; choose one of f32, f16"):
+        run_bench("m", smollm2_path, pp=4, tg=2, reps=1, threads=1, compare=[], ctx_fill=8, kv_type_v="q5_9")
+
+
+def test_kv_types_are_ggmls_type_ids():
+    """The ids llama.cpp's context takes for each cache type: ggml's enum, which GGMLType numbers too."""
+    from pellucid.bench import KV_TYPES
+    from pellucid.quant.types import GGMLType
+
+    assert {name: GGMLType[name.upper()].value for name in KV_TYPES} == KV_TYPES
+
+
+def test_ctx_fill_table_rows_carry_the_fill_and_cache_types():
+    ours = Measurement("pellucid", 0.2, [900.0], [50.0, 52.0, 60.0], 300.0, {"pp": 1.0, "tg": 2.0})
+    peer = Measurement("llama.cpp", 0.1, [1000.0], [40.0, 40.0, 40.0], 200.0, {"pp": 0.1, "tg": 0.3})
+    report = BenchReport("m", "/m.gguf", 4096, 128, 3, 2, ours, [peer], ctx_fill=4096, kv_types=("q8_0", "q4_0"))
+    text = format_report(report)
+    assert "ctx fill" in text and "fill tok/s" in text and "decode after 4,096 tokens of context" in text
+    rows = [line for line in text.splitlines() if line.startswith(("pellucid ", "llama.cpp ")) and " MB " in line]
+    assert len(rows) == 2 and all("4,096" in r and "K q8_0 / V q4_0" in r for r in rows), rows
+    assert "pellucid / llama.cpp: fill 0.90x, tg 1.30x" in text
+    assert report.as_dict()["kv_type"] == {"k": "q8_0", "v": "q4_0"} and report.as_dict()["ctx_fill"] == 4096

@@ -19,6 +19,13 @@ transformers' GGUF loader). A peer that is not installed is skipped with a line 
 generation loop (`Session.generate_ids`: greedy sampling, end-of-text ignored) from a short prompt, free and
 with a JSON schema whose shortest answer is longer than N tokens (`LONG_SCHEMA`), so both decode exactly N
 tokens; reps alternate the two. The overhead is the schema's decode tok/s below the free one's.
+
+`--ctx-fill N` measures decode where a long conversation puts it: N tokens of a fixed text (FILL_TEXT, repeated)
+are prefilled once (timed: the "fill" column), then tgN decode steps run from there, each rep rewound to N
+(its KV cache trimmed back) before the next. The KV cache is stored as `--kv-type` / `-ctk` / `-ctv` say
+(KV_TYPES), in pellucid and in llama.cpp alike; llama.cpp runs with flash attention where the V cache is
+quantized, which needs it, and without elsewhere (llama_flash_attn says why). Only pellucid and llama.cpp take
+part: transformers has no cache types.
 """
 
 from __future__ import annotations
@@ -35,6 +42,27 @@ from pathlib import Path
 
 PEERS = ("llama.cpp", "transformers")
 LLAMA_CPP_PYTHON_ENV = "PELLUCID_LLAMA_CPP_PYTHON"
+
+# KV cache types by the names --kv-type / -ctk / -ctv take -> ggml's type id, what llama.cpp's context takes
+# (llama-cpp-python's Llama(type_k=, type_v=); ggml.h's enum ggml_type, which pellucid.quant.types.GGMLType
+# numbers the same way). Here, in a file that imports only the standard library, so llama.cpp's worker reads it.
+KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "bf16": 30}
+QUANTIZED_KV_TYPES = ("q8_0", "q4_0")
+# The cache both engines get when no type is given: pellucid's own (float32), so like is compared with like.
+DEFAULT_KV_TYPE = "f32"
+
+# What --ctx-fill prefills, repeated to N tokens (after BOS where the model adds one). Ordinary prose, so the
+# attention the decode steps do over it looks like a real conversation's; the speed does not depend on it.
+FILL_TEXT = (
+    "The lighthouse keeper wrote the weather into the log twice a day, at dawn and at dusk, in the same brown "
+    "ink his predecessor had used. Wind from the west, moderate; visibility good; two fishing boats returned "
+    "before noon. Most days the entries were short, because most days nothing happened, and the keeper liked "
+    "it that way. When a storm came in from the north the lamp had to be tended through the night, the glass "
+    "wiped of salt every hour, the clockwork wound so the beam kept turning. Then the log filled a whole page: "
+    "the pressure falling, the height of the waves against the rocks, the ship that passed far out with its "
+    "lights low and did not answer the signal. In the morning he would climb down, make tea, and read what he "
+    "had written as if someone else had kept the watch.\n\n"
+)
 
 
 @dataclass
@@ -55,6 +83,7 @@ class Measurement:
     # pellucid's, with --constrained: decode tok/s of the generation loop, free and with LONG_SCHEMA's mask
     free_tok_s: list[float] = field(default_factory=list)
     schema_tok_s: list[float] = field(default_factory=list)
+    kv_cache_bytes: int | None = None  # pellucid's, with --ctx-fill: the cache's bytes as allocated
 
     @staticmethod
     def summary(values: list[float]) -> tuple[float, float]:
@@ -73,6 +102,13 @@ class BenchReport:
     ours: Measurement
     peers: list[Measurement]
     bandwidth_gb_s: float | None = None  # this machine's streaming read, measured beside the engines
+    ctx_fill: int | None = None  # --ctx-fill: pp is then the fill (one pass of ctx_fill tokens), tg decodes after it
+    kv_types: tuple[str, str] = (DEFAULT_KV_TYPE, DEFAULT_KV_TYPE)  # (K, V) cache types, every engine's
+
+    @property
+    def kv_label(self) -> str:
+        k, v = self.kv_types
+        return k if k == v else f"K {k} / V {v}"
 
     def constrained(self) -> dict | None:
         """With --constrained: {"n", "free_tok_s", "schema_tok_s", "overhead_pct", "reps": {...}}, else None."""
@@ -96,7 +132,8 @@ class BenchReport:
 
     def as_dict(self) -> dict:
         """The `--json` object: {"model", "load_s", "pp": {"n", "tok_s"}, "tg": {...}, "peak_rss_mb", "peers",
-        "constrained"} ("constrained": None without --constrained)."""
+        "constrained", "ctx_fill", "kv_type": {"k", "v"}} ("constrained": None without --constrained; with
+        --ctx-fill, "pp" is the fill's one pass and "tg" the decode after it)."""
         out = {"model": self.model, "path": self.path, "threads": self.threads, "reps": self.reps}
         out["arithmetic"] = self.ours.arithmetic
         out["bandwidth_gb_s"] = _round(self.bandwidth_gb_s, 1)
@@ -104,6 +141,8 @@ class BenchReport:
         out.update(_numbers(self.ours, self.pp, self.tg))
         out["tg"]["gb_s"] = _round(self.gb_s(self.ours), 2)
         out["constrained"] = self.constrained()
+        out["ctx_fill"] = self.ctx_fill
+        out["kv_type"] = {"k": self.kv_types[0], "v": self.kv_types[1]}
         out["peers"] = {}
         for peer in self.peers:
             if peer.skipped:
@@ -153,16 +192,33 @@ def run_bench(
     log=None,
     quantize: str | None = None,
     constrained: bool = False,
+    ctx_fill: int | None = None,
+    kv_type_k: str | None = None,
+    kv_type_v: str | None = None,
 ) -> BenchReport:
     """Measure pellucid and each peer in `compare` on the GGUF file or HF folder at `path`; peers that are not
     installed, or cannot read the format, are skipped. `quantize` is pellucid's --quantize (peers run the file
-    as it is); `constrained` adds pellucid's decode speed with and without a JSON schema."""
+    as it is); `constrained` adds pellucid's decode speed with and without a JSON schema. `ctx_fill` measures
+    decode after that many tokens of context instead of pp/tg from an empty cache, with the KV cache stored as
+    `kv_type_k` / `kv_type_v` (default DEFAULT_KV_TYPE) in every engine."""
     from pellucid.errors import PellucidError
 
     unknown = [p for p in compare if p not in PEERS]
     if unknown:
         raise PellucidError(f"unknown peer {', '.join(unknown)}; --compare takes {', '.join(PEERS)}")
     log = log or (lambda line: None)
+    # f32 is the cache plain pp/tg run with anyway, so a flag left at an f32 default asks for nothing
+    if ctx_fill is None and {kv_type_k, kv_type_v} - {None, DEFAULT_KV_TYPE}:
+        raise PellucidError(
+            "a KV cache type is measured at a filled context: add --ctx-fill N (e.g. --ctx-fill 4096), where "
+            "decode reads the cache"
+        )
+    if ctx_fill is not None:
+        if constrained:
+            raise PellucidError("--constrained and --ctx-fill measure different things; run them one at a time")
+        kv = (kv_type_k or DEFAULT_KV_TYPE, kv_type_v or DEFAULT_KV_TYPE)
+        return _run_fill(model_name, path, ctx_fill, kv, tg=tg, reps=reps, threads=threads, compare=compare,
+                         log=log, quantize=quantize)  # fmt: skip
     extra = f", tg{tg} free and with a JSON schema" if constrained else ""
     log(f"pellucid: pp{pp} tg{tg}{extra} x{reps} on {threads} threads ...")
     ours = _spawn(sys.executable, "pellucid", path, pp, tg, reps, threads, quantize=quantize, constrained=constrained)
@@ -170,9 +226,7 @@ def run_bench(
         raise PellucidError(f"the pellucid benchmark failed: {ours.skipped}")
     peers = []
     for name in compare:
-        python, why_not = peer_python(name, path)
-        if name == "llama.cpp" and Path(path).is_dir():
-            python, why_not = None, "llama.cpp reads GGUF files; convert the folder with its convert_hf_to_gguf.py"
+        python, why_not = _peer_for(name, path)
         if python is None:
             log(f"{name}: skipped ({why_not})")
             peers.append(Measurement(name, skipped=why_not))
@@ -182,6 +236,101 @@ def run_bench(
     log(f"memory bandwidth: a plain read on {threads} threads ...")
     bandwidth = _spawn(sys.executable, "bandwidth", path, pp, tg, reps, threads)
     return BenchReport(model_name, str(path), pp, tg, reps, threads, ours, peers, bandwidth.load_s)
+
+
+def _run_fill(
+    model_name: str, path, ctx_fill: int, kv: tuple[str, str], *, tg, reps, threads, compare, log, quantize
+) -> BenchReport:
+    """run_bench's --ctx-fill: pellucid and llama.cpp decode after `ctx_fill` tokens, the cache stored as `kv`."""
+    from pellucid.errors import PellucidError
+
+    check_ctx_fill(path, ctx_fill, tg)
+    pellucid_kv_args(*kv)  # before any process starts: a clear error if this pellucid lacks the types
+    fill = fill_env(ctx_fill, kv)
+    what = f"fill {ctx_fill:,}, tg{tg} x{reps}, KV cache {kv[0]}/{kv[1]}, on {threads} threads"
+    log(f"pellucid: {what} ...")
+    ours = _spawn(sys.executable, "pellucid", path, ctx_fill, tg, reps, threads, quantize=quantize, env=fill)
+    if ours.skipped:
+        raise PellucidError(f"the pellucid benchmark failed: {ours.skipped}")
+    peers = []
+    for name in compare:
+        python, why_not = _peer_for(name, path, ctx_fill=True)
+        if python is None:
+            log(f"{name}: skipped ({why_not})")
+            peers.append(Measurement(name, skipped=why_not))
+            continue
+        log(f"{name}: {what} ...")
+        peers.append(_spawn(python, name, path, ctx_fill, tg, reps, threads, env=fill))
+    log(f"memory bandwidth: a plain read on {threads} threads ...")
+    bandwidth = _spawn(sys.executable, "bandwidth", path, ctx_fill, tg, reps, threads)
+    return BenchReport(model_name, str(path), ctx_fill, tg, reps, threads, ours, peers, bandwidth.load_s,
+                       ctx_fill=ctx_fill, kv_types=kv)  # fmt: skip
+
+
+def _peer_for(name: str, path, ctx_fill: bool = False) -> tuple[str | None, str]:
+    """peer_python, and why a peer cannot take part in this run."""
+    if name == "llama.cpp" and Path(path).is_dir():
+        return None, "llama.cpp reads GGUF files; convert the folder with its convert_hf_to_gguf.py"
+    if name == "transformers" and ctx_fill:
+        return None, "--ctx-fill compares pellucid with llama.cpp only (transformers has no KV cache types)"
+    return peer_python(name, path)
+
+
+def llama_flash_attn(kv_type_v: str) -> bool:
+    """Whether llama.cpp runs with flash attention for this V cache: only where it must, a quantized V cache,
+    which only its flash-attention kernels read. With it on, llama.cpp casts an f32 cache to f16 before
+    attention (src/llama-graph.cpp, build_attn_mha), so an f32 row would compute as an f16 one."""
+    return kv_type_v in QUANTIZED_KV_TYPES
+
+
+def check_ctx_fill(path, ctx_fill: int, tg: int) -> None:
+    """A clear error when `ctx_fill` tokens plus `tg` decode steps do not fit in the model's context."""
+    from pellucid.errors import ContextLengthError
+    from pellucid.inspect import footprint
+    from pellucid.store import resolve_path
+
+    limit = footprint(resolve_path(Path(path))).config.context_length
+    if ctx_fill + tg > limit:
+        fix = f"use --ctx-fill {limit - tg:,} or less" if limit > tg else f"use a smaller --tg than {tg:,}"
+        raise ContextLengthError(
+            f"--ctx-fill {ctx_fill:,} plus --tg {tg:,} decode steps need {ctx_fill + tg:,} positions, more than "
+            f"the model's context length of {limit:,}; {fix}"
+        )
+
+
+def pellucid_kv_args(kv_type_k: str, kv_type_v: str) -> dict:
+    """pellucid.load's keyword arguments for these cache types; a clear error for a name we do not know."""
+    import inspect
+
+    import pellucid
+    from pellucid.errors import PellucidError
+
+    for name in (kv_type_k, kv_type_v):
+        if name not in KV_TYPES:
+            raise PellucidError(f"unknown KV cache type {name!r}; choose one of {', '.join(KV_TYPES)}")
+    if "kv_type_k" in inspect.signature(pellucid.load).parameters:
+        return {"kv_type_k": kv_type_k, "kv_type_v": kv_type_v}
+    if (kv_type_k, kv_type_v) == ("f32", "f32"):
+        return {}  # a pellucid from before cache types: float32 keys and values are the only cache it has
+    raise PellucidError(f"this pellucid keeps its KV cache in f32 only, not K {kv_type_k} / V {kv_type_v}")
+
+
+def fill_env(ctx_fill: int, kv: tuple[str, str]) -> dict[str, str]:
+    """What tells a worker to measure at a filled context (read by _worker_main)."""
+    return {"BENCH_CTX_FILL": str(ctx_fill), "BENCH_KV_TYPE_K": kv[0], "BENCH_KV_TYPE_V": kv[1]}
+
+
+def measure_fill(
+    engine: str, path, ctx_fill: int, tg: int, reps: int, threads: int, kv: tuple[str, str]
+) -> Measurement:
+    """One engine ("pellucid" or "llama.cpp") at a filled context in its own process, as `bench --ctx-fill`
+    runs it (for scripts that want one side only, such as benchmarks/kv_types_bench.py)."""
+    python = sys.executable
+    if engine != "pellucid":
+        python, why_not = _peer_for(engine, path, ctx_fill=True)
+        if python is None:
+            return Measurement(engine, skipped=why_not)
+    return _spawn(python, engine, path, ctx_fill, tg, reps, threads, env=fill_env(ctx_fill, kv))
 
 
 def peer_python(name: str, path: str | Path | None = None) -> tuple[str | None, str]:
@@ -210,7 +359,7 @@ def peer_python(name: str, path: str | Path | None = None) -> tuple[str | None, 
 
 def _spawn(
     python: str, engine: str, path, pp: int, tg: int, reps: int, threads: int, quantize: str | None = None,
-    constrained: bool = False,
+    constrained: bool = False, env: dict[str, str] | None = None,
 ) -> Measurement:  # fmt: skip
     """Run one engine's worker in a fresh process; its last stdout line is the JSON of its Measurement."""
     # Run by path through runpy rather than `python bench.py`, which would put src/pellucid/ first on sys.path,
@@ -219,7 +368,7 @@ def _spawn(
     script = str(Path(__file__).resolve())
     cmd = [python, "-c", runner, script, "--worker", engine, str(path), str(pp), str(tg), str(reps)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), BENCH_THREADS=str(threads), BENCH_QUANTIZE=quantize or "",
-               BENCH_CONSTRAINED="1" if constrained else "")  # fmt: skip
+               BENCH_CONSTRAINED="1" if constrained else "", BENCH_CTX_FILL="") | (env or {})  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
@@ -296,6 +445,75 @@ def _worker_pellucid(path: str, pp: int, tg: int, reps: int, threads: int) -> di
     if os.environ.get("BENCH_CONSTRAINED"):
         result |= constrained_decode(model, path, tg, reps)
     return result
+
+
+def fill_ids(paragraph: list[int], bos: list[int], n: int) -> list[int]:
+    """`n` token ids: `bos` (empty or the model's BOS), then `paragraph` (FILL_TEXT's ids) repeated."""
+    ids = list(bos)
+    while len(ids) < n:
+        ids += paragraph
+    return ids[:n]
+
+
+def _decode_reps(decode, rewind, n_tokens: int, reps: int) -> tuple[float, list[float]]:
+    """_timed_reps for decoding after a fill: `rewind()` (untimed) trims the cache back to the fill after
+    each run. (seconds of the warm-up run, tokens per second of each rep)."""
+    first, speeds = 0.0, []
+    for rep in range(reps + 1):
+        started = time.perf_counter()
+        decode()
+        seconds = time.perf_counter() - started
+        rewind()
+        if rep:
+            speeds.append(n_tokens / seconds)
+        else:
+            first = seconds
+    return first, speeds
+
+
+def _worker_pellucid_fill(path: str, fill: int, tg: int, reps: int, threads: int) -> dict:
+    """Decode tg tokens after `fill` tokens of FILL_TEXT, the cache as pellucid.load builds it for the types
+    in BENCH_KV_TYPE_K / _V; the fill itself is prefilled once in PREFILL_CHUNK passes, as generation does."""
+    import torch
+
+    import pellucid
+    from pellucid.engine.generate import PREFILL_CHUNK
+
+    torch.set_num_threads(threads)
+    kv_args = pellucid_kv_args(os.environ["BENCH_KV_TYPE_K"], os.environ["BENCH_KV_TYPE_V"])
+    started = time.perf_counter()
+    llm = pellucid.load(path, device="cpu", ctx=fill + tg, quantize=os.environ.get("BENCH_QUANTIZE") or None,
+                        **kv_args)  # fmt: skip
+    load_s = time.perf_counter() - started
+    tok, model = llm.tokenizer, llm.model
+    cache = llm.session.cache
+    ids = fill_ids(tok.encode(FILL_TEXT, add_special=False), [tok.bos_id] if tok.add_bos else [], fill)
+    steps = [torch.tensor([[t]]) for t in _prompt(model.config.vocab_size, tg, seed=1)]
+
+    def decode():
+        for token in steps:
+            model(token, cache)
+
+    def prefill(n: int) -> float:
+        started = time.perf_counter()
+        for start in range(0, n, PREFILL_CHUNK):
+            model.hidden(torch.tensor([ids[start : min(start + PREFILL_CHUNK, n)]]), cache)
+        return time.perf_counter() - started
+
+    with torch.inference_mode():
+        first_pp = prefill(min(fill, PREFILL_CHUNK))  # the warm-up: compiles the prefill's kernels
+        cache.reset()
+        fill_s = prefill(fill)
+        first_tg, tg_speeds = _decode_reps(decode, lambda: cache.trim(tg), tg, reps)
+    from pellucid.quant.kernels import fast_mode
+
+    result = _result(load_s, [fill / fill_s], tg_speeds, first_pp, first_tg)
+    kv_read = cache.n_bytes * (fill + tg / 2) / cache.capacity  # the cache read at tg's middle position
+    return result | {
+        "arithmetic": "rounded" if fast_mode() else "float32",
+        "bytes_per_token": decode_bytes(model) + kv_read,
+        "kv_cache_bytes": cache.n_bytes,
+    }
 
 
 # A JSON object holding `minItems` rows of at least 4 tokens each (`{`, "id", a digit, "true"/"false", `}`...):
@@ -446,6 +664,41 @@ def _worker_llama_cpp(path: str, pp: int, tg: int, reps: int, threads: int) -> d
     return _result(load_s, pp_speeds, tg_speeds, first_pp, first_tg)
 
 
+def _worker_llama_cpp_fill(path: str, fill: int, tg: int, reps: int, threads: int) -> dict:
+    """_worker_pellucid_fill's measurement in llama.cpp: the cache types as ggml ids (llama_flash_attn)."""
+    from llama_cpp import Llama
+
+    type_k, type_v = KV_TYPES[os.environ["BENCH_KV_TYPE_K"]], KV_TYPES[os.environ["BENCH_KV_TYPE_V"]]
+    started = time.perf_counter()
+    llm = Llama(
+        model_path=path, n_ctx=fill + tg, n_batch=512, n_ubatch=512, n_threads=threads, n_threads_batch=threads,
+        type_k=type_k, type_v=type_v, flash_attn=llama_flash_attn(os.environ["BENCH_KV_TYPE_V"]), verbose=False,
+    )  # fmt: skip
+    load_s = time.perf_counter() - started
+    text = FILL_TEXT.encode()
+    paragraph = llm.tokenize(text, add_bos=False, special=False)
+    with_bos = llm.tokenize(text, add_bos=True, special=False)  # BOS first only where the model adds one
+    ids = fill_ids(paragraph, with_bos[: len(with_bos) - len(paragraph)], fill)
+    steps = _prompt(llm.n_vocab(), tg, seed=1)
+
+    def decode():
+        for token in steps:
+            llm.eval([token])
+
+    def rewind():
+        llm.n_tokens = fill  # the next eval removes the cache's cells past the fill (kv_cache_seq_rm)
+
+    started = time.perf_counter()
+    llm.eval(ids[:512])  # the warm-up, as pellucid's
+    first_pp = time.perf_counter() - started
+    llm.n_tokens = 0
+    started = time.perf_counter()
+    llm.eval(ids)
+    fill_s = time.perf_counter() - started
+    first_tg, tg_speeds = _decode_reps(decode, rewind, tg, reps)
+    return _result(load_s, [fill / fill_s], tg_speeds, first_pp, first_tg)
+
+
 def _worker_transformers(path: str, pp: int, tg: int, reps: int, threads: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
@@ -491,15 +744,21 @@ WORKERS = {
     "transformers": _worker_transformers,
     "bandwidth": _worker_bandwidth,
 }
+FILL_WORKERS = {"pellucid": _worker_pellucid_fill, "llama.cpp": _worker_llama_cpp_fill}  # with BENCH_CTX_FILL
 
 
 # -- printing -----------------------------------------------------------------------------------------------
 
 
 def format_report(report: BenchReport) -> str:
-    """A llama-bench-style table, one row per engine, then our speed ratio to each peer."""
+    """A llama-bench-style table, one row per engine, then our speed ratio to each peer. With --ctx-fill, each
+    row also says the fill and the KV cache types, "pp" is the fill's one pass and "tg" the decode after it."""
+    filled = report.ctx_fill is not None
     header = ("engine", "load", f"pp{report.pp} tok/s", f"tg{report.tg} tok/s", "tg GB/s", "peak RSS",
               "first call (pp / tg)")  # fmt: skip
+    if filled:
+        header = ("engine", "ctx fill", "KV cache", "load", "fill tok/s", f"tg{report.tg} tok/s", "tg GB/s",
+                  "peak RSS", "first call (pp / tg)")  # fmt: skip
     rows = [header]
     notes = []
     for m in [report.ours, *report.peers]:
@@ -510,22 +769,30 @@ def format_report(report: BenchReport) -> str:
         tg, tg_spread = Measurement.summary(m.tg_tok_s)
         first = f"{m.first_call_s.get('pp', 0):.2f} s / {m.first_call_s.get('tg', 0):.2f} s"
         gb_s = report.gb_s(m)
-        rows.append(
-            (m.engine, f"{m.load_s:.2f} s", f"{pp:.1f} ± {pp_spread:.1f}", f"{tg:.1f} ± {tg_spread:.1f}",
-             f"{gb_s:.1f}" if gb_s else "-", f"{m.peak_rss_mb:.0f} MB", first)
-        )  # fmt: skip
+        row = (m.engine, f"{m.load_s:.2f} s", f"{pp:.1f} ± {pp_spread:.1f}", f"{tg:.1f} ± {tg_spread:.1f}",
+               f"{gb_s:.1f}" if gb_s else "-", f"{m.peak_rss_mb:.0f} MB", first)  # fmt: skip
+        if filled:  # one fill pass: no spread to show
+            row = (m.engine, f"{report.ctx_fill:,}", report.kv_label, row[1], f"{pp:.1f}", *row[3:])
+        rows.append(row)
         if m is not report.ours:
             ours_pp, _ = Measurement.summary(report.ours.pp_tok_s)
             ours_tg, _ = Measurement.summary(report.ours.tg_tok_s)
-            notes.append(f"pellucid / {m.engine}: pp {ours_pp / pp:.2f}x, tg {ours_tg / tg:.2f}x")
+            first_pass = "fill" if filled else "pp"
+            notes.append(f"pellucid / {m.engine}: {first_pass} {ours_pp / pp:.2f}x, tg {ours_tg / tg:.2f}x")
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [f"{report.model} ({report.path}), {report.threads} threads, median ± spread of {report.reps} reps"]
     if report.ours.arithmetic == "rounded":
         lines.append("pellucid's arithmetic: llama.cpp's (int8 decode kernels, bfloat16 prefill)")
     elif report.ours.arithmetic == "float32":
         lines.append("pellucid's arithmetic: float32 (--exact, or a CPU without AVX512-VNNI)")
+    if filled:
+        lines.append(
+            f"decode after {report.ctx_fill:,} tokens of context (KV cache {report.kv_label}); llama.cpp with flash "
+            f"attention {'on (a quantized V cache needs it)' if llama_flash_attn(report.kv_types[1]) else 'off'}"
+        )
     if report.ours.bytes_per_token:
-        line = f"decode reads {report.ours.bytes_per_token / 1e6:.0f} MB per token (weights once, KV cache at tg/2)"
+        where = f"the fill + tg/2 ({report.kv_label})" if filled else "tg/2"
+        line = f"decode reads {report.ours.bytes_per_token / 1e6:.0f} MB per token (weights once, KV cache at {where})"
         if report.bandwidth_gb_s:
             line += (
                 f"; this machine streams {report.bandwidth_gb_s:.1f} GB/s (a plain read on {report.threads} threads)"
@@ -551,7 +818,8 @@ def format_report(report: BenchReport) -> str:
 def _worker_main(argv: list[str]) -> int:
     engine, path, pp, tg, reps = argv[0], argv[1], int(argv[2]), int(argv[3]), int(argv[4])
     threads = int(os.environ.get("BENCH_THREADS", "0")) or (os.cpu_count() or 1)
-    print(json.dumps(WORKERS[engine](path, pp, tg, reps, threads)))
+    worker = FILL_WORKERS[engine] if os.environ.get("BENCH_CTX_FILL") and engine in FILL_WORKERS else WORKERS[engine]
+    print(json.dumps(worker(path, pp, tg, reps, threads)))
     return 0
 
 

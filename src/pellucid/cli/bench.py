@@ -30,6 +30,13 @@ def _add_bench(commands) -> None:
         help="comma-separated peers to run on the same file: llama.cpp, transformers",
     )
     p.add_argument(
+        "--ctx-fill",
+        metavar="N",
+        type=positive_int,
+        help="decode tgN after N tokens of context are filled (with pellucid's and llama.cpp's KV cache at "
+        "--kv-type / -ctk / -ctv, default f32)",
+    )
+    p.add_argument(
         "--constrained",
         action="store_true",
         help="also decode tgN free and with a JSON schema: what constrained decoding's mask costs",
@@ -47,15 +54,18 @@ def _add_bench(commands) -> None:
 def cmd_bench(args) -> int:
     """Measure MODEL the way llama-bench does: ppN (a prompt of N tokens in one pass) and tgN (N decode
     steps) in tokens per second, median ± spread over --reps after a warm-up, plus load time and peak RSS.
-    pellucid and each peer run in their own fresh process with the same number of threads."""
-    from pellucid.bench import format_report, run_bench
+    pellucid and each peer run in their own fresh process with the same number of threads. --ctx-fill N: decode
+    after N tokens of context instead, the KV cache stored as the cache-type flags say, beside llama.cpp's."""
+    from pellucid.bench import check_ctx_fill, format_report, run_bench
     from pellucid.device import physical_cores
 
     threads = args.threads or physical_cores()
     if args.machine:
         return _machine(threads, args.json)
     resolved = store.resolve(args.model)
-    check_fits_in_ram(args, resolved, max(args.pp, args.tg) + 1)
+    if args.ctx_fill:
+        check_ctx_fill(resolved.path, args.ctx_fill, args.tg)  # before the RAM check, which would plan for it
+    check_fits_in_ram(args, resolved, args.ctx_fill + args.tg if args.ctx_fill else max(args.pp, args.tg) + 1)
     compare = [p.strip() for p in args.compare.split(",") if p.strip()]
     log = (lambda line: print(line, file=sys.stderr)) if not args.json else None
     report = run_bench(
@@ -69,6 +79,10 @@ def cmd_bench(args) -> int:
         log=log,
         quantize=args.quantize,
         constrained=args.constrained,
+        ctx_fill=args.ctx_fill,
+        # the KV cache flags are shared with run/chat/serve (added where they are); --kv-type sets both halves
+        kv_type_k=getattr(args, "cache_type_k", None) or getattr(args, "kv_type", None),
+        kv_type_v=getattr(args, "cache_type_v", None) or getattr(args, "kv_type", None),
     )
     if args.json:
         print_json(report.as_dict())
