@@ -153,6 +153,7 @@ def run_bench(
     log=None,
     quantize: str | None = None,
     constrained: bool = False,
+    kv_types: tuple[str, str] | None = None,
 ) -> BenchReport:
     """Measure pellucid and each peer in `compare` on the GGUF file or HF folder at `path`; peers that are not
     installed, or cannot read the format, are skipped. `quantize` is pellucid's --quantize (peers run the file
@@ -165,7 +166,10 @@ def run_bench(
     log = log or (lambda line: None)
     extra = f", tg{tg} free and with a JSON schema" if constrained else ""
     log(f"pellucid: pp{pp} tg{tg}{extra} x{reps} on {threads} threads ...")
-    ours = _spawn(sys.executable, "pellucid", path, pp, tg, reps, threads, quantize=quantize, constrained=constrained)
+    ours = _spawn(
+        sys.executable, "pellucid", path, pp, tg, reps, threads, quantize=quantize, constrained=constrained,
+        kv_types=kv_types,
+    )  # fmt: skip
     if ours.skipped:
         raise PellucidError(f"the pellucid benchmark failed: {ours.skipped}")
     peers = []
@@ -210,7 +214,7 @@ def peer_python(name: str, path: str | Path | None = None) -> tuple[str | None, 
 
 def _spawn(
     python: str, engine: str, path, pp: int, tg: int, reps: int, threads: int, quantize: str | None = None,
-    constrained: bool = False,
+    constrained: bool = False, kv_types: tuple[str, str] | None = None,
 ) -> Measurement:  # fmt: skip
     """Run one engine's worker in a fresh process; its last stdout line is the JSON of its Measurement."""
     # Run by path through runpy rather than `python bench.py`, which would put src/pellucid/ first on sys.path,
@@ -219,7 +223,7 @@ def _spawn(
     script = str(Path(__file__).resolve())
     cmd = [python, "-c", runner, script, "--worker", engine, str(path), str(pp), str(tg), str(reps)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), BENCH_THREADS=str(threads), BENCH_QUANTIZE=quantize or "",
-               BENCH_CONSTRAINED="1" if constrained else "")  # fmt: skip
+               BENCH_CONSTRAINED="1" if constrained else "", BENCH_KV_TYPES=",".join(kv_types or ()))  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
@@ -268,6 +272,8 @@ def _worker_pellucid(path: str, pp: int, tg: int, reps: int, threads: int) -> di
     torch.set_num_threads(threads)
     started = time.perf_counter()
     model = load_model(path, device="cpu", quantize=os.environ.get("BENCH_QUANTIZE") or None)
+    if os.environ.get("BENCH_KV_TYPES"):  # bench's --kv-type / -ctk / -ctv, as pellucid.load(kv_type=...) sets them
+        model.kv_type_k, model.kv_type_v = os.environ["BENCH_KV_TYPES"].split(",")
     load_s = time.perf_counter() - started
     cache = model.make_cache(capacity=max(pp, tg) + 1)
     prompt = torch.tensor([_prompt(model.config.vocab_size, pp)])
