@@ -11,7 +11,8 @@ from server_helpers import running_server
 from test_cli import assert_user_error, run
 
 
-def test_run_uses_and_reports_the_kv_types(smollm2_path):
+def test_run_uses_and_reports_the_kv_types(smollm2_path, monkeypatch):
+    monkeypatch.delenv("PELLUCID_EXACT", raising=False)  # the default arithmetic: native kernels, nothing compiled
     proc = run("run", "smollm2-135m", "The capital of France is", "-n", "4", "--temperature", "0", "--local",
                "--kv-type", "f16", "-ctk", "q8_0")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
