@@ -26,7 +26,8 @@ def test_unknown_kv_type_is_a_one_line_error_naming_the_choices(smollm2_path):
     assert_user_error(run("fit", "smollm2-135m", "-ctk", "q9"), "unknown KV cache type")
 
 
-def test_fit_and_ppl_take_the_flags(smollm2_path, tmp_path):
+def test_fit_and_ppl_take_the_flags(smollm2_path, tmp_path, monkeypatch):
+    monkeypatch.delenv("PELLUCID_EXACT", raising=False)  # the default arithmetic: native kernels, nothing compiled
     proc = run("fit", "smollm2-135m", "--ctx", "4096", "-ctk", "q8_0", "-ctv", "q4_0", "--memory", "2GiB")
     assert proc.returncode == 0, proc.stderr
     assert "KV cache in q8_0/q4_0" in proc.stdout and "longest context by KV type" in proc.stdout
