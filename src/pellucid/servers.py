@@ -143,7 +143,7 @@ def find(
             continue
         if ctx is not None and model.get("ctx") != ctx:
             continue
-        if kv_types is not None and tuple(model.get("kv_types", ())) != tuple(kv_types):
+        if kv_types is not None and tuple(model.get("kv_types", kv_types)) != tuple(kv_types):
             continue
         if device is not None and not _same_device(device, str(model.get("device"))):
             continue

@@ -130,7 +130,7 @@ def kv_type_options(args) -> dict:
 
 def kv_types_of(args) -> tuple[str, str]:
     """(keys' type, values' type) the flags ask for, the default filled in; a clear error for an unknown type."""
-    from pellucid.quant.kv_blocks import check_kv_type
+    from pellucid.quant.types import check_kv_type  # not kv_blocks: a client of a server never imports torch
 
     o = kv_type_options(args)
     return check_kv_type(o["kv_type_k"] or o["kv_type"]), check_kv_type(o["kv_type_v"] or o["kv_type"])

@@ -194,7 +194,6 @@ def cmd_run(args) -> int:
             result["stats"]["server"] = llm.describe()
         else:
             result["stats"]["load_s"] = round(llm.load_seconds, 3)
-            result["stats"]["kv_type"] = llm.kv_type_label
         print_json(result)
         return 0
     try:
