@@ -188,7 +188,7 @@ def test_max_context_is_the_boundary():
 def test_plan_fit_marks_what_fits():
     fp = llama7b_footprint()
     budget = memory.Budget("--memory", "cpu", 8 * GiB)
-    plan = memory.plan_fit(fp, "llama7b", 4096, [budget])
+    plan = memory.plan_fit(fp, "llama7b", 4096, [budget], "f16")  # the default's type outside exact mode
     rows = {r.weights_as: r for r in plan.targets[0].rows}
     assert set(rows) == set(memory.WEIGHTS_AS)
     assert not rows["f32"].fits and rows["q4_0"].fits  # 27 GB of f32 weights; 3.8 GB at q4_0

@@ -55,14 +55,22 @@ class LLM:
         dtype=torch.float32,
         quantize: str | None = None,
         chat_template: str | None = None,
+        kv_type: str | None = None,
+        kv_type_k: str | None = None,
+        kv_type_v: str | None = None,
     ):
         from pellucid.model import load_model
+        from pellucid.quant.kv_blocks import check_kv_type
 
         started = time.perf_counter()
+        # checked before the slow load: a misspelt type fails at once
+        kv_k, kv_v = check_kv_type(kv_type_k or kv_type), check_kv_type(kv_type_v or kv_type)
         self.resolved = resolved
         self.name = resolved.name
         self.model = load_model(resolved, device=device, dtype=dtype, quantize=quantize)
         self.config = self.model.config
+        self.model.kv_type_k, self.model.kv_type_v = kv_k, kv_v
+        self.model.make_cache(capacity=1)  # a head_dim the block types cannot hold is refused now, not mid-chat
         self.tokenizer = load_tokenizer(resolved)
         template = chat_template_for(resolved.path)
         if chat_template is not None:  # the user's template replaces the file's (--chat-template-file)
@@ -90,6 +98,18 @@ class LLM:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    @property
+    def kv_types(self) -> tuple[str, str]:
+        """The KV cache's storage types (keys, values): f32, f16, bf16, q8_0 or q4_0."""
+        return self.model.kv_types
+
+    @property
+    def kv_type_label(self) -> str:
+        """The KV types as a run is described: "f16", or "q8_0/f16" (keys/values) when they differ."""
+        from pellucid.memory import kv_label
+
+        return kv_label(*self.kv_types)
 
     @property
     def session(self) -> Session:
@@ -298,12 +318,25 @@ def load(
     dtype=torch.float32,
     quantize: str | None = None,
     chat_template: str | None = None,
+    kv_type: str | None = None,
+    kv_type_k: str | None = None,
+    kv_type_v: str | None = None,
 ) -> LLM:
     """Load MODEL (a catalog or store name, a .gguf path, a Hugging Face folder; None = the default model),
     pulling it if needed. `quantize` ("q8_0", "q4_0", "q4_k") packs the file's float matrices at load;
-    `chat_template` (Jinja source) replaces the model's own chat template."""
+    `chat_template` (Jinja source) replaces the model's own chat template. `kv_type` stores the KV cache's keys and
+    values as f32, f16, bf16, q8_0 or q4_0 (llama.cpp's cache types); `kv_type_k` / `kv_type_v` set one half
+    (they win over `kv_type`); None: the default (f16; f32 in exact mode)."""
+    from pellucid.quant.kv_blocks import check_kv_type
+
+    for name in (kv_type, kv_type_k, kv_type_v):
+        if name is not None:
+            check_kv_type(name)  # before resolving (and perhaps pulling) the model
     resolved = model if isinstance(model, ResolvedModel) else resolve(model)
-    return LLM(resolved, device=device, ctx=ctx, dtype=dtype, quantize=quantize, chat_template=chat_template)
+    return LLM(
+        resolved, device=device, ctx=ctx, dtype=dtype, quantize=quantize, chat_template=chat_template,
+        kv_type=kv_type, kv_type_k=kv_type_k, kv_type_v=kv_type_v,
+    )  # fmt: skip
 
 
 def _token_text(tokenizer, token_id: int | None) -> str:

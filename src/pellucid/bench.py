@@ -48,8 +48,8 @@ LLAMA_CPP_PYTHON_ENV = "PELLUCID_LLAMA_CPP_PYTHON"
 # numbers the same way). Here, in a file that imports only the standard library, so llama.cpp's worker reads it.
 KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "bf16": 30}
 QUANTIZED_KV_TYPES = ("q8_0", "q4_0")
-# The cache both engines get when no type is given: pellucid's own (float32), so like is compared with like.
-DEFAULT_KV_TYPE = "f32"
+# With no type given, both engines get pellucid's default cache type (quant.types.default_kv_type: f16, llama.cpp's
+# default too; f32 in exact mode), so like is compared with like.
 
 # What --ctx-fill prefills, repeated to N tokens (after BOS where the model adds one). Ordinary prose, so the
 # attention the decode steps do over it looks like a real conversation's; the speed does not depend on it.
@@ -103,7 +103,7 @@ class BenchReport:
     peers: list[Measurement]
     bandwidth_gb_s: float | None = None  # this machine's streaming read, measured beside the engines
     ctx_fill: int | None = None  # --ctx-fill: pp is then the fill (one pass of ctx_fill tokens), tg decodes after it
-    kv_types: tuple[str, str] = (DEFAULT_KV_TYPE, DEFAULT_KV_TYPE)  # (K, V) cache types, every engine's
+    kv_types: tuple[str, str] = ("f16", "f16")  # (K, V) cache types, every engine's
 
     @property
     def kv_label(self) -> str:
@@ -193,35 +193,33 @@ def run_bench(
     quantize: str | None = None,
     constrained: bool = False,
     ctx_fill: int | None = None,
-    kv_type_k: str | None = None,
-    kv_type_v: str | None = None,
+    kv_types: tuple[str, str] | None = None,
 ) -> BenchReport:
     """Measure pellucid and each peer in `compare` on the GGUF file or HF folder at `path`; peers that are not
     installed, or cannot read the format, are skipped. `quantize` is pellucid's --quantize (peers run the file
     as it is); `constrained` adds pellucid's decode speed with and without a JSON schema. `ctx_fill` measures
-    decode after that many tokens of context instead of pp/tg from an empty cache, with the KV cache stored as
-    `kv_type_k` / `kv_type_v` (default DEFAULT_KV_TYPE) in every engine."""
+    decode after that many tokens of context instead of pp/tg from an empty cache. Every engine stores its KV
+    cache as `kv_types` (keys', values'; default: pellucid's default type, `quant.types.default_kv_type`)."""
     from pellucid.errors import PellucidError
 
     unknown = [p for p in compare if p not in PEERS]
     if unknown:
         raise PellucidError(f"unknown peer {', '.join(unknown)}; --compare takes {', '.join(PEERS)}")
     log = log or (lambda line: None)
-    # f32 is the cache plain pp/tg run with anyway, so a flag left at an f32 default asks for nothing
-    if ctx_fill is None and {kv_type_k, kv_type_v} - {None, DEFAULT_KV_TYPE}:
-        raise PellucidError(
-            "a KV cache type is measured at a filled context: add --ctx-fill N (e.g. --ctx-fill 4096), where "
-            "decode reads the cache"
-        )
+    from pellucid.quant.types import default_kv_type
+
+    kv = kv_types or (default_kv_type(), default_kv_type())
     if ctx_fill is not None:
         if constrained:
             raise PellucidError("--constrained and --ctx-fill measure different things; run them one at a time")
-        kv = (kv_type_k or DEFAULT_KV_TYPE, kv_type_v or DEFAULT_KV_TYPE)
         return _run_fill(model_name, path, ctx_fill, kv, tg=tg, reps=reps, threads=threads, compare=compare,
                          log=log, quantize=quantize)  # fmt: skip
     extra = f", tg{tg} free and with a JSON schema" if constrained else ""
     log(f"pellucid: pp{pp} tg{tg}{extra} x{reps} on {threads} threads ...")
-    ours = _spawn(sys.executable, "pellucid", path, pp, tg, reps, threads, quantize=quantize, constrained=constrained)
+    ours = _spawn(
+        sys.executable, "pellucid", path, pp, tg, reps, threads, quantize=quantize, constrained=constrained,
+        kv_types=kv,
+    )  # fmt: skip
     if ours.skipped:
         raise PellucidError(f"the pellucid benchmark failed: {ours.skipped}")
     peers = []
@@ -232,10 +230,10 @@ def run_bench(
             peers.append(Measurement(name, skipped=why_not))
             continue
         log(f"{name}: pp{pp} tg{tg} x{reps} on {threads} threads ...")
-        peers.append(_spawn(python, name, path, pp, tg, reps, threads))
+        peers.append(_spawn(python, name, path, pp, tg, reps, threads, kv_types=kv))
     log(f"memory bandwidth: a plain read on {threads} threads ...")
     bandwidth = _spawn(sys.executable, "bandwidth", path, pp, tg, reps, threads)
-    return BenchReport(model_name, str(path), pp, tg, reps, threads, ours, peers, bandwidth.load_s)
+    return BenchReport(model_name, str(path), pp, tg, reps, threads, ours, peers, bandwidth.load_s, kv_types=kv)
 
 
 def _run_fill(
@@ -359,7 +357,7 @@ def peer_python(name: str, path: str | Path | None = None) -> tuple[str | None, 
 
 def _spawn(
     python: str, engine: str, path, pp: int, tg: int, reps: int, threads: int, quantize: str | None = None,
-    constrained: bool = False, env: dict[str, str] | None = None,
+    constrained: bool = False, kv_types: tuple[str, str] | None = None, env: dict[str, str] | None = None,
 ) -> Measurement:  # fmt: skip
     """Run one engine's worker in a fresh process; its last stdout line is the JSON of its Measurement."""
     # Run by path through runpy rather than `python bench.py`, which would put src/pellucid/ first on sys.path,
@@ -368,7 +366,8 @@ def _spawn(
     script = str(Path(__file__).resolve())
     cmd = [python, "-c", runner, script, "--worker", engine, str(path), str(pp), str(tg), str(reps)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), BENCH_THREADS=str(threads), BENCH_QUANTIZE=quantize or "",
-               BENCH_CONSTRAINED="1" if constrained else "", BENCH_CTX_FILL="") | (env or {})  # fmt: skip
+               BENCH_CONSTRAINED="1" if constrained else "", BENCH_CTX_FILL="",
+               BENCH_KV_TYPES=",".join(kv_types or ())) | (env or {})  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
@@ -417,6 +416,8 @@ def _worker_pellucid(path: str, pp: int, tg: int, reps: int, threads: int) -> di
     torch.set_num_threads(threads)
     started = time.perf_counter()
     model = load_model(path, device="cpu", quantize=os.environ.get("BENCH_QUANTIZE") or None)
+    if os.environ.get("BENCH_KV_TYPES"):  # bench's --kv-type / -ctk / -ctv, as pellucid.load(kv_type=...) sets them
+        model.kv_type_k, model.kv_type_v = os.environ["BENCH_KV_TYPES"].split(",")
     load_s = time.perf_counter() - started
     cache = model.make_cache(capacity=max(pp, tg) + 1)
     prompt = torch.tensor([_prompt(model.config.vocab_size, pp)])
@@ -642,9 +643,11 @@ def _worker_llama_cpp(path: str, pp: int, tg: int, reps: int, threads: int) -> d
     from llama_cpp import Llama
 
     started = time.perf_counter()
+    kv_k, kv_v = (os.environ.get("BENCH_KV_TYPES") or "f16,f16").split(",")  # llama.cpp's default cache: f16
     llm = Llama(
         model_path=path, n_ctx=max(pp, tg) + 16, n_batch=pp, n_ubatch=pp, n_threads=threads,
-        n_threads_batch=threads, verbose=False,
+        n_threads_batch=threads, type_k=KV_TYPES[kv_k], type_v=KV_TYPES[kv_v], flash_attn=llama_flash_attn(kv_v),
+        verbose=False,
     )  # fmt: skip
     load_s = time.perf_counter() - started
     prompt = _prompt(llm.n_vocab(), pp)

@@ -42,7 +42,7 @@ JSON schema (`--json`): {"model", "prompt_text", "template_segments": [{"text", 
 "mapped_bytes", "converted_bytes"}]},
 "memory": {"measured_rss_mb", "peak_rss_mb", "predicted_mb", "predicted_ctx", "stack": {"measured": {"runtime",
 "weights", "kv_cache", "activations"} (MB), "predicted": {the same}}}, "machine": {"bandwidth_gbs",
-"matmul_gflops", "matmul_precision", "cpu", "threads"}, "kv_cache": {"bytes_per_token", "bytes_used", "capacity_tokens", "window"},
+"matmul_gflops", "matmul_precision", "cpu", "threads"}, "kv_cache": {"type", "bytes_per_token", "bytes_used", "capacity_tokens", "window"},
 "logit_lens": [{"layer", "tokens": [{"id", "piece"}]}], "wall_s"}. Sizes in bytes unless named _mb (MiB).
 """
 
@@ -377,7 +377,7 @@ def _memory(llm, cache, rss_ready: int | None, peak: int | None) -> dict:
             "activations": round(max(top - rss_ready - kv_written, 0) / MB, 1),
         }
     try:
-        e = estimate(footprint(llm.resolved), cache.capacity, device=llm.device.type)
+        e = estimate(footprint(llm.resolved), cache.capacity, device=llm.device.type, kv_type=llm.kv_type_label)
     except Exception:  # a model the planner cannot size: say so rather than fail the report
         e = None
     predicted = None
@@ -407,9 +407,12 @@ def _machine() -> dict:
 
 
 def _kv_numbers(model, cache) -> dict:
+    from pellucid.memory import kv_label
+
     windows = [getattr(layer, "window", None) for layer in cache.layers]
     windows = [w for w in windows if w]
     return {
+        "type": kv_label(*cache.kv_types),
         "bytes_per_token": int(cache.n_bytes / max(cache.capacity, 1)),
         "bytes_used": int(cache.n_bytes * cache.offset / max(cache.capacity, 1)),
         "capacity_tokens": cache.capacity,
@@ -476,7 +479,8 @@ def format_report(r: dict) -> str:
     window = f", a sliding window of {kv['window']} tokens stops the local layers' growth" if kv["window"] else ""
     lines += [
         "",
-        f"-- KV cache: {kv['bytes_per_token'] / 1024:.1f} KiB per token, {kv['bytes_used'] / 2**20:.2f} MiB held{window}",
+        f"-- KV cache in {kv.get('type', 'f32')}: {kv['bytes_per_token'] / 1024:.1f} KiB per token, "
+        f"{kv['bytes_used'] / 2**20:.2f} MiB held{window}",
     ]
     lines += ["", f"answer: {r['text']!r}"]
     return "\n".join(lines)

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pellucid import memory
+from pellucid.errors import PellucidError
 from pellucid.formats.gguf import GGUFFile
 from pellucid.formats.naming import parse_gguf_name
 from pellucid.memory import Footprint, TensorSize, format_bytes
 from pellucid.model.config import ModelConfig, config_from_gguf, config_from_hf
-from pellucid.quant.types import FILE_TYPE_NAMES, GGMLType
+from pellucid.quant.types import FILE_TYPE_NAMES, KV_CACHE_TYPES, GGMLType
 from pellucid.store import ResolvedModel
 
 if TYPE_CHECKING:  # imported where used: it brings torch (2 s), which a GGUF header never needs
@@ -143,13 +144,16 @@ class MemoryReport:
     weights: int  # as stored in the file
     weights_loaded: int  # as pellucid's engine holds them (memory.ENGINE_WEIGHTS)
     weights_loaded_as: str
-    kv_bytes_per_token: int  # f16
+    kv_bytes_per_token: int  # in kv_type
     kv_at_context: int
     kv_at_reference: int
-    total_at_context: int  # memory.estimate(): weights as loaded, f16 KV cache, compute, runtime
+    total_at_context: int  # memory.estimate(): weights as loaded, the default KV type, compute, runtime
     total_at_reference: int
     context_length: int
     reference_context: int = KV_REFERENCE_CONTEXT
+    kv_type: str = "f16"  # the engine's default KV cache type
+    # KV cache bytes per token in each type the model's head dimension allows (--kv-type, -ctk/-ctv)
+    kv_bytes_per_token_by_type: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -298,13 +302,22 @@ def _dominant_type(shares: list[QuantShare]) -> str:
 
 def _memory_report(fp: Footprint) -> MemoryReport:
     ctx = fp.config.context_length
-    at_ctx = memory.estimate(fp, ctx, kv_type="f16")
-    at_ref = memory.estimate(fp, KV_REFERENCE_CONTEXT, kv_type="f16")
+    kv_type = memory.kv_label(*memory.kv_pair(None))
+    by_type = {}
+    for name in KV_CACHE_TYPES:
+        try:
+            by_type[name] = memory.kv_cache_bytes(fp.config, 1, name)
+        except PellucidError:  # a block type the head dimension does not divide
+            continue
+    at_ctx = memory.estimate(fp, ctx, kv_type=kv_type)
+    at_ref = memory.estimate(fp, KV_REFERENCE_CONTEXT, kv_type=kv_type)
     return MemoryReport(
+        kv_type=kv_type,
+        kv_bytes_per_token_by_type=by_type,
         weights=sum(t.n_bytes for t in fp.tensors),
         weights_loaded=at_ctx.weights,
         weights_loaded_as=at_ctx.weights_as,
-        kv_bytes_per_token=memory.kv_cache_bytes(fp.config, 1, "f16"),
+        kv_bytes_per_token=memory.kv_cache_bytes(fp.config, 1, kv_type),
         kv_at_context=at_ctx.kv_cache,
         kv_at_reference=at_ref.kv_cache,
         total_at_context=at_ctx.total,
@@ -857,13 +870,16 @@ def _memory_section(r: ModelReport) -> list[str]:
     if r.encoder_only:
         rows.append(("KV cache", "none: an encoder reads its whole input in one pass and caches nothing"))
     else:
-        formula = f"{c.n_layers} layers x {c.n_kv_heads} KV heads x ({c.head_dim} + {c.value_head_dim}) dims x 2 bytes"
+        size = f"{memory.bytes_per_element(m.kv_type):g} bytes" if "/" not in m.kv_type else f"{m.kv_type} bytes"
+        formula = f"{c.n_layers} layers x {c.n_kv_heads} KV heads x ({c.head_dim} + {c.value_head_dim}) dims x {size}"
         if c.kv_lora_rank:  # latent attention caches one latent + RoPE key per token, shared by the heads
-            formula = f"{c.n_layers} layers x (latent {c.kv_lora_rank} + RoPE key {c.rope_dim}) dims x 2 bytes"
+            formula = f"{c.n_layers} layers x (latent {c.kv_lora_rank} + RoPE key {c.rope_dim}) dims x {size}"
         if any(c.sliding_layers):
             formula += f"; sliding-window layers stop at {c.sliding_window:,} tokens"
+        others = ", ".join(f"{name} {format_bytes(n)}" for name, n in m.kv_bytes_per_token_by_type.items())
         rows += [
-            ("KV cache per token", f"{format_bytes(m.kv_bytes_per_token)} in f16 ({formula})"),
+            ("KV cache per token", f"{format_bytes(m.kv_bytes_per_token)} in {m.kv_type} ({formula})"),
+            ("KV cache types", f"per token: {others} (--kv-type, -ctk/-ctv)"),
             (f"KV cache at {ctx:,}", format_bytes(m.kv_at_context)),
             (f"KV cache at {ref:,}", format_bytes(m.kv_at_reference)),
         ]

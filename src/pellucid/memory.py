@@ -35,7 +35,7 @@ from pathlib import Path
 from pellucid.arithmetic import engine_compiles_on_cpu
 from pellucid.errors import PellucidError
 from pellucid.model.config import ModelConfig
-from pellucid.quant.types import BLOCK_LAYOUT, GGMLType
+from pellucid.quant.types import BLOCK_LAYOUT, KV_CACHE_TYPES, GGMLType, check_kv_type, kv_row_bytes
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 
@@ -241,19 +241,38 @@ def weight_bytes(tensors: tuple[TensorSize, ...], weights_as: str = "file") -> i
 
 
 def bytes_per_element(kv_type: str) -> float:
-    layout = BLOCK_LAYOUT[_precision(kv_type)]
+    layout = BLOCK_LAYOUT[KV_CACHE_TYPES[check_kv_type(kv_type)]]
     return layout.type_size / layout.block_size
+
+
+def kv_pair(kv_type: str | None = None) -> tuple[str, str]:
+    """A KV type as (keys' type, values' type): "f16" for both, "q8_0/f16" for keys q8_0 and values f16;
+    None is the engine's default (quant/types.default_kv_type)."""
+    if kv_type is None:
+        return check_kv_type(None), check_kv_type(None)
+    k, _, v = str(kv_type).partition("/")
+    return check_kv_type(k), check_kv_type(v or k)
+
+
+def kv_label(kv_k: str, kv_v: str) -> str:
+    """The pair as `kv_pair` reads it back: "f16", or "q8_0/f16" when the halves differ."""
+    return kv_k if kv_k == kv_v else f"{kv_k}/{kv_v}"
 
 
 def is_encoder_only(config: ModelConfig) -> bool:
     return config.architecture.lower() in ENCODER_ONLY
 
 
-def kv_cache_bytes(config: ModelConfig, n_ctx: int, kv_type: str = "f16") -> int:
-    """K and V for n_ctx tokens; ModelConfig knows which layers are sliding-window."""
+def kv_cache_bytes(config: ModelConfig, n_ctx: int, kv_type: str | None = None) -> int:
+    """K and V for n_ctx tokens, exactly what `engine.kv_cache.make_cache` allocates (tests/test_memory_kv.py):
+    a row of each head's key and value per position in `kv_type` (`kv_pair`'s forms), ModelConfig knowing which
+    layers are sliding-window rings and how many positions each holds."""
     if is_encoder_only(config):
         return 0
-    return int(config.kv_cache_bytes(n_ctx, bytes_per_element(kv_type)))
+    kv_k, kv_v = kv_pair(kv_type)
+    heads, key_dim, value_dim = config.kv_cache_shape
+    per_position = heads * (kv_row_bytes(kv_k, key_dim) + kv_row_bytes(kv_v, value_dim))
+    return config.kv_cache_positions(n_ctx) * per_position
 
 
 def _precision(name: str) -> GGMLType:
@@ -367,7 +386,7 @@ def estimate(
     n_ctx: int,
     *,
     weights_as: str = ENGINE_WEIGHTS,
-    kv_type: str = "f16",
+    kv_type: str | None = None,
     device: str = "cpu",
     logits_rows: int = 1,
 ) -> MemoryEstimate:
@@ -380,7 +399,7 @@ def estimate(
     return MemoryEstimate(
         n_ctx=n_ctx,
         weights_as=weights_as,
-        kv_type=kv_type,
+        kv_type=kv_label(*kv_pair(kv_type)),
         device=device,
         weights=weights,
         kv_cache=kv_cache_bytes(fp.config, n_ctx, kv_type),
@@ -396,7 +415,7 @@ def estimate(
 
 
 def max_context(
-    fp: Footprint, budget: int, *, weights_as: str = ENGINE_WEIGHTS, kv_type: str = "f16", device: str = "cpu"
+    fp: Footprint, budget: int, *, weights_as: str = ENGINE_WEIGHTS, kv_type: str | None = None, device: str = "cpu"
 ) -> int:
     """The longest context (up to the model's own) whose estimate fits in `budget` bytes; 0 if none does.
     A binary search, since the total only grows with n_ctx (sliding-window layers just stop adding)."""
@@ -500,6 +519,9 @@ class FitRow:
 class FitTarget:
     budget: Budget
     rows: list[FitRow]
+    # the longest context that fits with the engine's weights, for each KV type (a block type this model's head
+    # dimension cannot hold is left out)
+    max_context_by_kv_type: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -517,7 +539,9 @@ class FitPlan:
     weight_bytes: int = 0  # all the weights, as stored (what memory-mapping pages in)
 
 
-def plan_fit(fp: Footprint, model: str, n_ctx: int, budgets: list[Budget], kv_type: str = "f16") -> FitPlan:
+def plan_fit(fp: Footprint, model: str, n_ctx: int, budgets: list[Budget], kv_type: str | None = None) -> FitPlan:
+    """`kv_type`: the KV cache's type (`kv_pair`'s forms; None = the engine's default)."""
+    kv_type = kv_label(*kv_pair(kv_type))
     plan = FitPlan(model, n_ctx, fp.config.context_length, kv_type, fp.file_precision, fp.encoder_only)
     plan.n_parameters, plan.n_active_parameters = fp.n_parameters, fp.n_active_parameters
     plan.decode_bytes, plan.weight_bytes = fp.decode_bytes, sum(t.n_bytes for t in fp.tensors)
@@ -527,7 +551,14 @@ def plan_fit(fp: Footprint, model: str, n_ctx: int, budgets: list[Budget], kv_ty
             kw = {"weights_as": weights_as, "kv_type": kv_type, "device": budget.device}
             est = estimate(fp, n_ctx, **kw)
             rows.append(FitRow(weights_as, est, est.total <= budget.bytes, max_context(fp, budget.bytes, **kw)))
-        plan.targets.append(FitTarget(budget, rows))
+        by_type = {}
+        if not fp.encoder_only:
+            for name in KV_CACHE_TYPES:
+                try:
+                    by_type[name] = max_context(fp, budget.bytes, kv_type=name, device=budget.device)
+                except PellucidError:  # a block type the head dimension does not divide
+                    continue
+        plan.targets.append(FitTarget(budget, rows, by_type))
     return plan
 
 
@@ -581,6 +612,13 @@ def render_fit(plan: FitPlan) -> str:
             )
         lines += _table(table)
         lines.append("  " + _verdict(target, plan))
+        if target.max_context_by_kv_type:
+            by_type = ", ".join(
+                f"{name} {_describe_max(n, plan.context_length)}" for name, n in target.max_context_by_kv_type.items()
+            )
+            lines.append(
+                f"  longest context by KV type (--kv-type, -ctk/-ctv; weights as pellucid holds them): {by_type}"
+            )
         lines.append("")
     lines += _assumptions(plan)
     return "\n".join(lines)
@@ -630,11 +668,13 @@ def disk_note(weight_bytes: int, decode_bytes: int, need: int, have: int) -> str
     )
 
 
-def check_ram(fp: Footprint, n_ctx: int, model: str, allow_disk: bool = False) -> str | None:
+def check_ram(
+    fp: Footprint, n_ctx: int, model: str, allow_disk: bool = False, kv_type: str | None = None
+) -> str | None:
     """Before loading on the CPU: an error when the model needs more than the RAM available (unless the user
     allowed running from disk, then the same numbers as a warning to print); None when it fits."""
     budget = ram_budget()
-    need = estimate(fp, n_ctx, weights_as=ENGINE_WEIGHTS, device="cpu").total
+    need = estimate(fp, n_ctx, weights_as=ENGINE_WEIGHTS, device="cpu", kv_type=kv_type).total
     if need <= budget.bytes:
         return None
     weight_bytes = sum(t.n_bytes for t in fp.tensors)

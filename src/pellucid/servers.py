@@ -119,11 +119,19 @@ def entries() -> list[Entry]:
     return found
 
 
-def find(model_path: Path, *, ctx: int | None = None, quantize: str | None = None, device: str | None = None):
+def find(
+    model_path: Path,
+    *,
+    ctx: int | None = None,
+    quantize: str | None = None,
+    device: str | None = None,
+    kv_types: tuple[str, str] | None = None,
+):
     """A healthy registered server that holds the model file `model_path` loaded as this process would load
     it, as (Entry, its model's dict); None if there is none.
 
-    Compatible means: the same file; the same --quantize (none = none), arithmetic() and pellucid version,
+    Compatible means: the same file; the same --quantize (none = none), KV cache types (when given), arithmetic()
+    and pellucid version,
     since those change the numbers; and --ctx / --device only where the caller gives them. A server that does
     not answer /health is forgotten (its file deleted)."""
     wanted = os.path.realpath(model_path)
@@ -134,6 +142,8 @@ def find(model_path: Path, *, ctx: int | None = None, quantize: str | None = Non
         if model is None or model.get("quantize") != quantize:
             continue
         if ctx is not None and model.get("ctx") != ctx:
+            continue
+        if kv_types is not None and tuple(model.get("kv_types", kv_types)) != tuple(kv_types):
             continue
         if device is not None and not _same_device(device, str(model.get("device"))):
             continue
@@ -186,7 +196,7 @@ def _same_device(given: str, served: str) -> bool:
 # -- starting one (run/chat --keep-alive) -----------------------------------------------------------------
 
 
-def start(model: str, model_path: Path, *, keep_alive: str, ctx=None, quantize=None, device=None):
+def start(model: str, model_path: Path, *, keep_alive: str, ctx=None, quantize=None, device=None, kv_types=None):
     """Start `pellucid serve MODEL --port 0 --keep-alive KEEP_ALIVE --parallel 1 [--ctx/--quantize/--device]`
     in the background and wait until it is registered and healthy; returns (Entry, model dict) as `find` does.
 
@@ -198,13 +208,15 @@ def start(model: str, model_path: Path, *, keep_alive: str, ctx=None, quantize=N
     folder.mkdir(parents=True, exist_ok=True)
     with _locked(folder / "start.lock"):
         options = {"ctx": ctx, "quantize": quantize, "device": device}
-        found = find(model_path, **options)
+        found = find(model_path, kv_types=kv_types, **options)
         if found is not None:  # another client started one while we waited for the lock
             return found
         log_path = folder / f"{Path(model).name}.log"
         command = [sys.executable, "-m", "pellucid", "serve", model, "--port", "0", "--keep-alive", keep_alive,
                    "--parallel", "1"]  # fmt: skip
         command += [arg for name, value in options.items() if value is not None for arg in (f"--{name}", str(value))]
+        if kv_types is not None:
+            command += ["-ctk", kv_types[0], "-ctv", kv_types[1]]
         print(
             f"starting a pellucid server for {Path(model).name} in the background (keep-alive {keep_alive}; "
             f"log: {log_path})",
@@ -217,7 +229,7 @@ def start(model: str, model_path: Path, *, keep_alive: str, ctx=None, quantize=N
             process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        return _wait_until_ready(process, log_path, model_path, **options)
+        return _wait_until_ready(process, log_path, model_path, kv_types=kv_types, **options)
 
 
 def _wait_until_ready(process: subprocess.Popen, log_path: Path, model_path: Path, **options):

@@ -7,10 +7,12 @@ import sys
 from pellucid import store
 from pellucid.cli.common import (
     add_allow_disk_arg,
+    add_kv_type_args,
     add_model_arg,
     add_quantize_arg,
     check_fits_in_ram,
     command,
+    kv_types_of,
     positive_int,
     print_json,
 )
@@ -47,6 +49,7 @@ def _add_bench(commands) -> None:
         help="measure this machine's limits instead (memory bandwidth, matrix-multiply GFLOP/s) and cache them",
     )
     add_quantize_arg(p)
+    add_kv_type_args(p)
     add_allow_disk_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
 
@@ -80,9 +83,7 @@ def cmd_bench(args) -> int:
         quantize=args.quantize,
         constrained=args.constrained,
         ctx_fill=args.ctx_fill,
-        # the KV cache flags are shared with run/chat/serve (added where they are); --kv-type sets both halves
-        kv_type_k=getattr(args, "cache_type_k", None) or getattr(args, "kv_type", None),
-        kv_type_v=getattr(args, "cache_type_v", None) or getattr(args, "kv_type", None),
+        kv_types=kv_types_of(args),
     )
     if args.json:
         print_json(report.as_dict())

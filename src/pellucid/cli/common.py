@@ -109,6 +109,33 @@ def add_quantize_arg(p) -> None:
     )
 
 
+def add_kv_type_args(p) -> None:
+    """llama.cpp's KV cache type flags: --kv-type for both halves, -ctk / -ctv for keys / values alone."""
+    from pellucid.quant.types import KV_CACHE_TYPES
+
+    names = ", ".join(KV_CACHE_TYPES)
+    p.add_argument(
+        "--kv-type", metavar="TYPE", help=f"store the KV cache's keys and values as TYPE: {names} (default: f16)"
+    )
+    p.add_argument(
+        "-ctk", "--cache-type-k", dest="kv_type_k", metavar="TYPE", help="the keys' type (wins over --kv-type)"
+    )
+    p.add_argument("-ctv", "--cache-type-v", dest="kv_type_v", metavar="TYPE", help="the values' type")
+
+
+def kv_type_options(args) -> dict:
+    """The KV type flags as `pellucid.load`'s keyword arguments."""
+    return {name: getattr(args, name, None) for name in ("kv_type", "kv_type_k", "kv_type_v")}
+
+
+def kv_types_of(args) -> tuple[str, str]:
+    """(keys' type, values' type) the flags ask for, the default filled in; a clear error for an unknown type."""
+    from pellucid.quant.types import check_kv_type  # not kv_blocks: a client of a server never imports torch
+
+    o = kv_type_options(args)
+    return check_kv_type(o["kv_type_k"] or o["kv_type"]), check_kv_type(o["kv_type_v"] or o["kv_type"])
+
+
 def add_allow_disk_arg(p) -> None:
     p.add_argument(
         "--allow-disk",
@@ -133,7 +160,8 @@ def check_fits_in_ram(args, resolved, n_ctx: int | None) -> None:
     except UnsupportedError:
         return  # the load says what is unsupported
     n_ctx = n_ctx or min(fp.config.context_length, 4096)
-    warning = memory.check_ram(fp, n_ctx, resolved.name, getattr(args, "allow_disk", False))
+    kv_type = memory.kv_label(*kv_types_of(args))
+    warning = memory.check_ram(fp, n_ctx, resolved.name, getattr(args, "allow_disk", False), kv_type)
     if warning:
         # The native kernels' repacked copies of matrices live in anonymous memory, which the OS cannot drop and
         # re-read as it can the file's pages: from disk, every matrix is read in the file's layout instead.

@@ -6,9 +6,11 @@ import sys
 
 from pellucid.cli.common import (
     add_chat_template_arg,
+    add_kv_type_args,
     add_model_arg,
     add_quantize_arg,
     command,
+    kv_type_options,
     positive_int,
     print_json,
     read_chat_template,
@@ -29,6 +31,7 @@ def _add_explain(commands) -> None:
     p.add_argument("--ctx", type=positive_int, help="context window in tokens (default: min(model's, 4096))")
     p.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: the best available)")
     add_quantize_arg(p)
+    add_kv_type_args(p)
     add_chat_template_arg(p)
     group = p.add_argument_group("sampling")
     for flag, dest, kind, help in SAMPLING_FLAGS:
@@ -44,7 +47,7 @@ def cmd_explain(args) -> int:
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     llm = pellucid.load(args.model, device=args.device, ctx=args.ctx, quantize=args.quantize,
-                        chat_template=read_chat_template(args))  # fmt: skip
+                        chat_template=read_chat_template(args), **kv_type_options(args))  # fmt: skip
     sampling = {dest: getattr(args, dest) for _, dest, _, _ in SAMPLING_FLAGS if getattr(args, dest) is not None}
     report = explain(llm, prompt, max_tokens=args.max_tokens, raw=args.raw, system=args.system, **sampling)
     if args.html:

@@ -21,12 +21,15 @@ from pellucid import servers, store
 from pellucid.cli.common import (
     add_allow_disk_arg,
     add_chat_template_arg,
+    add_kv_type_args,
     add_model_arg,
     add_quantize_arg,
     check_fits_in_ram,
     command,
     duration,
     format_duration,
+    kv_type_options,
+    kv_types_of,
     positive_int,
     print_json,
     read_chat_template,
@@ -66,6 +69,7 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     model.add_argument("--ctx", type=positive_int, help="context window in tokens (default: min(model's, 4096))")
     model.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: the best available)")
     add_quantize_arg(model)
+    add_kv_type_args(model)
     add_allow_disk_arg(model)
     add_chat_template_arg(model)
     server = p.add_argument_group("server")
@@ -117,16 +121,21 @@ def _load(args):
     import pellucid
 
     check_fits_in_ram(args, resolved, args.ctx)
-    return pellucid.load(resolved, device=args.device, ctx=args.ctx, quantize=args.quantize, chat_template=template)
+    return pellucid.load(
+        resolved, device=args.device, ctx=args.ctx, quantize=args.quantize, chat_template=template,
+        **kv_type_options(args),
+    )  # fmt: skip
 
 
 def _remote(args, resolved) -> RemoteLLM | None:
     options = {"ctx": args.ctx, "quantize": args.quantize, "device": args.device}
-    found = servers.find(resolved.path, **options)
+    found = servers.find(resolved.path, kv_types=kv_types_of(args), **options)
     if found is None and args.keep_alive is not None:
         spec = Path(args.model or store.DEFAULT_MODEL).expanduser()  # a name, or a path made absolute
         model = str(spec.resolve()) if spec.exists() else str(spec)
-        found = servers.start(model, resolved.path, keep_alive=format_duration(args.keep_alive), **options)
+        found = servers.start(
+            model, resolved.path, keep_alive=format_duration(args.keep_alive), kv_types=kv_types_of(args), **options
+        )
     return RemoteLLM(*found, api_key=os.environ.get("PELLUCID_API_KEY")) if found else None
 
 
@@ -134,7 +143,7 @@ def _via(llm) -> str:
     """Which path answered, for the stats line."""
     if isinstance(llm, RemoteLLM):
         return f"via {llm.describe()}"
-    return f"in-process, load {llm.load_seconds:.2f} s"
+    return f"in-process, load {llm.load_seconds:.2f} s, KV cache {llm.kv_type_label}"
 
 
 def _warn_base_model(llm) -> None:
@@ -451,6 +460,7 @@ def _add_ppl(commands) -> None:
     p.add_argument("--ctx", type=positive_int, default=512, help="window size in tokens (default 512)")
     p.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: the best available)")
     add_quantize_arg(p)
+    add_kv_type_args(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -469,8 +479,10 @@ def cmd_ppl(args) -> int:
             text = f.read()
     except UnicodeDecodeError as e:
         raise PellucidError(f"{args.file} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    kv_types = kv_types_of(args)
     resolved = store.resolve(args.model)
     model = load_model(resolved, device=args.device, quantize=args.quantize)
+    model.kv_type_k, model.kv_type_v = kv_types
     if args.ctx > model.config.context_length:
         raise PellucidError(f"--ctx {args.ctx} exceeds the model's context length {model.config.context_length}")
     model.use_context(args.ctx)
@@ -490,6 +502,7 @@ def cmd_ppl(args) -> int:
                     "model": resolved.name,
                     "file": args.file,
                     "ctx": args.ctx,
+                    "kv_types": list(kv_types),
                     "ppl": result.ppl,
                     "ppl_stderr": result.ppl_stderr,
                     "n_windows": result.n_windows,
@@ -503,7 +516,8 @@ def cmd_ppl(args) -> int:
     else:
         print(
             f"ppl = {result.ppl:.4f} ± {result.ppl_stderr:.4f}  ({result.n_windows} windows of {args.ctx} tokens, "
-            f"{result.n_scored:,} scored of {len(ids):,}; {result.n_windows * args.ctx / seconds:.0f} tok/s)"
+            f"{result.n_scored:,} scored of {len(ids):,}; KV cache {'/'.join(dict.fromkeys(kv_types))}; "
+            f"{result.n_windows * args.ctx / seconds:.0f} tok/s)"
         )
     return 0
 

@@ -7,7 +7,16 @@ import os
 import sys
 
 from pellucid import store
-from pellucid.cli.common import add_model_arg, add_quantize_arg, command, positive_int, print_json, table
+from pellucid.cli.common import (
+    add_kv_type_args,
+    add_model_arg,
+    add_quantize_arg,
+    command,
+    kv_types_of,
+    positive_int,
+    print_json,
+    table,
+)
 
 # -- pull, list, rm -------------------------------------------------------------------------------------
 
@@ -267,20 +276,13 @@ def _count_line(text: str, ids: list[int], n_special: int) -> str:
 
 
 def _add_fit(commands) -> None:
-    from pellucid.memory import PRECISIONS
-
     p = command(commands, "fit", cmd_fit, "will a model fit in memory, and at what context")
     add_model_arg(p)
     p.add_argument("--ctx", type=positive_int, help="context length in tokens (default: the model's own)")
     p.add_argument(
         "--memory", metavar="SIZE", help="the memory to plan for, e.g. 8GiB, 8GB, 512MiB, 1.5G (default: detected)"
     )
-    p.add_argument(
-        "--kv-type",
-        choices=list(PRECISIONS),
-        default="f32",
-        help="precision of the KV cache (default: f32, what pellucid's engine keeps; f16/q8_0 as llama.cpp can)",
-    )
+    add_kv_type_args(p)
     add_quantize_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -296,7 +298,8 @@ def cmd_fit(args) -> int:
     )
     model = store.resolve(args.model)
     fp = footprint(model, args.quantize)
-    plan = memory.plan_fit(fp, model.name, args.ctx or fp.config.context_length, budgets, args.kv_type)
+    kv_type = memory.kv_label(*kv_types_of(args))
+    plan = memory.plan_fit(fp, model.name, args.ctx or fp.config.context_length, budgets, kv_type)
     if args.json:
         print_json(memory.plan_json(plan))
     else:

@@ -21,12 +21,14 @@ from pellucid import servers, store
 from pellucid.cli.common import (
     add_allow_disk_arg,
     add_chat_template_arg,
+    add_kv_type_args,
     add_model_arg,
     add_quantize_arg,
     check_fits_in_ram,
     command,
     duration,
     format_duration,
+    kv_type_options,
     positive_int,
     read_chat_template,
 )
@@ -92,6 +94,7 @@ def _add_serve(commands) -> None:
     eng.add_argument("--embed", metavar="MODEL", help="also serve this embedding model on /v1/embeddings")
     eng.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: the best available)")
     add_quantize_arg(eng)
+    add_kv_type_args(eng)
     add_allow_disk_arg(eng)
     add_chat_template_arg(eng)
 
@@ -175,6 +178,7 @@ def _registry_info(backend, args, host: str, port: int) -> dict:
                 "path": os.path.realpath(llm.resolved.path),
                 "ctx": llm.ctx,
                 "quantize": args.quantize,
+                "kv_types": list(llm.kv_types),
                 "device": str(llm.device),
                 "chat_template": llm.has_chat_template,
             }
@@ -244,7 +248,7 @@ def _load_models(args):
     check_fits_in_ram(args, resolved, args.ctx)
     try:
         llm = pellucid.load(resolved, device=args.device, ctx=args.ctx, quantize=args.quantize,
-                            chat_template=read_chat_template(args))  # fmt: skip
+                            chat_template=read_chat_template(args), **kv_type_options(args))  # fmt: skip
     except UnsupportedError as e:
         embedder = _try_embedder(resolved, args.device)  # e.g. `pellucid serve minilm-l6`
         if embedder is None:
@@ -274,18 +278,20 @@ def _load_embedder(resolved, device):
 
 
 def _announce(backend, args, url: str) -> None:
-    from pellucid.memory import format_bytes
+    from pellucid.memory import format_bytes, kv_cache_bytes, kv_label
 
     for model in backend.models:
         log.info("serving %s (%s) as %s", model.name, model.kind, ", ".join(sorted(model.aliases)))
     if backend.llm is not None:
         llm = backend.llm
-        kv = llm.config.kv_cache_bytes(llm.ctx, llm.model.dtype.itemsize) * args.parallel
+        kv_type = kv_label(*llm.kv_types)
+        kv = kv_cache_bytes(llm.config, llm.ctx, kv_type) * args.parallel
         log.info(
-            "%d slots x %s tokens of context (KV caches: %s), queue up to %d, on %s",
+            "%d slots x %s tokens of context (KV caches: %s in %s), queue up to %d, on %s",
             args.parallel,
             f"{llm.ctx:,}",
             format_bytes(kv),
+            kv_type,
             args.max_queue,
             llm.device,
         )

@@ -26,6 +26,14 @@ them into the ring: a prompt sent again with a different last part (up to REUSE_
 turn of a chat (whose prefix ends inside the reply, as long as the reply was shorter than the window) both
 reuse their prefix. The tail costs (window + REUSE_SLACK) positions per sliding layer, counted by `fit`.
 
+Storage types (llama.cpp's -ctk/-ctv; quant/kv_blocks.py). Keys and values are each stored as f32, f16, bf16, q8_0
+or q4_0, chosen apart (`make_cache(kv_type_k=, kv_type_v=)`; the engine's default is f16, f32 in exact mode). A
+block type stores a row of head_dim values as head_dim / 32 blocks of bytes (uint8 tensors whose last dimension is
+the row's bytes), so every operation above (rings, the prefill tail, trim, the batch dimension) moves whole rows
+and is the same for every type. New keys/values are rounded to the type when written; `store` returns the stored
+rows, which attention reads in their type (the native decode kernels in place, prefill a tile at a time).
+Latent attention's cache (one latent per token) is kept in a float type and handed back converted.
+
 Every sequence in a cache's batch dimension shares one offset. The server batches sequences at different
 positions differently: one cache (batch size 1) per sequence, stepped together by `Transformer.decode_batch`
 through `store_one`, which returns an attention mask instead of a wrap-dependent slice.
@@ -37,18 +45,30 @@ from dataclasses import dataclass
 
 import torch
 
-from pellucid.errors import ContextLengthError
+from pellucid.errors import ContextLengthError, UnsupportedError
 from pellucid.model.config import ModelConfig
+from pellucid.quant import kv_blocks
 
 
 class KVCache:
     """Keys and values of one global-attention layer: (B, Hkv, capacity, D), filled from position 0."""
 
     def __init__(
-        self, batch_size: int, n_kv_heads: int, capacity: int, head_dim: int, value_head_dim: int, *, device, dtype
+        self,
+        batch_size: int,
+        n_kv_heads: int,
+        capacity: int,
+        head_dim: int,
+        value_head_dim: int,
+        *,
+        device,
+        dtype,
+        kv_types: tuple[str, str] = ("f32", "f32"),
+        fetch_dtype: torch.dtype | None = None,
     ):
-        self.keys = torch.zeros(batch_size, n_kv_heads, capacity, head_dim, device=device, dtype=dtype)
-        self.values = torch.zeros(batch_size, n_kv_heads, capacity, value_head_dim, device=device, dtype=dtype)
+        self.kv_types, self.fetch_dtype = kv_types, fetch_dtype
+        self.keys = kv_blocks.empty(kv_types[0], (batch_size, n_kv_heads, capacity), head_dim, device)
+        self.values = kv_blocks.empty(kv_types[1], (batch_size, n_kv_heads, capacity), value_head_dim, device)
         self.capacity = capacity
         self.offset = 0
 
@@ -66,19 +86,20 @@ class KVCache:
         start, end = self.offset, self.offset + k.shape[2]
         if end > self.capacity:
             raise ContextLengthError(f"the KV cache holds {self.capacity:,} tokens; {end:,} were needed")
+        k, v = _encoded(self, k, v)
         # narrow() rather than [:, :, start:end]: one op instead of three slices each, paid per layer per token
         self.keys.narrow(2, start, end - start).copy_(k)
         self.values.narrow(2, start, end - start).copy_(v)
-        return self.keys.narrow(2, 0, end), self.values.narrow(2, 0, end)
-
-    def decode_slot(self) -> tuple[int, int]:
-        """(slot, length) of a decode step: where its one new token goes, and how many slots it attends to."""
-        return self.offset, self.offset + 1
+        return _fetched(self, self.keys.narrow(2, 0, end), self.values.narrow(2, 0, end))
 
     def store_one(self, k: torch.Tensor, v: torch.Tensor):
         """The batched decode step's `store`: one new token; returns (keys, values, visible), visible = None."""
         keys, values = self.store(k, v)
         return keys, values, None
+
+    def decode_slot(self) -> tuple[int, int]:
+        """(slot, length) of a decode step: where its one new token goes, and how many slots it attends to."""
+        return self.offset, self.offset + 1
 
     def advance(self, n: int) -> None:
         self.offset += n
@@ -110,17 +131,28 @@ class RotatingKVCache:
     plus the prefill tail that lets a wrapped ring be trimmed (module docstring)."""
 
     def __init__(
-        self, batch_size: int, n_kv_heads: int, window: int, head_dim: int, value_head_dim: int, *, device, dtype
+        self,
+        batch_size: int,
+        n_kv_heads: int,
+        window: int,
+        head_dim: int,
+        value_head_dim: int,
+        *,
+        device,
+        dtype,
+        kv_types: tuple[str, str] = ("f32", "f32"),
+        fetch_dtype: torch.dtype | None = None,
     ):
-        self.keys = torch.zeros(batch_size, n_kv_heads, window, head_dim, device=device, dtype=dtype)
-        self.values = torch.zeros(batch_size, n_kv_heads, window, value_head_dim, device=device, dtype=dtype)
+        self.kv_types, self.fetch_dtype = kv_types, fetch_dtype
+        self.keys = kv_blocks.empty(kv_types[0], (batch_size, n_kv_heads, window), head_dim, device)
+        self.values = kv_blocks.empty(kv_types[1], (batch_size, n_kv_heads, window), value_head_dim, device)
         self.window = window
         self.offset = 0
         # the prefill tail: positions [tail_start, tail_end) are valid, position p in slot p % tail_size
         self.tail_size = window + REUSE_SLACK
-        self.tail_keys = torch.zeros(batch_size, n_kv_heads, self.tail_size, head_dim, device=device, dtype=dtype)
-        self.tail_values = torch.zeros(
-            batch_size, n_kv_heads, self.tail_size, value_head_dim, device=device, dtype=dtype
+        self.tail_keys = kv_blocks.empty(kv_types[0], (batch_size, n_kv_heads, self.tail_size), head_dim, device)
+        self.tail_values = kv_blocks.empty(
+            kv_types[1], (batch_size, n_kv_heads, self.tail_size), value_head_dim, device
         )
         self.tail_start = self.tail_end = 0
 
@@ -138,9 +170,10 @@ class RotatingKVCache:
 
     def store(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the new tokens and return what they attend to, without counting them (see KVCache.store)."""
+        k, v = _encoded(self, k, v)
         if k.shape[2] == 1:
-            return self._append_one(k, v)
-        return self._append_many(k, v)
+            return _fetched(self, *self._append_one(k, v))
+        return _fetched(self, *self._append_many(k, v))
 
     def decode_slot(self) -> tuple[int, int]:
         """(slot, length) of a decode step: the oldest slot, and the slots that hold a position (all, once the
@@ -156,9 +189,9 @@ class RotatingKVCache:
         every batch one graph. Before the ring wraps, slots past the offset are empty or hold a previous
         sequence's keys: the mask hides them.
         """
-        self._write_slot(k, v)
+        self._write_slot(*_encoded(self, k, v))
         visible = torch.arange(self.window, device=self.keys.device) <= self.offset
-        return self.keys, self.values, visible.view(1, self.window)
+        return *_fetched(self, self.keys, self.values), visible.view(1, self.window)
 
     def advance(self, n: int) -> None:
         self.offset += n
@@ -252,6 +285,21 @@ class RotatingKVCache:
         self.tail_start = min(self.tail_start, self.tail_end)
 
 
+def _encoded(cache, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """New keys/values (B, Hkv, T, D) as the cache stores them (its KV types: quant/kv_blocks.py)."""
+    return kv_blocks.encode(k, cache.kv_types[0]), kv_blocks.encode(v, cache.kv_types[1])
+
+
+def _fetched(cache, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What `store` returns: the stored rows, which attention reads in their type (a tile at a time), or for a
+    cache made with `fetch_dtype` (latent attention's, which reads its cache as plain floats) converted."""
+    if cache.fetch_dtype is None:
+        return keys, values
+    return kv_blocks.decode(keys, cache.kv_types[0], cache.fetch_dtype), kv_blocks.decode(
+        values, cache.kv_types[1], cache.fetch_dtype
+    )
+
+
 @dataclass
 class ModelCache:
     """One cache object per layer, plus the number of positions the whole cache was sized for."""
@@ -290,6 +338,11 @@ class ModelCache:
     def n_bytes(self) -> int:
         return sum(layer.nbytes for layer in self.layers)
 
+    @property
+    def kv_types(self) -> tuple[str, str]:
+        """(keys' type, values' type)."""
+        return self.layers[0].kv_types
+
 
 def make_cache(
     config: ModelConfig,
@@ -298,8 +351,12 @@ def make_cache(
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    kv_type_k: str = "f32",
+    kv_type_v: str = "f32",
 ) -> ModelCache:
-    """Preallocate a cache for `capacity` positions (default: the model's whole context window)."""
+    """Preallocate a cache for `capacity` positions (default: the model's whole context window), keys stored as
+    `kv_type_k` and values as `kv_type_v` (quant/kv_blocks.py: f32, f16, bf16, q8_0, q4_0). `dtype` is the
+    activations' dtype: what latent attention's cache hands back."""
     capacity = config.context_length if capacity is None else capacity
     if capacity < 1:
         raise ValueError(f"a KV cache needs room for at least one token, not {capacity}")
@@ -308,14 +365,26 @@ def make_cache(
             f"a KV cache of {capacity:,} tokens exceeds the model's context window of "
             f"{config.context_length:,} tokens; ask for at most {config.context_length:,}"
         )
+    kv_types = (kv_blocks.check_kv_type(kv_type_k), kv_blocks.check_kv_type(kv_type_v))
+    fetch_dtype = None
+    if config.kv_lora_rank:
+        # Latent attention multiplies its cached latents as floats (latent_attention.py); a block type would need
+        # kernels of its own there.
+        if any(t not in kv_blocks.FLOAT_TYPES for t in kv_types):
+            raise UnsupportedError(
+                f"latent attention ({config.architecture}) caches its latent in f32, f16 or bf16, not "
+                f"{'/'.join(kv_types)}: use -ctk/-ctv f16"
+            )
+        fetch_dtype = dtype
     device = torch.device(device) if device is not None else torch.device("cpu")
     heads, key_dim, value_dim = config.kv_cache_shape  # latent attention: one "head" of latent + RoPE key, no values
     shape, dims = (batch_size, heads), (key_dim, value_dim)
+    kw = {"device": device, "dtype": dtype, "kv_types": kv_types, "fetch_dtype": fetch_dtype}
     layers: list[KVCache | RotatingKVCache] = []
     for i in range(config.n_layers):
         window = config.sliding_window if config.sliding_layers and config.sliding_layers[i] else None
         if window is not None and window < capacity:
-            layers.append(RotatingKVCache(*shape, window, *dims, device=device, dtype=dtype))
+            layers.append(RotatingKVCache(*shape, window, *dims, **kw))
         else:  # a global layer, or a sliding one whose window covers the whole cache anyway
-            layers.append(KVCache(*shape, capacity, *dims, device=device, dtype=dtype))
+            layers.append(KVCache(*shape, capacity, *dims, **kw))
     return ModelCache(layers, capacity)

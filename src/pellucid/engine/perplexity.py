@@ -79,7 +79,11 @@ def sequence_perplexity(model, token_ids: Sequence[int]) -> PerplexityResult:
 def token_nll(model, token_ids: list[int], first: int) -> torch.Tensor:
     """-log p(token[i+1] | tokens[..i]) for i = first .. n-2, in float64, from one forward pass."""
     tokens = torch.tensor([token_ids], device=model.device)
-    hidden = model.hidden(tokens)[0, first:-1]  # (n_scored, hidden): positions whose next token is scored
+    # Through a KV cache when it stores keys/values in another type than f32, so the score counts its rounding (as
+    # llama-perplexity's does: its attention always reads the cache)
+    rounded = getattr(model, "kv_types", ("f32", "f32")) != ("f32", "f32")
+    cache = model.make_cache(capacity=len(token_ids)) if rounded else None
+    hidden = model.hidden(tokens, cache)[0, first:-1]  # (n_scored, hidden): positions whose next token is scored
     targets = tokens[0, first + 1 :]
     out = []
     for start in range(0, hidden.shape[0], LOGIT_ROWS):

@@ -147,17 +147,21 @@ class ModelConfig:
     def kv_cache_bytes(self, n_tokens: int, bytes_per_element: float = 2.0) -> float:
         """KV cache for a context of n_tokens; sliding-window layers keep at most `sliding_window` tokens, plus,
         when the context is longer than the window, the prefill tail that lets a prefix be reused (engine/kv_cache.py)."""
+        heads, key_dim, value_dim = self.kv_cache_shape
+        return self.kv_cache_positions(n_tokens) * heads * (key_dim + value_dim) * bytes_per_element
+
+    def kv_cache_positions(self, n_tokens: int) -> int:
+        """Positions the KV cache of a context of n_tokens holds, summed over the layers (each position one key and
+        one value row per KV head): n_tokens per global layer; a sliding-window layer's ring and prefill tail."""
         from pellucid.engine.kv_cache import REUSE_SLACK
 
-        heads, key_dim, value_dim = self.kv_cache_shape
-        per_layer = heads * (key_dim + value_dim) * bytes_per_element
-        total = 0.0
+        total = 0
         for i in range(self.n_layers):
             local = bool(self.sliding_layers) and self.sliding_layers[i] and self.sliding_window
             if local and n_tokens > self.sliding_window:
-                total += per_layer * (2 * self.sliding_window + REUSE_SLACK)  # the ring and its prefill tail
+                total += 2 * self.sliding_window + REUSE_SLACK  # the ring and its prefill tail
             else:
-                total += per_layer * n_tokens
+                total += n_tokens
         return total
 
 

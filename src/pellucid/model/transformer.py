@@ -143,11 +143,25 @@ class Transformer(nn.Module):
         self.rope.use_context(n_ctx)
         self.rope_local.use_context(n_ctx)
 
+    # The KV cache's storage types (quant/kv_blocks.py), set by `pellucid.load(kv_type=...)`; None = the default.
+    kv_type_k: str | None = None
+    kv_type_v: str | None = None
+
+    @property
+    def kv_types(self) -> tuple[str, str]:
+        """(keys' type, values' type) of the caches `make_cache` makes."""
+        from pellucid.quant.kv_blocks import check_kv_type
+
+        return check_kv_type(self.kv_type_k), check_kv_type(self.kv_type_v)
+
     def make_cache(self, batch_size: int = 1, capacity: int | None = None, dtype: torch.dtype | None = None):
-        """A KV cache for this model on its device (in its dtype unless `dtype` says otherwise)."""
+        """A KV cache for this model on its device, in its KV types (`kv_types`)."""
         from pellucid.engine.kv_cache import make_cache
 
-        return make_cache(self.config, batch_size, capacity, device=self.device, dtype=dtype or self.dtype)
+        k, v = self.kv_types
+        return make_cache(
+            self.config, batch_size, capacity, device=self.device, dtype=dtype or self.dtype, kv_type_k=k, kv_type_v=v
+        )
 
     def _check_room(self, n_new: int, cache) -> int:
         """Where the new tokens start; a clear error (never a shape crash) when they do not fit."""

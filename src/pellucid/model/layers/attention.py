@@ -10,7 +10,12 @@ from torch import nn
 
 from pellucid.model.layers.linear import frozen, project
 from pellucid.model.layers.rope import RotaryEmbedding
-from pellucid.quant import kernels, native
+from pellucid.quant import kernels, kv_blocks, native
+
+# Prefill over a KV cache stored in another type than the activations (f16, q8_0, ...): caches of up to WHOLE_CACHE
+# positions are decoded whole for SDPA (a few MB at most); longer ones are read TILE positions at a time.
+WHOLE_CACHE = 1024
+TILE = 256
 
 # The most attention scores the explicit path (soft-caps, sinks) holds at once: 2^25 floats, 128 MiB
 EXPLICIT_SCORES = 1 << 25
@@ -134,38 +139,85 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
         if isinstance(cache, list):  # Transformer.decode_batch: one layer cache per sequence, each at its offset
             out = torch.cat(
-                [self._attend(q[b : b + 1], *c.store_one(k[b : b + 1], v[b : b + 1])) for b, c in enumerate(cache)]
+                [
+                    self._attend_cached(q[b : b + 1], *c.store_one(k[b : b + 1], v[b : b + 1]), c.kv_types)
+                    for b, c in enumerate(cache)
+                ]
             )
+        elif cache is not None:
+            keys, values = cache.store(k, v)  # (B, Hkv, S, row): cached keys followed by the new ones, as stored
+            out = self._attend_cached(q, keys, values, None, cache.kv_types)  # (B, H, T, Dv)
         else:
-            if cache is not None:
-                k, v = cache.store(k, v)  # (B, Hkv, S, D): cached keys followed by the new ones
             out = self._attend(q, k, v)  # (B, H, T, Dv)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.value_head_dim))
 
     def _attend_one_native(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache) -> torch.Tensor:
         """A decode step's attention by the native ops: q (B, 1, H, D), k/v (B, Hkv, 1, D) the new token's;
         stores them and returns (B, 1, H * Dv). With a list of caches (`Transformer.decode_batch`) each
-        sequence attends to its own, all in one `native.store_attend`."""
-        caches = cache if isinstance(cache, list) else ([cache] if q.shape[0] == 1 else None)
-        if caches is not None and all(c.keys.dtype == torch.float32 for c in caches):
+        sequence attends to its own, all in one `native.store_attend`. The ops read the cache in its KV type."""
+        caches = cache if isinstance(cache, list) else [cache]
+        kv_types = caches[0].kv_types
+        if isinstance(cache, list) or q.shape[0] == 1:
             slots, lengths = zip(*(c.decode_slot() for c in caches))
             keys, values = [c.keys for c in caches], [c.values for c in caches]
             kt, vt = k.transpose(1, 2), v.transpose(1, 2)  # back to (B, 1, Hkv, D) views
-            return native.store_attend(q, kt, vt, keys, values, slots, lengths, self.scale, self.softcap, self.sinks)
-        if isinstance(cache, list):
-            outs = []
-            for b, c in enumerate(cache):
-                keys, values, visible = c.store_one(k[b : b + 1], v[b : b + 1])
-                outs.append(self._native_or_eager(q[b : b + 1], keys, values, visible))
-            return torch.cat(outs)
-        keys, values = cache.store(k, v)
-        return self._native_or_eager(q, keys, values, None)
+            return native.store_attend(
+                q, kt, vt, keys, values, slots, lengths, self.scale, self.softcap, kv_types, self.sinks
+            )
+        keys, values = cache.store(k, v)  # one cache of batch size B
+        return native.attend_one(q, keys, values, None, self.scale, self.softcap, kv_types, self.sinks)
 
-    def _native_or_eager(self, q, keys, values, visible) -> torch.Tensor:
-        if keys.dtype == torch.float32 and values.dtype == torch.float32:
-            return native.attend_one(q, keys, values, visible, self.scale, self.softcap, self.sinks)
-        out = self._attend(q.transpose(1, 2), keys, values, visible)  # a KV cache in another dtype
-        return out.transpose(1, 2).reshape(q.shape[0], 1, self.n_heads * self.value_head_dim)
+    def _attend_cached(self, q: torch.Tensor, keys, values, visible, kv_types: tuple[str, str]) -> torch.Tensor:
+        """Attention of q (B, H, T, D) over cache rows in their KV types (quant/kv_blocks.py).
+
+        Rows already in q's dtype are attended as they are. Otherwise a short cache (at most WHOLE_CACHE
+        positions: a prompt of its own) is decoded whole, and a longer one (a chunk continuing a long cached prefix)
+        a tile of TILE positions at a time with an online softmax, so no step makes a float copy of the whole cache.
+        """
+        floats = kv_types[0] in kv_blocks.FLOAT_TYPES and kv_types[1] in kv_blocks.FLOAT_TYPES
+        if floats and keys.dtype == q.dtype and values.dtype == q.dtype:
+            return self._attend(q, keys, values, visible)
+        S = keys.shape[2]
+        if S <= WHOLE_CACHE or torch.compiler.is_compiling():  # compiled: inductor fuses the decoding into its loops
+            k = kv_blocks.decode(keys, kv_types[0], q.dtype)
+            v = kv_blocks.decode(values, kv_types[1], q.dtype)
+            return self._attend(q, k, v, visible)
+        q, visible = self._positional(q, S, visible)
+        mask = visible if visible is not None else attention_mask(q.shape[2], S, self.window, q.device)
+        return self._attend_tiled(q, keys, values, mask, kv_types)
+
+    def _attend_tiled(self, q: torch.Tensor, keys, values, mask, kv_types: tuple[str, str]) -> torch.Tensor:
+        """Attention over TILE cache positions at a time, each tile decoded to float32 into a small buffer and merged
+        by the online softmax (running max m, sum l and weighted values acc, rescaled as the max grows)."""
+        B, H, T, D = q.shape
+        S, Hkv = keys.shape[2], self.n_kv_heads
+        group = H // Hkv
+        qg = q.float().reshape(B, Hkv, group * T, D)  # a KV head's queries, group-major
+        m = torch.full((B, Hkv, group * T, 1), float("-inf"), device=q.device)
+        total = torch.zeros(B, Hkv, group * T, 1, device=q.device)
+        acc = torch.zeros(B, Hkv, group * T, self.value_head_dim, device=q.device)
+        for s0 in range(0, S, TILE):
+            s1 = min(S, s0 + TILE)
+            k = kv_blocks.decode(keys[:, :, s0:s1], kv_types[0])  # (B, Hkv, n, D) float32
+            scores = (qg @ k.transpose(-1, -2)) * self.scale  # (B, Hkv, group * T, n)
+            if self.softcap is not None:
+                scores = torch.tanh(scores / self.softcap) * self.softcap
+            if mask is not None:
+                hidden = ~mask[:, s0:s1]  # (T, n) or (1, n)
+                scores = scores.view(B, Hkv, group, T, s1 - s0).masked_fill(hidden, float("-inf")).view_as(scores)
+            m_new = torch.maximum(m, scores.amax(-1, keepdim=True))
+            base = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)  # rows that have seen no key yet
+            p = torch.exp(scores - base)
+            scale_old = torch.exp(m - base)
+            total = total * scale_old + p.sum(-1, keepdim=True)
+            acc = acc * scale_old + p @ kv_blocks.decode(values[:, :, s0:s1], kv_types[1])
+            m = m_new
+        if self.sinks is not None:  # each head's sink joins the denominator (relative to the same running max)
+            base = torch.where(torch.isinf(m), torch.zeros_like(m), m)
+            sink = self.sinks.view(1, Hkv, group, 1, 1).expand(1, Hkv, group, T, 1).reshape(1, Hkv, group * T, 1)
+            total = total + torch.exp(sink - base)
+        out = acc / total  # (B, Hkv, group * T, Dv)
+        return out.view(B, H, T, self.value_head_dim).to(q.dtype)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible=None) -> torch.Tensor:
         """Attention of q over k/v; `visible` (T, S), when given, replaces the causal/window mask."""
@@ -173,11 +225,7 @@ class Attention(nn.Module):
         # without copying K and V out to n_heads (measured as fast or faster than repeat_interleave on CPU).
         T, S = q.shape[2], k.shape[2]
         gqa = self.n_kv_heads != self.n_heads
-        if self.temperature is not None:  # the queries sit at positions S - T .. S - 1 (see the class docstring)
-            positions = torch.arange(S - T, S, device=q.device)
-            q = (q.float() * temperature_scales(positions, *self.temperature).view(T, 1)).to(q.dtype)
-        if self.chunk is not None and visible is None:
-            visible = attention_mask(T, S, None, q.device, self.chunk)
+        q, visible = self._positional(q, S, visible)
         if T == 1 and torch.compiler.is_compiling():
             return self._attend_one(q, k, v, visible)
         if self.softcap is not None or self.sinks is not None:  # SDPA has neither: the same steps written out
@@ -189,6 +237,17 @@ class Attention(nn.Module):
             return F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, scale=self.scale, enable_gqa=gqa)
         mask = attention_mask(T, S, self.window, q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=gqa)
+
+    def _positional(self, q: torch.Tensor, S: int, visible):
+        """What depends on the queries' absolute positions (Llama 4): the temperature scaling q, the chunk mask
+        (unless `visible` is given). The queries sit at positions S - T .. S - 1 (see the class docstring)."""
+        T = q.shape[2]
+        if self.temperature is not None:
+            positions = torch.arange(S - T, S, device=q.device)
+            q = (q.float() * temperature_scales(positions, *self.temperature).view(T, 1)).to(q.dtype)
+        if self.chunk is not None and visible is None:
+            visible = attention_mask(T, S, None, q.device, self.chunk)
+        return q, visible
 
     def _attend_one(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible=None) -> torch.Tensor:
         """One query per sequence (a decode step) as plain arithmetic, for compiled graphs.

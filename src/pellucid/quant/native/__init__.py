@@ -40,6 +40,8 @@ from pathlib import Path
 
 import torch
 
+from pellucid.quant.kv_blocks import TYPE_IDS as KV_TYPE_IDS
+
 log = logging.getLogger("pellucid.native")
 
 SOURCES = [Path(__file__).with_name("gemv.cpp"), Path(__file__).with_name("ops.cpp")]
@@ -254,19 +256,29 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rope_dim: int, i
     return torch.ops.pellucid.rope(x, cos, sin, rope_dim, interleaved)
 
 
-def attend_one(q, k, v, visible, scale: float, softcap: float | None, sinks=None) -> torch.Tensor:
-    """One query per sequence: q (B, 1, H, D) over k (B, Hkv, S, D), v (B, Hkv, S, Dv) -> (B, 1, H * Dv).
-    `sinks` (H,): a logit per head that joins the softmax's denominator (GPT-OSS), or None."""
-    return torch.ops.pellucid.attend_one(q, k, v, visible, scale, softcap or 0.0, sinks)
+def attend_one(
+    q, k, v, visible, scale: float, softcap: float | None, kv_types=("f32", "f32"), sinks=None
+) -> torch.Tensor:
+    """One query per sequence: q (B, 1, H, D) over k (B, Hkv, S, D), v (B, Hkv, S, Dv) -> (B, 1, H * Dv); k and v
+    are cache rows of the KV types `kv_types` (quant/kv_blocks.py), read in place. `sinks` (H,): a logit per head
+    that joins the softmax's denominator (GPT-OSS), or None."""
+    kt, vt = (KV_TYPE_IDS[t] for t in kv_types)
+    return torch.ops.pellucid.attend_one(q, k, v, visible, scale, softcap or 0.0, kt, vt, sinks)
 
 
 def store_attend(
-    q, k, v, keys, values, slots, lengths, scale: float, softcap: float | None, sinks=None
+    q, k, v, keys, values, slots, lengths, scale: float, softcap: float | None, kv_types=("f32", "f32"), sinks=None
 ) -> torch.Tensor:
     """The decode step of B sequences with a cache each: k/v (B, 1, Hkv, D) written into slot slots[b] of
-    keys[b]/values[b] (1, Hkv, capacity, D), then q[b] (B, 1, H, D) attends over their first lengths[b] slots.
-    Returns (B, 1, H * Dv)."""
-    return torch.ops.pellucid.store_attend(q, k, v, keys, values, slots, lengths, scale, softcap or 0.0, sinks)
+    keys[b]/values[b] (1, Hkv, capacity, row), rounded to the KV types `kv_types`, then q[b] (B, 1, H, D) attends
+    over their first lengths[b] slots (`sinks` as in attend_one). Returns (B, 1, H * Dv)."""
+    kt, vt = (KV_TYPE_IDS[t] for t in kv_types)
+    return torch.ops.pellucid.store_attend(q, k, v, keys, values, slots, lengths, scale, softcap or 0.0, kt, vt, sinks)
+
+
+def kv_encode(x: torch.Tensor, kv_type: str) -> torch.Tensor:
+    """Rows x (N, D) float32 as the decode step stores them in a cache of `kv_type` -> (N, row bytes) uint8."""
+    return torch.ops.pellucid.kv_encode(x, KV_TYPE_IDS[kv_type])
 
 
 ACTIVATION_IDS = {"silu": 0, "gelu_tanh": 1}

@@ -14,6 +14,7 @@
 //   store_attend(q, k, v, keys[], values[], slots[], lengths[], scale, softcap, sinks)
 //                                                      the batched decode step's cache writes and attention
 //   (sinks: GPT-OSS's per-head logit that joins the softmax's denominator and attends to nothing)
+//   (both read the KV cache in its type, k_type / v_type: f32, f16, bf16, q8_0, q4_0, with no dequantized copy)
 //   glu(gate (..., N), up (..., N), act)               act(gate) * up, act 0 = SiLU, 1 = GELU (tanh form)
 //
 // Inputs may be strided views (the split outputs of a fused projection, the KV cache's slices) as long as
@@ -139,15 +140,154 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
   return out;
 }
 
-// One query head over S keys and values (rows `ks` / `vs` floats apart): scores q.k * scale (soft-capped,
-// hidden where `visible` is false), softmax, then the weighted sum of the values into out (Dv floats).
-// `scores` is scratch for S floats. A finite `sink` adds exp(sink - max) to the softmax's denominator only.
-void attend_head(const float* q, const float* k, int64_t ks, const float* v, int64_t vs, int64_t S, int64_t D,
-                 int64_t Dv, float scale, float cap, const bool* visible, float* scores, float* out,
-                 float sink = -INFINITY) {
+// -- the KV cache's types (quant/kv_blocks.py): a row of n values as f32, f16, bf16, or blocks of 32 (q8_0: f16 d
+// and 32 int8, 34 bytes; q4_0: f16 d and 16 bytes of nibbles, 18 bytes, low nibbles values 0-15, high 16-31)
+enum KvType { KV_F32 = 0, KV_F16 = 1, KV_BF16 = 2, KV_Q8_0 = 3, KV_Q4_0 = 4 };
+
+// Values i..i+15 of a row of type T as floats (lanes outside m zero). A block row is read in place, 16 values of
+// one block at a time times its scale: no dequantized copy of the cache (as ggml's vec_dot reads q8_0 blocks).
+template <int T>
+inline __m512 load16(const uint8_t* row, int64_t i, __mmask16 m) {
+  if constexpr (T == KV_F32) {
+    return _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(row) + i);
+  } else if constexpr (T == KV_F16) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t*>(row) + i));
+  } else if constexpr (T == KV_BF16) {
+    const __m512i h = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t*>(row) + i));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+  } else if constexpr (T == KV_Q8_0) {
+    const uint8_t* b = row + (i / 32) * 34;
+    const float d = _cvtsh_ss(*reinterpret_cast<const uint16_t*>(b));
+    const __m512i q = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2 + i % 32)));
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(d));
+  } else {
+    const uint8_t* b = row + (i / 32) * 18;
+    const float d = _cvtsh_ss(*reinterpret_cast<const uint16_t*>(b));
+    __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2)));
+    q = (i % 32) ? _mm512_srli_epi32(q, 4) : _mm512_and_si512(q, _mm512_set1_epi32(15));
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(q, _mm512_set1_epi32(8))), _mm512_set1_ps(d));
+  }
+}
+
+template <int T>
+inline float dot_row(const float* q, const uint8_t* k, int64_t n) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + i), load16<T>(k, i, m), acc);
+  }
+  return sum16(acc);
+}
+
+// out += w * row
+template <int T>
+inline void axpy_row(float w, const uint8_t* v, float* out, int64_t n) {
+  const __m512 wv = _mm512_set1_ps(w);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    _mm512_mask_storeu_ps(out + i, m, _mm512_fmadd_ps(wv, load16<T>(v, i, m), _mm512_maskz_loadu_ps(m, out + i)));
+  }
+}
+
+int64_t kv_row_bytes(int64_t type, int64_t n) {
+  switch (type) {
+    case KV_F32: return 4 * n;
+    case KV_F16:
+    case KV_BF16: return 2 * n;
+    case KV_Q8_0: return n / 32 * 34;
+    default: return n / 32 * 18;
+  }
+}
+
+// Values in a row of `bytes` bytes (the value head dim of a cache's values).
+int64_t kv_row_values(int64_t type, int64_t bytes) {
+  switch (type) {
+    case KV_F32: return bytes / 4;
+    case KV_F16:
+    case KV_BF16: return bytes / 2;
+    case KV_Q8_0: return bytes / 34 * 32;
+    default: return bytes / 18 * 32;
+  }
+}
+
+at::ScalarType kv_scalar_type(int64_t type) {
+  switch (type) {
+    case KV_F32: return at::kFloat;
+    case KV_F16: return at::kHalf;
+    case KV_BF16: return at::kBFloat16;
+    default: return at::kByte;
+  }
+}
+
+void check_cache(const at::Tensor& t, int64_t type, const char* op, const char* what) {
+  TORCH_CHECK(0 <= type && type <= KV_Q4_0, "pellucid::", op, ": unknown KV type ", type);
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == kv_scalar_type(type), "pellucid::", op, ": ", what,
+              " is not a CPU cache of its KV type");
+  TORCH_CHECK(t.size(-1) <= 1 || t.stride(-1) == 1, "pellucid::", op, ": ", what, "'s last dim must be contiguous");
+}
+
+// One row of n floats into a cache row of type T, rounded as torch's conversions (f16, bf16: to nearest even) and
+// ggml's quantize_row_q8_0_ref / quantize_row_q4_0_ref (the block types), so that a decode step stores the bytes
+// a prefill (quant/kv_blocks.encode) would.
+inline uint16_t to_bf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if (std::isnan(x)) return 0x7FC0;
+  return (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+}
+
+// x * id + 8.5 in two roundings, as ggml's reference (an FMA would round once and could move a value across .5)
+__attribute__((optimize("fp-contract=off"))) void quantize_row(int64_t type, const float* x, uint8_t* out, int64_t n) {
+  if (type == KV_F32) {
+    std::memcpy(out, x, n * 4);
+  } else if (type == KV_F16) {
+    uint16_t* o = reinterpret_cast<uint16_t*>(out);
+    for (int64_t i = 0; i < n; ++i) o[i] = _cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT);
+  } else if (type == KV_BF16) {
+    uint16_t* o = reinterpret_cast<uint16_t*>(out);
+    for (int64_t i = 0; i < n; ++i) o[i] = to_bf16(x[i]);
+  } else if (type == KV_Q8_0) {
+    for (int64_t b = 0; b < n / 32; ++b, x += 32, out += 34) {
+      float amax = 0;
+      for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
+      const float d = amax / 127;
+      const float id = d != 0 ? 1.0f / d : 0.0f;
+      const uint16_t dh = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+      std::memcpy(out, &dh, 2);
+      for (int j = 0; j < 32; ++j) out[2 + j] = (uint8_t)(int8_t)std::roundf(x[j] * id);
+    }
+  } else {
+    for (int64_t b = 0; b < n / 32; ++b, x += 32, out += 18) {
+      float amax = 0, mx = 0;
+      for (int j = 0; j < 32; ++j) {
+        if (amax < std::fabs(x[j])) {
+          amax = std::fabs(x[j]);
+          mx = x[j];
+        }
+      }
+      const float d = mx / -8;
+      const float id = d != 0 ? 1.0f / d : 0.0f;
+      const uint16_t dh = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+      std::memcpy(out, &dh, 2);
+      for (int j = 0; j < 16; ++j) {
+        const float x0 = x[j] * id, x1 = x[16 + j] * id;
+        const uint8_t q0 = std::min(15, (int)(int8_t)(x0 + 8.5f)), q1 = std::min(15, (int)(int8_t)(x1 + 8.5f));
+        out[2 + j] = q0 | (q1 << 4);
+      }
+    }
+  }
+}
+
+// One query head over S keys and values (rows `ks` / `vs` bytes apart, of types KT / VT): scores q.k * scale
+// (soft-capped, hidden where `visible` is false), softmax, then the weighted sum of the values into out (Dv
+// floats). `scores` is scratch for S floats. A finite `sink` adds exp(sink - max) to the softmax's denominator only
+// (GPT-OSS's per-head sink logit, which attends to nothing).
+template <int KT, int VT>
+void attend_head(const float* q, const uint8_t* k, int64_t ks, const uint8_t* v, int64_t vs, int64_t S, int64_t D,
+                 int64_t Dv, float scale, float cap, const bool* visible, float* scores, float* out, float sink) {
   float mx = sink;
   for (int64_t s = 0; s < S; ++s) {
-    float a = dot(q, k + s * ks, D) * scale;
+    float a = dot_row<KT>(q, k + s * ks, D) * scale;
     if (cap > 0) a = std::tanh(a / cap) * cap;
     if (visible && !visible[s]) a = -INFINITY;
     scores[s] = a;
@@ -161,15 +301,7 @@ void attend_head(const float* q, const float* k, int64_t ks, const float* v, int
     total += _mm512_mask_reduce_add_ps(m, e);
   }
   for (int64_t i = 0; i < Dv; ++i) out[i] = 0;
-  for (int64_t s = 0; s < S; ++s) {
-    const __m512 w = _mm512_set1_ps(scores[s]);
-    const float* vr = v + s * vs;
-    for (int64_t i = 0; i < Dv; i += 16) {
-      const __mmask16 m = tail_mask(Dv - i);
-      _mm512_mask_storeu_ps(out + i, m, _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, vr + i),
-                                                        _mm512_maskz_loadu_ps(m, out + i)));
-    }
-  }
+  for (int64_t s = 0; s < S; ++s) axpy_row<VT>(scores[s], v + s * vs, out, Dv);
   const __m512 inv = _mm512_set1_ps(1.0f / total);
   for (int64_t i = 0; i < Dv; i += 16) {
     const __mmask16 m = tail_mask(Dv - i);
@@ -185,17 +317,46 @@ at::Tensor sink_logits(const c10::optional<at::Tensor>& sinks, int64_t H, const 
   return out;
 }
 
+using AttendHead = void (*)(const float*, const uint8_t*, int64_t, const uint8_t*, int64_t, int64_t, int64_t, int64_t,
+                            float, float, const bool*, float*, float*, float);
+
+template <int KT>
+AttendHead attend_head_for_values(int64_t vt) {
+  switch (vt) {
+    case KV_F32: return &attend_head<KT, KV_F32>;
+    case KV_F16: return &attend_head<KT, KV_F16>;
+    case KV_BF16: return &attend_head<KT, KV_BF16>;
+    case KV_Q8_0: return &attend_head<KT, KV_Q8_0>;
+    default: return &attend_head<KT, KV_Q4_0>;
+  }
+}
+
+AttendHead attend_head_for(int64_t kt, int64_t vt) {
+  switch (kt) {
+    case KV_F32: return attend_head_for_values<KV_F32>(vt);
+    case KV_F16: return attend_head_for_values<KV_F16>(vt);
+    case KV_BF16: return attend_head_for_values<KV_BF16>(vt);
+    case KV_Q8_0: return attend_head_for_values<KV_Q8_0>(vt);
+    default: return attend_head_for_values<KV_Q4_0>(vt);
+  }
+}
+
+const uint8_t* bytes_of(const at::Tensor& t) { return static_cast<const uint8_t*>(t.data_ptr()); }
+
 at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                      const c10::optional<at::Tensor>& visible_in, double scale, double softcap,
-                      const c10::optional<at::Tensor>& sinks_in) {
+                      const c10::optional<at::Tensor>& visible_in, double scale, double softcap, int64_t k_type,
+                      int64_t v_type, const c10::optional<at::Tensor>& sinks_in) {
   check_last_contiguous(q, "attend_one", "q");
-  check_last_contiguous(k, "attend_one", "k");
-  check_last_contiguous(v, "attend_one", "v");
+  check_cache(k, k_type, "attend_one", "k");
+  check_cache(v, v_type, "attend_one", "v");
   TORCH_CHECK(q.dim() == 4 && q.size(1) == 1 && k.dim() == 4 && v.dim() == 4,
               "pellucid::attend_one: q (B, 1, H, D), k (B, Hkv, S, D), v (B, Hkv, S, Dv)");
-  const int64_t B = q.size(0), H = q.size(2), D = q.size(3), Hkv = k.size(1), S = k.size(2), Dv = v.size(3);
-  TORCH_CHECK(k.size(0) == B && v.size(0) == B && v.size(1) == Hkv && v.size(2) == S && k.size(3) == D &&
-                  H % Hkv == 0, "pellucid::attend_one: shapes do not match");
+  const int64_t ke = k.element_size(), ve = v.element_size();
+  const int64_t B = q.size(0), H = q.size(2), D = q.size(3), Hkv = k.size(1), S = k.size(2);
+  const int64_t Dv = kv_row_values(v_type, v.size(3) * ve);
+  TORCH_CHECK(k.size(0) == B && v.size(0) == B && v.size(1) == Hkv && v.size(2) == S &&
+                  k.size(3) * ke == kv_row_bytes(k_type, D) && H % Hkv == 0,
+              "pellucid::attend_one: shapes do not match");
   at::Tensor visible;
   if (visible_in.has_value()) {
     visible = visible_in->reshape({-1}).to(at::kBool).contiguous();
@@ -205,21 +366,23 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   const at::Tensor sinks = sink_logits(sinks_in, H, "attend_one");
   const float* sk = sinks.defined() ? sinks.data_ptr<float>() : nullptr;
   at::Tensor out = at::empty({B, 1, H * Dv}, q.options());
-  const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
+  const float* qp = q.data_ptr<float>();
+  const uint8_t *kp = bytes_of(k), *vp = bytes_of(v);
   float* op = out.data_ptr<float>();
   const int64_t group = H / Hkv;
   const float sc = (float)scale, cap = (float)softcap;
+  const AttendHead head = attend_head_for(k_type, v_type);
   const int64_t work = S * (D + Dv) * group;  // per KV head
   at::parallel_for(0, B * Hkv, std::max<int64_t>(1, 65536 / std::max<int64_t>(work, 1)), [&](int64_t g0, int64_t g1) {
     std::vector<float> scores(S);
     for (int64_t bg = g0; bg < g1; ++bg) {
       const int64_t b = bg / Hkv, g = bg % Hkv;
-      const float* kb = kp + b * k.stride(0) + g * k.stride(1);
-      const float* vb = vp + b * v.stride(0) + g * v.stride(1);
+      const uint8_t* kb = kp + (b * k.stride(0) + g * k.stride(1)) * ke;
+      const uint8_t* vb = vp + (b * v.stride(0) + g * v.stride(1)) * ve;
       for (int64_t j = 0; j < group; ++j) {  // the query heads that share this KV head
         const int64_t h = g * group + j;
-        attend_head(qp + b * q.stride(0) + h * q.stride(2), kb, k.stride(2), vb, v.stride(2), S, D, Dv, sc, cap, vis,
-                    scores.data(), op + b * H * Dv + h * Dv, sk ? sk[h] : -INFINITY);
+        head(qp + b * q.stride(0) + h * q.stride(2), kb, k.stride(2) * ke, vb, v.stride(2) * ve, S, D, Dv, sc, cap,
+             vis, scores.data(), op + b * H * Dv + h * Dv, sk ? sk[h] : -INFINITY);
       }
     }
   });
@@ -227,13 +390,14 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
 }
 
 // A decode step's attention for B sequences, each with its own cache: writes sequence b's new key and value
-// (k, v: (B, 1, Hkv, D)) into slot slots[b] of its cache (keys[b], values[b]: (1, Hkv, capacity, D)), then
-// attends q[b] over the first lengths[b] slots. One op per layer for the whole batch instead of a store and an
-// attention per sequence from Python. Slot order does not matter (positions are already rotated into the keys),
-// which is what lets a sliding-window ring attend to its slots as they lie.
+// (k, v: (B, 1, Hkv, D) float32) into slot slots[b] of its cache (keys[b], values[b]: (1, Hkv, capacity, row), in
+// the KV types k_type / v_type), then attends q[b] over the first lengths[b] slots. One op per layer for the whole
+// batch instead of a store and an attention per sequence from Python. Slot order does not matter (positions are
+// already rotated into the keys), which is what lets a sliding-window ring attend to its slots as they lie.
 at::Tensor store_attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::TensorList keys,
                         at::TensorList values, at::IntArrayRef slots, at::IntArrayRef lengths, double scale,
-                        double softcap, const c10::optional<at::Tensor>& sinks_in) {
+                        double softcap, int64_t k_type, int64_t v_type,
+                        const c10::optional<at::Tensor>& sinks_in) {
   check_last_contiguous(q, "store_attend", "q");
   check_last_contiguous(k, "store_attend", "k");
   check_last_contiguous(v, "store_attend", "v");
@@ -242,10 +406,11 @@ at::Tensor store_attend(const at::Tensor& q, const at::Tensor& k, const at::Tens
                   (int64_t)values.size() == B && (int64_t)slots.size() == B && (int64_t)lengths.size() == B &&
                   H % Hkv == 0, "pellucid::store_attend: one cache, slot and length per sequence");
   for (int64_t b = 0; b < B; ++b) {
-    check_last_contiguous(keys[b], "store_attend", "keys");
-    check_last_contiguous(values[b], "store_attend", "values");
-    TORCH_CHECK(keys[b].size(1) == Hkv && keys[b].size(3) == D && values[b].size(3) == Dv &&
-                    0 <= slots[b] && slots[b] < keys[b].size(2) && 0 < lengths[b] && lengths[b] <= keys[b].size(2),
+    check_cache(keys[b], k_type, "store_attend", "keys");
+    check_cache(values[b], v_type, "store_attend", "values");
+    TORCH_CHECK(keys[b].size(1) == Hkv && keys[b].size(3) * keys[b].element_size() == kv_row_bytes(k_type, D) &&
+                    values[b].size(3) * values[b].element_size() == kv_row_bytes(v_type, Dv) && 0 <= slots[b] &&
+                    slots[b] < keys[b].size(2) && 0 < lengths[b] && lengths[b] <= keys[b].size(2),
                 "pellucid::store_attend: a cache does not fit its slot or length");
   }
   const at::Tensor sinks = sink_logits(sinks_in, H, "store_attend");
@@ -254,23 +419,37 @@ at::Tensor store_attend(const at::Tensor& q, const at::Tensor& k, const at::Tens
   float* op = out.data_ptr<float>();
   const int64_t group = H / Hkv;
   const float sc = (float)scale, cap = (float)softcap;
+  const AttendHead head = attend_head_for(k_type, v_type);
   at::parallel_for(0, B * Hkv, 1, [&](int64_t g0, int64_t g1) {
     std::vector<float> scores;
     for (int64_t bg = g0; bg < g1; ++bg) {
       const int64_t b = bg / Hkv, g = bg % Hkv, S = lengths[b];
       const at::Tensor &kc = keys[b], &vc = values[b];
-      float* kb = kc.data_ptr<float>() + g * kc.stride(1);
-      float* vb = vc.data_ptr<float>() + g * vc.stride(1);
-      std::memcpy(kb + slots[b] * kc.stride(2), k.data_ptr<float>() + b * k.stride(0) + g * k.stride(2), D * 4);
-      std::memcpy(vb + slots[b] * vc.stride(2), v.data_ptr<float>() + b * v.stride(0) + g * v.stride(2), Dv * 4);
+      const int64_t ke = kc.element_size(), ve = vc.element_size();
+      uint8_t* kb = static_cast<uint8_t*>(kc.data_ptr()) + g * kc.stride(1) * ke;
+      uint8_t* vb = static_cast<uint8_t*>(vc.data_ptr()) + g * vc.stride(1) * ve;
+      quantize_row(k_type, k.data_ptr<float>() + b * k.stride(0) + g * k.stride(2), kb + slots[b] * kc.stride(2) * ke,
+                   D);
+      quantize_row(v_type, v.data_ptr<float>() + b * v.stride(0) + g * v.stride(2), vb + slots[b] * vc.stride(2) * ve,
+                   Dv);
       scores.resize(S);
       for (int64_t j = 0; j < group; ++j) {
         const int64_t h = g * group + j;
-        attend_head(q.data_ptr<float>() + b * q.stride(0) + h * q.stride(2), kb, kc.stride(2), vb, vc.stride(2), S,
-                    D, Dv, sc, cap, nullptr, scores.data(), op + b * H * Dv + h * Dv, sk ? sk[h] : -INFINITY);
+        head(q.data_ptr<float>() + b * q.stride(0) + h * q.stride(2), kb, kc.stride(2) * ke, vb, vc.stride(2) * ve, S,
+             D, Dv, sc, cap, nullptr, scores.data(), op + b * H * Dv + h * Dv, sk ? sk[h] : -INFINITY);
       }
     }
   });
+  return out;
+}
+
+// Rows x (N, n) float32 as a cache of `type` stores them (N, row bytes): the decode step's rounding, for tests.
+at::Tensor kv_encode(const at::Tensor& x_in, int64_t type) {
+  const at::Tensor x = x_in.contiguous();
+  check_last_contiguous(x, "kv_encode", "x");
+  const int64_t n = x.size(-1), rows = x.numel() / std::max<int64_t>(n, 1), rb = kv_row_bytes(type, n);
+  at::Tensor out = at::empty({rows, rb}, x.options().dtype(at::kByte));
+  for (int64_t r = 0; r < rows; ++r) quantize_row(type, x.data_ptr<float>() + r * n, out.data_ptr<uint8_t>() + r * rb, n);
   return out;
 }
 
@@ -313,11 +492,12 @@ at::Tensor glu(const at::Tensor& gate, const at::Tensor& up, int64_t act) {
 TORCH_LIBRARY_FRAGMENT(pellucid, m) {
   m.def("rms_norm(Tensor x, Tensor w, float eps) -> Tensor");
   m.def("rope(Tensor x, Tensor cos, Tensor sin, int rope_dim, bool interleaved) -> Tensor");
-  m.def("attend_one(Tensor q, Tensor k, Tensor v, Tensor? visible, float scale, float softcap, Tensor? sinks=None) "
-        "-> Tensor");
+  m.def("attend_one(Tensor q, Tensor k, Tensor v, Tensor? visible, float scale, float softcap, int k_type=0, "
+        "int v_type=0, Tensor? sinks=None) -> Tensor");
+  m.def("kv_encode(Tensor x, int type) -> Tensor");
   m.def("glu(Tensor gate, Tensor up, int act) -> Tensor");
   m.def("store_attend(Tensor q, Tensor k, Tensor v, Tensor[] keys, Tensor[] values, int[] slots, int[] lengths, "
-        "float scale, float softcap, Tensor? sinks=None) -> Tensor");
+        "float scale, float softcap, int k_type=0, int v_type=0, Tensor? sinks=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pellucid, CPU, m) {
@@ -326,4 +506,5 @@ TORCH_LIBRARY_IMPL(pellucid, CPU, m) {
   m.impl("attend_one", &attend_one);
   m.impl("glu", &glu);
   m.impl("store_attend", &store_attend);
+  m.impl("kv_encode", &kv_encode);
 }
