@@ -124,14 +124,13 @@ def test_ctx_fill_past_the_models_context_is_a_clear_error(capsys, smollm2_path)
     assert "context length of 8,192; use --ctx-fill 8,064 or less" in err and "Traceback" not in err
 
 
-def test_a_kv_cache_type_needs_a_filled_context(smollm2_path):
-    from pellucid.bench import run_bench
-    from pellucid.errors import PellucidError
-
-    with pytest.raises(PellucidError, match="add --ctx-fill N"):
-        run_bench("m", smollm2_path, pp=4, tg=2, reps=1, threads=1, compare=[], kv_type_k="q8_0")
-    with pytest.raises(PellucidError, match="unknown KV cache type 'q5_9'; choose one of f32, f16"):
-        run_bench("m", smollm2_path, pp=4, tg=2, reps=1, threads=1, compare=[], ctx_fill=8, kv_type_v="q5_9")
+def test_kv_cache_types_reach_every_measurement_and_unknown_ones_are_refused(capsys, smollm2_path):
+    out = bench_json(capsys, str(smollm2_path), "-ctk", "q8_0", "--pp", "8", "--tg", "2", "--reps", "1")
+    assert out["kv_type"] == {"k": "q8_0", "v": "f32"}  # values keep the default (f32 in the tests' exact mode)
+    assert out["tg"]["tok_s"] > 0
+    assert main(["bench", str(smollm2_path), "--kv-type", "q5_9"]) == 1
+    err = capsys.readouterr().err
+    assert "q5_9" in err and "q8_0" in err and "Traceback" not in err
 
 
 def test_kv_types_are_ggmls_type_ids():

@@ -40,14 +40,14 @@ def test_native_decode_attention_with_sinks():
     k, v = torch.randn(B, Hkv, S, D, generator=g), torch.randn(B, Hkv, S, D, generator=g)
     sinks = torch.tensor([-1.0, 0.5, 2.0, 4.0])  # large ones take most of a head's attention
     expected = _eager_attention_with_sinks(q, k, v, sinks, 0.25)
-    torch.testing.assert_close(native.attend_one(q, k, v, None, 0.25, None, sinks), expected)
+    torch.testing.assert_close(native.attend_one(q, k, v, None, 0.25, None, sinks=sinks), expected)
     without = native.attend_one(q, k, v, None, 0.25, None)
     assert (without - expected).abs().max() > 0.1  # the sinks bite
 
     # the batched step: each sequence's new key and value written into its cache, then attention over its slots
     keys, values = [k[b : b + 1].clone() for b in range(B)], [v[b : b + 1].clone() for b in range(B)]
     new_k, new_v = torch.randn(B, 1, Hkv, D, generator=g), torch.randn(B, 1, Hkv, D, generator=g)
-    out = native.store_attend(q, new_k, new_v, keys, values, [S - 1, 3], [S, S], 0.25, None, sinks)
+    out = native.store_attend(q, new_k, new_v, keys, values, [S - 1, 3], [S, S], 0.25, None, sinks=sinks)
     for b, slot in enumerate([S - 1, 3]):
         kb, vb = k[b : b + 1].clone(), v[b : b + 1].clone()
         kb[0, :, slot], vb[0, :, slot] = new_k[b, 0], new_v[b, 0]
