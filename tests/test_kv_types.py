@@ -229,3 +229,22 @@ def test_fit_default_is_the_engine_s(monkeypatch):
     assert memory.kv_pair(None) == ("f16", "f16") == (kv_blocks.DEFAULT_KV_TYPE,) * 2
     monkeypatch.setenv("PELLUCID_EXACT", "1")  # exact mode: float32 everywhere, the cache included
     assert memory.kv_pair(None) == ("f32", "f32")
+
+
+def test_quantized_caches_store_hadamard_rotated_rows_as_llama_cpp_does():
+    """The Walsh-Hadamard matrix is orthonormal and its own inverse (so q.k and the attention output are unchanged
+    by rotating), and the block sizes follow llama.cpp's attn_rot_k / attn_rot_v: keys the largest power-of-two
+    block >= 64 dividing head_dim, values 64, only for q8_0 / q4_0 caches."""
+    from types import SimpleNamespace
+
+    from pellucid.model.layers.attention import cache_rotations, hadamard_matrix
+
+    h = hadamard_matrix(128, "cpu")
+    torch.testing.assert_close(h @ h, torch.eye(128), atol=1e-6, rtol=0)
+    torch.testing.assert_close(h, h.T)
+    cache = SimpleNamespace(kv_types=("q4_0", "q8_0"))
+    rot_k, rot_v = cache_rotations(cache, 256, 64, "cpu")
+    assert rot_k.shape == (256, 256) and rot_v.shape == (64, 64)
+    assert cache_rotations(cache, 192, 96, "cpu")[0].shape == (64, 64)  # 192 = 3 x 64
+    assert cache_rotations(cache, 32, 32, "cpu") == (None, None)  # not a multiple of 64
+    assert cache_rotations(SimpleNamespace(kv_types=("f16", "bf16")), 64, 64, "cpu") == (None, None)

@@ -298,19 +298,12 @@ def check_ctx_fill(path, ctx_fill: int, tg: int) -> None:
 
 def pellucid_kv_args(kv_type_k: str, kv_type_v: str) -> dict:
     """pellucid.load's keyword arguments for these cache types; a clear error for a name we do not know."""
-    import inspect
-
-    import pellucid
     from pellucid.errors import PellucidError
 
     for name in (kv_type_k, kv_type_v):
         if name not in KV_TYPES:
             raise PellucidError(f"unknown KV cache type {name!r}; choose one of {', '.join(KV_TYPES)}")
-    if "kv_type_k" in inspect.signature(pellucid.load).parameters:
-        return {"kv_type_k": kv_type_k, "kv_type_v": kv_type_v}
-    if (kv_type_k, kv_type_v) == ("f32", "f32"):
-        return {}  # a pellucid from before cache types: float32 keys and values are the only cache it has
-    raise PellucidError(f"this pellucid keeps its KV cache in f32 only, not K {kv_type_k} / V {kv_type_v}")
+    return {"kv_type_k": kv_type_k, "kv_type_v": kv_type_v}
 
 
 def fill_env(ctx_fill: int, kv: tuple[str, str]) -> dict[str, str]:
