@@ -81,7 +81,10 @@ def test_smollm2_layout_matches_gguf_py(smollm2, smollm2_reader):
 
 def test_smollm2_memory(smollm2):
     m = smollm2.memory
-    assert m.kv_bytes_per_token == 30 * 3 * (64 + 64) * 2
+    assert m.kv_bytes_per_token_by_type["f16"] == 30 * 3 * (64 + 64) * 2
+    assert m.kv_bytes_per_token_by_type["q8_0"] == 30 * 3 * (64 + 64) // 32 * 34
+    # the report's own type is the engine's default: f16, or f32 in the tests' exact mode
+    assert m.kv_bytes_per_token == m.kv_bytes_per_token_by_type[m.kv_type]
     assert m.kv_at_context == m.kv_bytes_per_token * 8192
     assert m.kv_at_reference == m.kv_bytes_per_token * 4096
     assert m.weights < m.total_at_reference < m.total_at_context
@@ -105,7 +108,7 @@ def test_gemma3_is_reported_as_a_base_model_with_sliding_windows(gemma3):
 def test_gemma3_kv_cache_stops_growing_on_window_layers(gemma3):
     from pellucid.engine.kv_cache import REUSE_SLACK
 
-    per_layer_token = 1 * (256 + 256) * 2
+    per_layer_token = 1 * (256 + 256) * {"f32": 4, "f16": 2}[gemma3.memory.kv_type]  # the default: f32 in exact mode
     # a sliding layer holds its 512-token ring and the prefill tail that lets a prefix be reused
     assert gemma3.memory.kv_at_context == per_layer_token * (15 * (2 * 512 + REUSE_SLACK) + 3 * 32768)
 
